@@ -1,0 +1,214 @@
+"""Tests of the noise predictor eps_theta (ddpm.unet): shapes, the paper's size, dependence on t, determinism."""
+import json
+
+import pytest
+import torch
+
+from ddpm.unet import (PRESETS, UNet, UNetConfig, count_parameters, group_count, preset,
+                       timestep_embedding)
+
+
+def _randomise_zero_inits(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every zero-initialised tensor (final conv, residual-branch convs, attention projections) small random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def _t(n, seed=0):
+    return torch.randint(0, 1000, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("size, mult, attn", [
+    (8, (1, 2), (4,)),
+    (16, (1, 2, 2), (8,)),
+    (28, (1, 2, 2), (7,)),
+    (32, (1, 2, 2, 2), (16,)),
+    (64, (1, 2, 2, 2), ()),
+])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("out_factor", [1, 2])
+def test_output_shape(size, mult, attn, channels, out_factor):
+    cfg = UNetConfig(in_channels=channels, out_channels=out_factor * channels if out_factor > 1 else None,
+                     base_channels=4, channel_mult=mult, num_res_blocks=1, attention_resolutions=attn,
+                     dropout=0.0, image_size=size, num_groups=2)
+    model = UNet(cfg)
+    _randomise_zero_inits(model)
+    x = torch.randn(2, channels, size, size)
+    y = model(x, _t(2))
+    assert y.shape == (2, out_factor * channels, size, size)
+    assert torch.isfinite(y).all()
+
+
+def test_non_square_input():
+    model = UNet(preset("tiny"))
+    assert model(torch.randn(1, 1, 8, 16), _t(1)).shape == (1, 1, 8, 16)
+
+
+def test_cifar10_parameter_count_matches_paper():
+    with torch.device("meta"):
+        model = UNet(preset("cifar10"))
+    n = count_parameters(model)
+    assert abs(n - 35.7e6) / 35.7e6 < 0.01, n
+
+
+def test_cifar10_preset_is_the_paper_network():
+    cfg = preset("cifar10")
+    assert (cfg.in_channels, cfg.base_channels, cfg.channel_mult, cfg.num_res_blocks) == (3, 128, (1, 2, 2, 2), 2)
+    assert (cfg.attention_resolutions, cfg.dropout, cfg.image_size, cfg.output_channels) == ((16,), 0.1, 32, 3)
+
+
+def test_tiny_preset_is_tiny():
+    n = count_parameters(UNet(preset("tiny")))
+    assert 1_000 <= n <= 10_000, n
+
+
+def test_preset_overrides_and_unknown_name():
+    cfg = preset("digits", out_channels=2, dropout=0.2)
+    assert cfg.out_channels == 2 and cfg.dropout == 0.2 and cfg.base_channels == PRESETS["digits"].base_channels
+    with pytest.raises(ValueError, match="unknown UNet preset 'nope'; choose one of"):
+        preset("nope")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_untrained_model_outputs_exact_zero(name):
+    cfg = preset(name)
+    model = UNet(cfg)
+    x = torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        y = model(x, _t(1))
+    assert torch.equal(y, torch.zeros_like(y))
+
+
+def test_output_depends_on_t():
+    model = UNet(preset("tiny")).eval()
+    _randomise_zero_inits(model)
+    x = torch.randn(1, 1, 8, 8).expand(3, -1, -1, -1)
+    y = model(x, torch.tensor([0, 1, 999]))
+    assert (y[0] - y[1]).abs().max() > 1e-4
+    assert (y[0] - y[2]).abs().max() > 1e-3
+    # Same x and t, same output: the difference above comes from t alone.
+    y2 = model(x, torch.tensor([0, 0, 0]))
+    torch.testing.assert_close(y2[0], y2[1]); torch.testing.assert_close(y2[0], y[0])
+
+
+def test_int_and_float_timesteps_agree():
+    model = UNet(preset("tiny")).eval()
+    _randomise_zero_inits(model)
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(model(x, torch.tensor([3, 500])), model(x, torch.tensor([3.0, 500.0])))
+
+
+def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
+    model = UNet(preset("tiny", dropout=0.5))
+    _randomise_zero_inits(model)
+    x, t = torch.randn(2, 1, 8, 8), _t(2)
+    model.eval()
+    assert torch.equal(model(x, t), model(x, t))
+    model.train()
+    torch.manual_seed(0); a = model(x, t)
+    torch.manual_seed(1); b = model(x, t)
+    assert not torch.allclose(a, b)
+
+
+def test_batch_independence():
+    model = UNet(preset("tiny", dropout=0.3)).eval()
+    _randomise_zero_inits(model)
+    x, t = torch.randn(5, 1, 8, 8), _t(5)
+    full = model(x, t)
+    for k in (0, 3):
+        alone = model(x[k:k + 1], t[k:k + 1])
+        torch.testing.assert_close(alone[0], full[k], rtol=1e-4, atol=1e-5)
+    # Changing another sample leaves sample 0 unchanged.
+    x2 = x.clone(); x2[1:] = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(model(x2, t)[0], full[0], rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    model = UNet(preset("tiny"))
+    _randomise_zero_inits(model)
+    model(torch.randn(2, 1, 8, 8), _t(2)).square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_channels_last_and_bf16_autocast():
+    model = UNet(preset("tiny")).eval()
+    _randomise_zero_inits(model)
+    x, t = torch.randn(2, 1, 8, 8), _t(2)
+    ref = model(x, t)
+    cl = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last), t)
+    torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x, t)
+    assert y.shape == ref.shape
+    assert (y.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_config_json_round_trip():
+    cfg = preset("digits", out_channels=2, attention_resolutions=(8, 16))
+    back = UNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg
+    assert isinstance(back.channel_mult, tuple) and isinstance(back.attention_resolutions, tuple)
+    assert UNetConfig.from_dict({**cfg.to_dict(), "future_field": 1}) == cfg
+
+
+def test_invalid_image_size_raises_helpful_error():
+    with pytest.raises(ValueError, match=r"image size 30 .*multiple of 8"):
+        preset("cifar10", image_size=30)
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match="image size 9x8"):
+        UNet(cfg)(torch.randn(1, 1, 9, 8), _t(1))
+    with pytest.raises(ValueError) as err:
+        cfg.validate_image_size(7)
+    assert "\n" not in str(err.value)
+    cfg.validate_image_size(12)  # a multiple of 2 ** num_downsamples is fine
+    assert cfg.num_downsamples == 1 and preset("cifar10").num_downsamples == 3
+
+
+def test_other_invalid_configs():
+    with pytest.raises(ValueError, match="attention_resolutions"):
+        preset("cifar10", attention_resolutions=(12,))
+    with pytest.raises(ValueError, match="num_heads"):
+        preset("tiny", num_heads=3)
+    with pytest.raises(ValueError, match="channel_mult"):
+        preset("tiny", channel_mult=())
+    with pytest.raises(ValueError, match=r"shape \(B, 1, H, W\)"):
+        UNet(preset("tiny"))(torch.randn(1, 3, 8, 8), _t(1))
+
+
+def test_group_count_divides_width():
+    assert group_count(256, 32) == 32 and group_count(384, 32) == 32
+    assert group_count(4, 32) == 4 and group_count(48, 32) == 24 and group_count(7, 32) == 7
+    for c in range(1, 70):
+        g = group_count(c, 32)
+        assert c % g == 0 and 1 <= g <= 32
+
+
+def test_timestep_embedding():
+    t = torch.tensor([0, 1, 10, 999])
+    e = timestep_embedding(t, 8)
+    assert e.shape == (4, 8) and e.dtype == torch.float32
+    torch.testing.assert_close(e[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    # Frequencies 10000^(-j/(half-1)): the first column is sin(t), the last sin column is sin(t / 10000).
+    torch.testing.assert_close(e[:, 0], torch.sin(t.float()))
+    torch.testing.assert_close(e[:, 3], torch.sin(t.float() / 10000))
+    freqs = torch.tensor([1.0, 10000 ** (-1 / 3), 10000 ** (-2 / 3), 1e-4])
+    torch.testing.assert_close(e[:, 4:], torch.cos(t[:, None].float() * freqs))
+    assert timestep_embedding(t, 7).shape == (4, 7) and not timestep_embedding(t, 7)[:, -1].any()
+    assert len({tuple(r.tolist()) for r in timestep_embedding(torch.arange(1000), 32)}) == 1000
+
+
+def test_torch_compile_matches_eager():
+    pytest.importorskip("torch._dynamo")
+    model = UNet(preset("tiny")).eval()
+    _randomise_zero_inits(model)
+    x, t = torch.randn(2, 1, 8, 8), _t(2)
+    try:
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        y = compiled(x, t)
+    except Exception as exc:  # pragma: no cover - depends on the local toolchain
+        pytest.fail(f"torch.compile failed: {exc}")
+    torch.testing.assert_close(y, model(x, t))
