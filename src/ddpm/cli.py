@@ -1,0 +1,248 @@
+"""``ddpm`` command line: flags -> config -> calls into the library.  No maths here."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+TRAIN_EXAMPLES = """examples:
+  ddpm train                                   # small preset on the embedded MNIST digits (train split)
+  ddpm train --steps 20000 --run-dir runs/long
+  ddpm train --data path/to/images --image-size 64 --channels 3 --preset cifar10 --hflip
+  ddpm train --data faces.npz --loss hybrid --variance learned-range
+  ddpm train --resume runs/digits --steps 8000  # continue a run exactly where it stopped
+"""
+
+SAMPLE_EXAMPLES = """examples:
+  ddpm sample runs/digits                       # 64 samples, 1000-step ancestral sampling (Algorithm 2)
+  ddpm sample runs/digits -n 16 --chain 8       # plus the denoising chain as a strip PNG and a GIF
+  ddpm sample runs/digits --sampler ddim --steps 50 --eta 0
+  ddpm sample runs/digits --sampler dpm++2m --steps 20 --out samples/fast
+"""
+
+
+def _on_off(value: str) -> str:
+    v = value.lower()
+    if v not in ("auto", "on", "off"):
+        raise argparse.ArgumentTypeError("expected auto, on or off")
+    return v
+
+
+def _add_train(sub):
+    from .diffusion import VARIANCE_TYPES
+    from .unet import PRESETS
+
+    p = sub.add_parser("train", help="train a noise predictor with Algorithm 1",
+                       description="Train eps_theta(x_t, t) with the DDPM objective (Ho et al. 2020, Algorithm 1).",
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint "
+                   "(its saved config is used; only --steps, --device and --no-progress apply)")
+    p.add_argument("--run-dir", default="runs/digits", help="where config, metrics, previews and checkpoints go "
+                   "(default: %(default)s)")
+    p.add_argument("--preset", default="digits", choices=sorted(PRESETS), help="U-Net size (default: %(default)s)")
+    p.add_argument("--data", default="digits", help="'digits' (embedded MNIST, 4,500 train / 500 test), "
+                   "'sklearn-digits', a folder of images, or a .npy/.npz file (default: %(default)s)")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"],
+                   help="split of the embedded datasets to train on (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=None, help="side of the square images (default: 32)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grey) or 3 (RGB) (default: 1)")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps in total (default: 4000)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step per device (default: 64)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default: 1)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate (default: preset's)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default: 0.9999, with warm-up)")
+    p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    p.add_argument("--loss", choices=["simple", "vlb", "hybrid"], default=None,
+                   help="L_simple (eq. 14), L_vlb, or L_simple + lambda L_vlb (default: simple)")
+    p.add_argument("--hybrid-lambda", type=float, default=None, help="lambda of the hybrid loss (default: 0.001)")
+    p.add_argument("--variance", choices=list(VARIANCE_TYPES), default=None,
+                   help="sigma_t^2: beta_t, beta~_t or learned (default: fixed-large)")
+    p.add_argument("--importance-sampling", action="store_true", help="sample t by the history of L_vlb terms")
+    p.add_argument("--schedule", choices=["linear", "cosine"], default=None, help="beta schedule (default: linear)")
+    p.add_argument("--timesteps", type=int, default=None, help="T (default: 1000)")
+    p.add_argument("--beta-start", type=float, default=None, help="beta_1 of the linear schedule (default: 1e-4)")
+    p.add_argument("--beta-end", type=float, default=None, help="beta_T of the linear schedule (default: 0.02)")
+    p.add_argument("--seed", type=int, default=None, help="seed of init, data order and noise (default: 0)")
+    p.add_argument("--log-every", type=int, default=None, help="steps between metric rows (default: 50)")
+    p.add_argument("--sample-every", type=int, default=None, help="steps between preview grids (default: 1000)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 1000)")
+    p.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept (default: 3)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--compile", type=_on_off, default=None, help="torch.compile: auto (on for CUDA), on, off")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _train_config_from_args(args):
+    from dataclasses import replace
+
+    from .config import TrainConfig
+    from .data import DataConfig
+    from .schedule import ScheduleConfig
+    from .unet import preset
+
+    defaults = TrainConfig()
+    model_over = {} if args.dropout is None else {"dropout": args.dropout}
+    model = preset(args.preset, **model_over)
+    data = DataConfig(source=args.data, image_size=args.image_size or defaults.data.image_size,
+                      channels=args.channels or defaults.data.channels, split=args.split, hflip=args.hflip)
+    sched = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps, "beta_start": args.beta_start,
+                               "beta_end": args.beta_end}.items() if v is not None}
+    schedule = replace(ScheduleConfig(), **sched)
+    flat = {"run_dir": args.run_dir, "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+            "lr": args.lr, "warmup_steps": args.warmup_steps, "ema_decay": args.ema_decay, "loss": args.loss,
+            "hybrid_lambda": args.hybrid_lambda, "variance": args.variance, "seed": args.seed,
+            "log_every": args.log_every, "sample_every": args.sample_every, "checkpoint_every": args.checkpoint_every,
+            "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
+            "compile": args.compile}
+    flat = {k: v for k, v in flat.items() if v is not None}
+    if args.preset in PRESET_RECIPES:
+        flat = {**PRESET_RECIPES[args.preset], **flat}
+    return TrainConfig(model=model, schedule=schedule, data=data, importance_sampling=args.importance_sampling,
+                       progress=not args.no_progress, **flat)
+
+
+#: training defaults that go with a preset (flags still override them)
+PRESET_RECIPES = {"digits": {"lr": 1e-3, "batch_size": 64, "steps": 4000}}
+
+
+def _run_train(args) -> int:
+    import json
+
+    from .config import TrainConfig
+    from .train import train
+
+    if args.resume:
+        cfg_path = Path(args.resume) / "config.json"
+        if not cfg_path.is_file():
+            raise _UserError(f"{args.resume}: not a run folder (no config.json); nothing to resume")
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise _UserError(f"{cfg_path}: unreadable JSON ({e})") from None
+        saved["run_dir"] = str(args.resume)
+        for key, value in (("steps", args.steps), ("device", args.device)):
+            if value is not None:
+                saved[key] = value
+        saved["progress"] = not args.no_progress
+        config = _checked(lambda: TrainConfig.from_dict(saved), cfg_path)
+        out = train(config, resume=True)
+    else:
+        config = _checked(lambda: _train_config_from_args(args), "arguments")
+        run_dir = Path(config.run_dir)
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*")):
+            raise _UserError(f"{run_dir}: already holds a run; use --resume {run_dir} to continue it "
+                             "or --run-dir to start a new one")
+        out = train(config)
+    print(f"run saved in {out}")
+    return 0
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="generate images from a trained run (Algorithm 2 and faster samplers)",
+                       description="Generate images from a run folder's latest checkpoint (EMA weights by default).",
+                       epilog=SAMPLE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder (or one checkpoint folder inside it)")
+    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/samples/SAMPLER)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; sample k has its own seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default: %(default)s)")
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm++2m"],
+                   help="ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all T for ddpm, 50 otherwise)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
+    p.add_argument("--spacing", choices=["uniform", "quadratic"], default="uniform", help="timestep spacing")
+    p.add_argument("--variance", default=None, choices=["fixed-large", "fixed-small", "learned-range"],
+                   help="sigma_t^2 for ddpm (default: the run's)")
+    p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default: ema)")
+    p.add_argument("--chain", type=int, default=0, metavar="K",
+                   help="also save the denoising chain of the first K samples (strip PNG + GIF)")
+    p.add_argument("--no-individual", action="store_true", help="skip the one-PNG-per-sample folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args) -> int:
+    from .generate import sample
+
+    if args.num < 1:
+        raise _UserError(f"-n must be >= 1, got {args.num}")
+    if not 0.0 <= args.eta <= 1.0:
+        raise _UserError(f"--eta must lie in [0, 1], got {args.eta}")
+    steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 50
+    out = sample(args.run, args.num, args.out, which=args.weights, device=args.device,
+                 individual=not args.no_individual, chain_samples=args.chain, seed=args.seed,
+                 batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
+                 spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
+                 progress=not args.no_progress)
+    print(f"samples written to {out} (grid.png, samples.npz{', images/' if not args.no_individual else ''}"
+          f"{', chain.png, chain.gif' if args.chain else ''})")
+    return 0
+
+
+class _UserError(Exception):
+    """A mistake in the command line; printed as one line."""
+
+
+def _checked(build, where):
+    """Run a config constructor, turning its validation errors into one-line user errors."""
+    try:
+        return build()
+    except (TypeError, ValueError) as e:
+        raise _UserError(f"{where}: {e}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpm", description="Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020).",
+        epilog="examples:\n  ddpm train && ddpm sample runs/digits --chain 8\n  ddpm <command> --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"ddpm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_train(sub)
+    _add_sample(sub)
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands that live in their own modules (evaluation, studies)."""
+    registers = []
+    try:
+        from .cli_eval import register as register_eval
+        registers.append(register_eval)
+    except ImportError:
+        pass
+    return registers
+
+
+def main(argv=None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, CheckpointError, _UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the latest checkpoint is intact (resume with ddpm train --resume RUN_DIR)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

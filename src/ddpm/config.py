@@ -1,0 +1,89 @@
+"""The run configuration: one dataclass per component, nested in :class:`TrainConfig`, saved as JSON.
+
+The CLI only maps flags onto these; the trainer, the sampler and the evaluators rebuild everything
+they need from the JSON saved beside every checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .data import DataConfig
+from .diffusion import VARIANCE_TYPES
+from .schedule import ScheduleConfig
+from .unet import UNetConfig, preset
+
+__all__ = ["TrainConfig", "LOSS_TYPES"]
+
+LOSS_TYPES = ("simple", "vlb", "hybrid")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs.  ``model``, ``schedule`` and ``data`` are the component configs."""
+
+    run_dir: str = "runs/digits"
+    model: UNetConfig = field(default_factory=lambda: preset("digits"))
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # objective (Algorithm 1 is loss="simple"; vlb/hybrid after Nichol & Dhariwal 2021)
+    loss: str = "simple"
+    variance: str = "fixed-large"
+    hybrid_lambda: float = 0.001
+    importance_sampling: bool = False
+    # optimisation
+    steps: int = 4000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    preview_samples: int = 16
+    preview_sampler: str = "ddim"
+    preview_steps: int = 50
+    # hardware
+    device: str = "auto"
+    precision: str = "auto"
+    compile: str = "auto"
+    channels_last: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.loss not in LOSS_TYPES:
+            raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if self.variance not in VARIANCE_TYPES:
+            raise ValueError(f"variance must be one of {VARIANCE_TYPES}, got {self.variance!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        # the network's shape follows the data and the variance type (learned-range doubles the outputs)
+        want = {"in_channels": self.data.channels, "image_size": self.data.image_size,
+                "out_channels": self.data.channels * (2 if self.variance == "learned-range" else 1)}
+        have = self.model.to_dict()
+        if any(have.get(k) != v for k, v in want.items()):
+            self.model = UNetConfig.from_dict({**have, **want})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        d["schedule"] = self.schedule.to_dict()
+        d["data"] = self.data.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["model"] = UNetConfig.from_dict(d.get("model", {}))
+        kw["schedule"] = ScheduleConfig.from_dict(d.get("schedule", {}))
+        kw["data"] = DataConfig.from_dict(d.get("data", {}))
+        return cls(**kw)

@@ -1,0 +1,124 @@
+"""Sampling from a trained run: load the weights, run a sampler, write the pictures.
+
+``sample(run, n)`` is the Python twin of ``ddpm sample``.  Sample k of a call with base seed s is drawn
+from its own generator seeded with ``sample_seed(s, k)``, so it is the same image whatever the batch size.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import TrainConfig
+from .data import to_uint8
+from .samplers import PerSampleNoise
+from .samplers import sample as run_sampler
+from .schedule import Schedule, make_schedule
+from .unet import UNet
+
+__all__ = ["LoadedRun", "load_run", "sample_seed", "generate", "sample"]
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    schedule: Schedule
+    config: TrainConfig
+    checkpoint: Path
+    device: torch.device
+
+
+def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
+    """Build the network of a run (or checkpoint) folder from its saved config and load ``ema`` or ``model`` weights."""
+    from .train import resolve_device
+
+    if which not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {which!r}")
+    ck = load_checkpoint(path, with_trainer_state=False)
+    try:
+        config = TrainConfig.from_dict(ck["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ck['path'] / 'config.json'}: not a valid ddpm config ({e})") from None
+    dev = resolve_device(device)
+    model = UNet(config.model)
+    try:
+        model.load_state_dict(ck[which])
+    except RuntimeError as e:
+        raise CheckpointError(f"{ck['path']}: weights do not fit the saved config ({str(e).splitlines()[0]})") from None
+    model = model.to(dev).eval().requires_grad_(False)
+    return LoadedRun(model, make_schedule(config.schedule), config, ck["path"], dev)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` in a call with base ``seed`` (distinct for every (seed, index) pair)."""
+    return (int(seed) << 32) + int(index)
+
+
+def model_fn(model: torch.nn.Module, device: torch.device):
+    """Wrap a network as ``f(x, t)`` with bf16 autocast on CUDA (float32 on CPU)."""
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+
+    def f(x, t):
+        with ctx():
+            return model(x, t).float()
+    return f
+
+
+def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sampler: str = "ddpm",
+             steps: int | None = None, eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True,
+             progress: bool = True, chain_samples: int = 0, chain_every: int | None = None, **sampler_kw):
+    """Draw ``n`` samples as a uint8 (n, C, H, W) tensor; with ``chain_samples`` > 0 also return the denoising
+    chain of the first that many samples as a list of (t, uint8 tensor) frames."""
+    cfg = run.config
+    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    variance = variance or cfg.variance
+    f = model_fn(run.model, run.device)
+    out, chain = [], None
+    bar = None
+    if progress and n > batch_size:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True)
+    for start in range(0, n, batch_size):
+        idx = range(start, min(n, start + batch_size))
+        noise = PerSampleNoise([sample_seed(seed, k) for k in idx], run.device)
+        want_chain = chain_samples > 0 and start == 0
+        every = chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10)
+        res = run_sampler(f, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
+                          clip_denoised=clip_denoised, progress=progress and bar is None,
+                          chain_every=every if want_chain else None, **sampler_kw)
+        if want_chain:
+            res, frames = res
+            chain = [(t, to_uint8(x[:chain_samples].clamp(-1, 1))) for t, x in frames]
+        out.append(to_uint8(res.clamp(-1, 1)).cpu())
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    images = torch.cat(out)
+    return (images, chain) if chain_samples > 0 else images
+
+
+def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = "auto", individual: bool = True,
+           chain_samples: int = 0, **kw) -> Path:
+    """Sample ``n`` images from a run folder and write ``grid.png``, ``samples.npz`` (uint8 N x H x W x C),
+    one PNG per sample under ``images/``, and with ``chain_samples`` the chain strip PNG and GIF.
+    Returns the output folder (default ``RUN/samples/<sampler>``)."""
+    from .images import save_chain_gif, save_chain_strip, save_grid, save_individual, save_npz
+
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, which=which, device=device)
+    sampler = kw.get("sampler", "ddpm")
+    out = Path(out_dir) if out_dir else Path(loaded.checkpoint).parent.parent / "samples" / sampler
+    out.mkdir(parents=True, exist_ok=True)
+    res = generate(loaded, n, chain_samples=chain_samples, **kw)
+    images, chain = res if chain_samples > 0 else (res, None)
+    save_grid(out / "grid.png", images)
+    save_npz(out / "samples.npz", images)
+    if individual:
+        save_individual(out / "images", images)
+    if chain:
+        save_chain_strip(out / "chain.png", chain)
+        save_chain_gif(out / "chain.gif", chain)
+    return out
