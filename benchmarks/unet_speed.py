@@ -1,0 +1,143 @@
+"""Throughput of the U-Net noise predictor: training (forward + backward) and inference images per second.
+
+Times ``ddpm.unet.UNet`` for a preset (optionally with its fields overridden) and, for comparison, the
+same architecture built from diffusers' ``UNet2DModel`` when diffusers is installed.
+
+    python benchmarks/unet_speed.py --preset digits --batch-size 64
+    python benchmarks/unet_speed.py --preset digits --base-channels 48 --attention-resolutions none --seconds 5
+
+Keep runs short on shared machines: each measurement runs for about ``--seconds`` seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ddpm.unet import UNet, UNetConfig, count_parameters, group_count, preset
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return () if text.lower() in ("", "none") else tuple(int(v) for v in text.split(","))
+
+
+def build_config(args) -> UNetConfig:
+    overrides = {}
+    for name in ("base_channels", "num_res_blocks", "image_size", "num_groups", "dropout", "num_heads"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.channel_mult is not None:
+        overrides["channel_mult"] = _ints(args.channel_mult)
+    if args.attention_resolutions is not None:
+        overrides["attention_resolutions"] = _ints(args.attention_resolutions)
+    return preset(args.preset, **overrides)
+
+
+def diffusers_equivalent(cfg: UNetConfig):
+    """The same network as a diffusers UNet2DModel (the layout of google/ddpm-cifar10-32), or None without diffusers."""
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        return None
+    widths = [cfg.base_channels * m for m in cfg.channel_mult]
+    attn = [r in cfg.attention_resolutions for r in cfg.resolutions]
+    # diffusers uses one group count for every layer: take one that divides every width, concatenations included.
+    groups = group_count(widths[0], cfg.num_groups)
+    while any(w % groups for w in widths):
+        groups -= 1
+    head_dim = None if cfg.num_heads == 1 else widths[-1] // cfg.num_heads
+    return UNet2DModel(
+        sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.output_channels,
+        block_out_channels=tuple(widths), layers_per_block=cfg.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        dropout=cfg.dropout, norm_num_groups=groups, norm_eps=1e-6, attention_head_dim=head_dim,
+        flip_sin_to_cos=False, freq_shift=1, downsample_padding=1,
+    )
+
+
+def _timed(fn, seconds: float, warmup: int) -> float:
+    """Seconds per call of ``fn``: ``warmup`` untimed calls, then as many as fit in about ``seconds``."""
+    for _ in range(warmup):
+        fn()
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return elapsed / n
+
+
+def measure(model: torch.nn.Module, call, cfg: UNetConfig, args) -> tuple[float, float]:
+    """(training img/s, inference img/s) of ``call(model, x, t)``."""
+    b, size = args.batch_size, cfg.image_size
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(b, cfg.in_channels, size, size).to(memory_format=fmt)
+    t = torch.randint(0, 1000, (b,))
+    target = torch.randn(b, cfg.output_channels, size, size)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        with amp:
+            out = call(model, x, t)
+        F.mse_loss(out.float(), target).backward()
+
+    def infer_step():
+        with torch.inference_mode(), amp:
+            call(model, x, t)
+
+    model.train()
+    train = b / _timed(train_step, args.seconds, args.warmup)
+    model.eval()
+    infer = b / _timed(infer_step, args.seconds, args.warmup)
+    return train, infer
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
+    p.add_argument("--base-channels", type=int)
+    p.add_argument("--channel-mult", help="comma-separated, e.g. 1,2,2")
+    p.add_argument("--num-res-blocks", type=int)
+    p.add_argument("--attention-resolutions", help="comma-separated sizes, or 'none'")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--num-groups", type=int)
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--dropout", type=float)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    cfg = build_config(args)
+    print(f"config: {cfg.to_dict()}")
+    print(f"batch {args.batch_size}, {torch.get_num_threads()} threads, channels_last={args.channels_last}, "
+          f"bf16={args.bf16}, torch {torch.__version__}")
+    rows = [("ddpm.unet.UNet", UNet(cfg), lambda m, x, t: m(x, t))]
+    if not args.no_diffusers:
+        ref = diffusers_equivalent(cfg)
+        if ref is None:
+            print("diffusers is not installed: skipping the UNet2DModel comparison")
+        else:
+            rows.append(("diffusers UNet2DModel", ref, lambda m, x, t: m(x, t).sample))
+    print(f"{'model':<24}{'params':>12}{'train img/s':>14}{'infer img/s':>14}")
+    for name, model, call in rows:
+        train, infer = measure(model, call, cfg, args)
+        print(f"{name:<24}{count_parameters(model):>12,}{train:>14.1f}{infer:>14.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
