@@ -157,7 +157,8 @@ def _add_sample(sub):
                    help="ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all T for ddpm, 50 otherwise)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
-    p.add_argument("--spacing", choices=["uniform", "quadratic"], default="uniform", help="timestep spacing")
+    p.add_argument("--spacing", choices=["uniform", "quadratic", "trailing", "logsnr"], default=None,
+                   help="which timesteps a shortened sampler visits (default: logsnr for dpm++2m, else uniform)")
     p.add_argument("--variance", default=None, choices=["fixed-large", "fixed-small", "learned-range"],
                    help="sigma_t^2 for ddpm (default: the run's)")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")

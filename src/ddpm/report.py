@@ -14,7 +14,7 @@ def write_preview(trainer) -> Path:
 
     cfg = trainer.config
     run = LoadedRun(trainer.ema, trainer.schedule, cfg, trainer.run_dir, trainer.device)
-    steps = None if cfg.preview_sampler == "ddpm" else cfg.preview_steps
+    steps = None if cfg.preview_sampler == "ddpm" else min(cfg.preview_steps, trainer.schedule.num_timesteps)
     images = generate(run, cfg.preview_samples, seed=0, batch_size=cfg.preview_samples, sampler=cfg.preview_sampler,
                       steps=steps, progress=False)
     path = trainer.run_dir / "previews" / f"step_{trainer.step:07d}.png"

@@ -193,7 +193,7 @@ class Trainer:
         self.model.train()
         total = torch.zeros((), device=self.device)
         for _ in range(cfg.grad_accum):
-            loss = self._loss(self.batches.next()) / cfg.grad_accum
+            loss = self._loss(next(self.batches)) / cfg.grad_accum
             loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

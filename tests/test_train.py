@@ -1,0 +1,139 @@
+"""The trainer, checkpoints and the CLI end to end, on a tiny model and scikit-learn's 8x8 digits."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ddpm.cli import main
+from ddpm.train import ema_decay_at, lr_at, read_metrics
+
+TINY = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
+        "--batch-size", "8", "--log-every", "1", "--no-progress"]
+
+
+def _train(run_dir, steps, *extra):
+    return main(["train", *TINY, "--run-dir", str(run_dir), "--steps", str(steps), *extra])
+
+
+def test_cli_train_then_sample_writes_every_artefact(tmp_path):
+    run = tmp_path / "run"
+    assert _train(run, 6, "--sample-every", "3", "--checkpoint-every", "2", "--keep-checkpoints", "2") == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["base_channels"] == 4 and cfg["schedule"]["num_timesteps"] == 20
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(set(r) >= {"step", "loss", "lr", "grad_norm", "img_per_s"} for r in rows)
+    assert (run / "loss.png").is_file()
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert kept == ["step_0000004", "step_0000006"]  # the last K = 2
+    assert latest_checkpoint(run).name == "step_0000006"
+
+    out = tmp_path / "samples"
+    assert main(["sample", str(run), "-n", "5", "--batch-size", "2", "--chain", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    import numpy as np
+    arr = np.load(out / "samples.npz")["images"]
+    assert arr.shape == (5, 8, 8, 1) and arr.dtype == np.uint8
+    assert len(list((out / "images").glob("*.png"))) == 5
+    assert (out / "grid.png").is_file() and (out / "chain.png").is_file() and (out / "chain.gif").is_file()
+    # each sample has its own seed: drawing with another batch size gives the same images
+    out2 = tmp_path / "samples2"
+    assert main(["sample", str(run), "-n", "5", "--batch-size", "5", "--out", str(out2), "--no-progress",
+                 "--no-individual"]) == 0
+    assert (np.load(out2 / "samples.npz")["images"] == arr).all()
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    """Stop at step 4, resume to 8: losses and weights equal the run that never stopped (same CPU, same seed)."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["--checkpoint-every", "4", "--sample-every", "100", "--dropout", "0.1"]
+    assert _train(full, 8, *common) == 0
+    assert _train(part, 4, *common) == 0
+    assert main(["train", "--resume", str(part), "--steps", "8", "--no-progress"]) == 0
+    a = [r["loss"] for r in read_metrics(full / "metrics.jsonl")]
+    b = [r["loss"] for r in read_metrics(part / "metrics.jsonl")]
+    assert len(a) == len(b) == 8
+    assert a == b
+    ca, cb = load_checkpoint(full), load_checkpoint(part)
+    for key in ca["model"]:
+        assert torch.equal(ca["model"][key], cb["model"][key]), key
+        assert torch.equal(ca["ema"][key], cb["ema"][key]), key
+
+
+def test_refuses_to_overwrite_a_run_and_resume_needs_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, 2) == 0
+    assert _train(run, 2) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_from_incompatible_config_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, 2, "--checkpoint-every", "2") == 0
+    ckpt = latest_checkpoint(run)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["model"]["base_channels"] = 8
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    assert main(["sample", str(run), "-n", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "do not fit" in err and "Traceback" not in err
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 1, model=model, ema=model, trainer_state={"step": 1}, config={"a": 1})
+    import ddpm.checkpoint as ck
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(ck, "save_file", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 2, model=model, ema=model, trainer_state={"step": 2}, config={"a": 1})
+    assert latest_checkpoint(tmp_path).name == "step_0000001"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")] == []
+    assert load_checkpoint(tmp_path)["trainer"]["step"] == 1
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_loading_never_unpickles_code(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    path = save_checkpoint(tmp_path, 1, model=model, ema=model, trainer_state={"step": 1}, config={})
+    torch.save({"step": 1, "payload": _Evil()}, path / "trainer.pt")
+    with pytest.raises(CheckpointError, match="trainer.pt"):
+        load_checkpoint(tmp_path)
+    (path / "ema.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path, with_trainer_state=False)
+
+
+def test_schedules_of_lr_and_ema():
+    assert lr_at(0, 1e-3, 10) == pytest.approx(1e-4)
+    assert lr_at(9, 1e-3, 10) == pytest.approx(1e-3) and lr_at(500, 1e-3, 10) == 1e-3
+    assert ema_decay_at(0, 0.9999) == pytest.approx(0.1)
+    assert ema_decay_at(10**7, 0.9999) == 0.9999
+
+
+def test_ema_tracks_weights(tmp_path):
+    """With decay d_n = (1+n)/(10+n), d_0 = 0.1: after one step the EMA is 0.1 * init + 0.9 * new weights."""
+    from ddpm.config import TrainConfig
+    from ddpm.data import DataConfig
+    from ddpm.train import Trainer
+    from ddpm.unet import preset
+    cfg = TrainConfig(run_dir=str(tmp_path), model=preset("tiny"), data=DataConfig(source="sklearn-digits",
+                      image_size=8), batch_size=8, steps=1, progress=False)
+    tr = Trainer(cfg)
+    init = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train_step()
+    for e, p, p0 in zip(tr.ema.parameters(), tr.model.parameters(), init):
+        assert torch.allclose(e, 0.1 * p0 + 0.9 * p.detach(), atol=1e-9)
+    assert any(not torch.equal(p0, p) for p0, p in zip(init, tr.model.parameters()))  # the step moved something
