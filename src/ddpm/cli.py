@@ -212,20 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_train(sub)
     _add_sample(sub)
-    for register in _extra_commands():
-        register(sub)
+    from .cli_eval import register as register_eval_and_study
+    register_eval_and_study(sub)
     return parser
-
-
-def _extra_commands():
-    """Subcommands that live in their own modules (evaluation, studies)."""
-    registers = []
-    try:
-        from .cli_eval import register as register_eval
-        registers.append(register_eval)
-    except ImportError:
-        pass
-    return registers
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,172 @@
+"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluate.py and study.py."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["register"]
+
+EVAL_EXAMPLES = """examples:
+  ddpm eval nll runs/digits                     # exact bound over all T terms on the 500 held-out digits
+  ddpm eval nll runs/digits --quick 50 -n 100   # stratified estimate from 50 timesteps per image
+  ddpm eval quality runs/digits -n 1000 --sampler ddim --steps 50
+  ddpm eval quality runs/digits/samples/ddpm/samples.npz
+  ddpm eval fid runs/faces/samples/ddpm/samples.npz --ref path/to/real/images
+"""
+
+STUDY_EXAMPLES = """examples:
+  ddpm study noise runs/digits                  # beta_t vs beta~_t vs no noise, same model, same x_T
+"""
+
+
+def register(sub) -> None:
+    ev = sub.add_parser("eval", help="bits/dim of the variational bound and sample-quality metrics",
+                        description="Evaluate a run: the likelihood bound (eq. 5) in bits/dim, or sample quality.",
+                        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evsub = ev.add_subparsers(dest="what", metavar="WHAT")
+    evsub.required = True
+
+    nll = evsub.add_parser("nll", help="negative log-likelihood bound in bits/dim on held-out images",
+                           epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    nll.add_argument("run", help="run folder")
+    nll.add_argument("--split", default="test", choices=["test", "train", "all"],
+                     help="split of the run's dataset (default: %(default)s, held out from training)")
+    nll.add_argument("-n", "--num", type=int, default=None, help="evaluate only the first N images")
+    nll.add_argument("--quick", type=int, default=None, metavar="K",
+                     help="estimate the sum from K stratified timesteps per image (unbiased, with its standard error)")
+    nll.add_argument("--batch-size", type=int, default=250, help="images per forward pass (default: %(default)s)")
+    nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
+    nll.add_argument("--weights", choices=["ema", "model"], default="ema")
+    nll.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
+    nll.add_argument("--device", default="auto")
+    nll.add_argument("--no-progress", action="store_true")
+    nll.set_defaults(func=_run_nll)
+
+    qual = evsub.add_parser("quality", help="classifier Frechet distance, KID and class histogram (digits)",
+                            epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    qual.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
+    _add_sampling_flags(qual, default_n=1000)
+    qual.add_argument("--out", default=None, help="output folder (default: beside the samples, or RUN/eval)")
+    qual.set_defaults(func=_run_quality)
+
+    fid = evsub.add_parser("fid", help="standard Inception FID through torch-fidelity (optional extra)",
+                           epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fid.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
+    fid.add_argument("--ref", required=True, help="real images: a folder, .npy/.npz, or 'digits' (test split)")
+    _add_sampling_flags(fid, default_n=1000)
+    fid.set_defaults(func=_run_fid)
+
+    st = sub.add_parser("study", help="studies: why Algorithm 2 adds noise",
+                        epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stsub = st.add_subparsers(dest="what", metavar="WHAT")
+    stsub.required = True
+    noise = stsub.add_parser("noise", help="sample with sigma^2 = beta_t, beta~_t and 0 from the same x_T",
+                             epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    noise.add_argument("run", help="run folder")
+    noise.add_argument("-n", "--num", type=int, default=64, help="samples per variant (default: %(default)s)")
+    noise.add_argument("--seed", type=int, default=0)
+    noise.add_argument("--batch-size", type=int, default=64)
+    noise.add_argument("--no-quality", action="store_true", help="skip the classifier FD")
+    noise.add_argument("--out", default=None, help="output folder (default: RUN/study)")
+    noise.add_argument("--device", default="auto")
+    noise.add_argument("--no-progress", action="store_true")
+    noise.set_defaults(func=_run_noise_study)
+
+
+def _add_sampling_flags(p, default_n):
+    p.add_argument("-n", "--num", type=int, default=default_n, help="samples to draw from a run (default: %(default)s)")
+    p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"],
+                   help="sampler when drawing from a run (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: all T for ddpm, 50 otherwise)")
+    p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _user_error(msg):
+    from .cli import _UserError
+    return _UserError(msg)
+
+
+def _images_from(args):
+    """uint8 (N, C, H, W) images: drawn from a run folder, or read from an .npz/.npy file; plus where to write."""
+    import torch
+
+    src = Path(args.source)
+    if src.is_dir():
+        from .generate import generate, load_run
+        run = load_run(src, device=args.device)
+        steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 50
+        images = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                          steps=steps, progress=not args.no_progress)
+        return images, src / "eval"
+    if src.is_file() and src.suffix in (".npz", ".npy"):
+        from .data import DataConfig, load_images
+        import numpy as np
+        arr = np.load(src)
+        first = arr[arr.files[0]] if hasattr(arr, "files") else arr
+        if first.ndim != 4:
+            raise _user_error(f"{src}: expected N x H x W x C uint8 images, got an array of shape {first.shape}")
+        size = first.shape[1]
+        channels = first.shape[-1] if first.shape[-1] in (1, 3) else first.shape[1]
+        images = load_images(DataConfig(source=str(src), image_size=size, channels=channels, split="all"))
+        return torch.as_tensor(images), src.parent
+    raise _user_error(f"{src}: not a run folder or an .npz/.npy file of samples")
+
+
+def _run_nll(args) -> int:
+    from .data import DataConfig, load_images
+    from .evaluate import format_nll, run_nll
+    from .generate import load_run
+
+    run = load_run(args.run, which=args.weights, device=args.device)
+    dcfg = DataConfig.from_dict({**run.config.data.to_dict(), "split": args.split, "hflip": False})
+    x0 = load_images(dcfg)
+    if args.num is not None:
+        x0 = x0[: args.num]
+    out = Path(args.out) if args.out else Path(args.run) / "eval"
+    result = run_nll(run.model, run.schedule, x0, variance=run.config.variance, out_dir=out, quick_k=args.quick,
+                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device)
+    print(format_nll(result))
+    print(f"written: {out / 'nll.json'}, {out / 'nll_terms.png'}")
+    return 0
+
+
+def _run_quality(args) -> int:
+    from .evaluate import format_quality, run_quality
+
+    images, default_out = _images_from(args)
+    out = Path(args.out) if args.out else default_out
+    result = run_quality(images, out)
+    print(format_quality(result))
+    print(f"written: {out / 'quality.json'}")
+    return 0
+
+
+def _run_fid(args) -> int:
+    from .evaluate import FidUnavailable, run_fid
+
+    images, _ = _images_from(args)
+    try:
+        result = run_fid(images, args.ref)
+    except FidUnavailable as e:
+        raise _user_error(str(e)) from None
+    print(f"FID {result['fid']:.3f} ({result['n_generated']} generated vs {result['n_reference']} real images)")
+    return 0
+
+
+def _run_noise_study(args) -> int:
+    from .study import noise_study
+    from .generate import load_run
+
+    run = load_run(args.run, device=args.device)
+    out = Path(args.out) if args.out else Path(args.run) / "study"
+    results = noise_study(run, out, n=args.num, seed=args.seed, batch_size=args.batch_size,
+                          quality=not args.no_quality, progress=not args.no_progress)
+    print(f"{'variant':<24} {'pixel var':>10} {'classifier FD':>14}")
+    for name, r in results.items():
+        fd = f"{r['classifier_fd']:.2f}" if "classifier_fd" in r else "-"
+        print(f"{name:<24} {r['pixel_variance_mean']:>10.4f} {fd:>14}")
+    print(f"written: {out / 'noise_study.png'}, {out / 'noise_study.json'}")
+    return 0
