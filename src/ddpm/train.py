@@ -5,6 +5,11 @@ No argument parsing here: :func:`train` takes a :class:`~ddpm.config.TrainConfig
 Per step: x_0 from the data, t ~ Uniform{1..T} (0-based in code), eps ~ N(0, I),
 x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4), and a gradient step on
 ||eps - eps_theta(x_t, t)||^2 (eq. 14), or on L_vlb / L_hybrid when the config asks.
+
+Data parallel (``torchrun --nproc_per_node=N -m ddpm train ...``; see :mod:`ddpm.distributed`): every rank holds
+the same weights, reads its own strided shard of the same per-epoch permutation, draws its own t and eps, and
+DistributedDataParallel averages the gradients, so one optimisation step sees a global batch of
+``batch_size * grad_accum * world_size`` images.  Rank 0 alone writes files.
 """
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ import contextlib
 import copy
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from . import data as data_mod
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
 from .config import TrainConfig
 from .diffusion import loss_simple, q_sample, sample_timesteps
@@ -59,12 +66,21 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
 
 
 class Trainer:
-    """Holds a run's live state: model, EMA, optimizer, data order and RNGs.  ``run()`` trains to ``config.steps``."""
+    """Holds a run's live state: model, EMA, optimizer, data order and RNGs.  ``run()`` trains to ``config.steps``.
 
-    def __init__(self, config: TrainConfig, resume: bool = False):
+    ``world`` says which rank this process is (default: read from the environment by
+    :func:`ddpm.distributed.setup`, which also starts the process group under torchrun).  Random streams:
+    model init uses ``seed`` on every rank (DDP also broadcasts rank 0's weights); t and eps come from
+    ``self.gen``, seeded ``seed + 1`` on rank 0 (the single-process stream) and by
+    :func:`~ddpm.distributed.rank_seed` on the other ranks; dropout uses the global torch RNG, re-seeded per
+    rank the same way after init, so no two ranks draw the same noise.
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = False, world: distributed.World | None = None):
         self.config = config
         self.run_dir = Path(config.run_dir)
-        self.device = resolve_device(config.device)
+        self.world = world if world is not None else distributed.setup(config.device)
+        self.device = self.world.device
         self.schedule = make_schedule(config.schedule)
         # refuse bad input before any work: data, image size vs the U-Net's downsampling
         data_mod.check_image_size(config.data.image_size, config.model.size_divisor)
@@ -74,8 +90,11 @@ class Trainer:
             raise data_mod.DataError(f"{config.data.source}: {self.num_images} images, fewer than the batch size "
                                      f"{config.batch_size}; lower --batch-size")
 
-        torch.manual_seed(config.seed)  # model init and dropout
+        rank = self.world.rank
+        torch.manual_seed(config.seed)  # model init (identical on every rank) and rank 0's dropout
         self.model = UNet(config.model).to(self.device)
+        if rank > 0:
+            torch.manual_seed(distributed.rank_seed(config.seed, rank, "dropout"))
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.use_bf16 = self._autocast_dtype() is not None
         if self._want("channels_last"):
@@ -83,12 +102,13 @@ class Trainer:
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                            **({"fused": True} if fused else {}))
+        # same seed on every rank: the ranks read disjoint strided shards of one permutation per epoch
         self.batches = data_mod.Batches(images, batch_size=config.batch_size, seed=config.seed,
-                                        hflip=config.data.hflip, device=self.device)
+                                        hflip=config.data.hflip, device=self.device, rank=rank,
+                                        world_size=self.world.world_size)
         self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(config.seed + 1)
+        self.gen.manual_seed(config.seed + 1 if rank == 0 else distributed.rank_seed(config.seed, rank, "noise"))
         self.step = 0
-        self.forward = torch.compile(self.model) if self._want("compile") else self.model
         self.vlb = None
         if config.loss != "simple":
             from .likelihood import TrainingVLB
@@ -96,6 +116,19 @@ class Trainer:
                                    config.importance_sampling)
         if resume:
             self._restore()
+        # wrap after restoring, so DDP's broadcast of rank 0's weights at construction changes nothing
+        self.ddp = None
+        if self.world.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+        module = self.ddp if self.ddp is not None else self.model
+        self.forward = torch.compile(module) if self._want("compile") else module
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimisation step over all ranks: batch_size (per rank) * grad_accum * world_size."""
+        return self.config.batch_size * self.config.grad_accum * self.world.world_size
 
     # -- hardware choices -------------------------------------------------------------------------
     def _want(self, flag: str) -> bool:
@@ -117,18 +150,25 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     # -- state -------------------------------------------------------------------------------------
-    def trainer_state(self) -> dict:
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "data": self.batches.state_dict(),
-            "generator": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
+    def _rank_state(self) -> dict:
+        """This rank's own random state: its t/eps generator, the torch RNG (dropout), and the VLB history."""
+        state = {"generator": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda" and self.world.enabled:
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        elif torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         if self.vlb is not None:
             state["vlb"] = self.vlb.state_dict()
+        return state
+
+    def trainer_state(self) -> dict:
+        """Everything but the weights.  Collective when distributed: every rank must call it, since it gathers
+        each rank's random state into ``ranks`` (rank 0's is also kept at the top level, as in a 1-rank run)."""
+        ranks = distributed.gather_objects(self._rank_state(), self.world)
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
+                 "world_size": self.world.world_size, **ranks[0]}
+        if self.world.enabled:
+            state["ranks"] = ranks
         return state
 
     def _restore(self):
@@ -145,15 +185,35 @@ class Trainer:
             raise CheckpointError(f"{ck['path']}: weights do not fit this model ({str(e).splitlines()[0]})") from None
         tr = ck["trainer"]
         self.optimizer.load_state_dict(tr["optimizer"])
-        self.batches.load_state_dict(tr["data"])
-        self.gen.set_state(tr["generator"])
-        torch.set_rng_state(tr["torch_rng"])
-        if "cuda_rng" in tr and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(tr["cuda_rng"])
-        if self.vlb is not None and "vlb" in tr:
-            self.vlb.load_state_dict(tr["vlb"])
         self.step = int(tr["step"])
-        self._truncate_metrics()
+        world, seed = self.world, self.config.seed
+        data_state = tr["data"]
+        if int(data_state.get("world_size", 1)) != world.world_size:
+            data_state = distributed.reshard_data_state(data_state, batch_size=self.batches.batch_size,
+                                                        world_size=world.world_size,
+                                                        batches_per_epoch=len(self.batches))
+        self.batches.load_state_dict(data_state)
+        if int(tr.get("world_size", 1)) == world.world_size:
+            # same world size: every rank continues its own streams exactly
+            mine = tr["ranks"][world.rank] if world.enabled else tr
+            self.gen.set_state(mine["generator"])
+            torch.set_rng_state(mine["torch_rng"])
+            if "cuda_rng" in mine and self.device.type == "cuda":
+                if world.enabled:
+                    torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
+                else:
+                    torch.cuda.set_rng_state_all(mine["cuda_rng"])
+            if self.vlb is not None and "vlb" in mine:
+                self.vlb.load_state_dict(mine["vlb"])
+        else:
+            # another world size: fresh streams per rank, a function of (seed, rank, step); the t-sampling
+            # history of rank 0 seeds every rank's
+            self.gen.manual_seed(distributed.rank_seed(seed, world.rank, "noise", self.step))
+            torch.manual_seed(distributed.rank_seed(seed, world.rank, "dropout", self.step))
+            if self.vlb is not None and "vlb" in tr:
+                self.vlb.load_state_dict(tr["vlb"])
+        if world.is_main:
+            self._truncate_metrics()
 
     def _truncate_metrics(self):
         """Drop metric rows logged after the restored checkpoint, so the log reads as one uninterrupted run."""
@@ -164,9 +224,22 @@ class Trainer:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
             tmp.replace(path)
 
+    def config_record(self) -> dict:
+        """The config as saved in ``config.json``, plus how the run is spread over processes (for reading only;
+        :meth:`TrainConfig.from_dict` ignores the extra key)."""
+        return {**self.config.to_dict(),
+                "distributed": {"world_size": self.world.world_size, "backend": self.world.backend,
+                                "batch_size_per_rank": self.config.batch_size, "grad_accum": self.config.grad_accum,
+                                "global_batch_size": self.global_batch_size}}
+
     def save(self):
-        save_checkpoint(self.run_dir, self.step, model=self.model, ema=self.ema, trainer_state=self.trainer_state(),
-                        config=self.config.to_dict(), keep=self.config.keep_checkpoints)
+        """Write a checkpoint.  Collective when distributed: every rank calls it, rank 0 writes, and no rank
+        leaves before the checkpoint is complete."""
+        state = self.trainer_state()
+        if self.world.is_main:
+            save_checkpoint(self.run_dir, self.step, model=self.model, ema=self.ema, trainer_state=state,
+                            config=self.config_record(), keep=self.config.keep_checkpoints)
+        distributed.barrier(self.world)
 
     # -- one optimisation step -------------------------------------------------------------------
     def _loss(self, x0: torch.Tensor) -> torch.Tensor:
@@ -186,22 +259,39 @@ class Trainer:
             return loss_simple(out, noise, self.config.variance)
         return self.vlb.loss(out.float(), noise, x0, x_t, t, weights)
 
+    def accumulate_gradients(self) -> torch.Tensor:
+        """Forward and backward over ``grad_accum`` micro-batches; returns this rank's mean loss.
+
+        Distributed, the gradients are all-reduced (averaged over ranks) once, during the backward pass of the
+        last micro-batch: the others run under ``no_sync()``."""
+        cfg = self.config
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for i in range(cfg.grad_accum):
+            last = i == cfg.grad_accum - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                loss = self._loss(next(self.batches)) / cfg.grad_accum
+                loss.backward()
+            total += loss.detach()
+        return total
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.lr, cfg.warmup_steps)
-        self.model.train()
-        total = torch.zeros((), device=self.device)
-        for _ in range(cfg.grad_accum):
-            loss = self._loss(next(self.batches)) / cfg.grad_accum
-            loss.backward()
-            total += loss.detach()
+        total = self.accumulate_gradients()
+        return total, self.apply_gradients()
+
+    def apply_gradients(self) -> torch.Tensor:
+        """Clip, take the optimizer step, update the EMA, advance ``step``; returns the pre-clip gradient norm.
+        The gradients are the same on every rank, and so are the weights and the EMA afterwards."""
+        cfg = self.config
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
         self.step += 1
-        return total, grad_norm
+        return grad_norm
 
     @torch.no_grad()
     def _update_ema(self):
@@ -215,14 +305,18 @@ class Trainer:
     def run(self) -> Path:
         from .report import plot_loss_curve, write_preview
 
-        cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.run_dir / "config.json", cfg.to_dict())
-        metrics = (self.run_dir / "metrics.jsonl").open("a")
-        bar = None
-        if cfg.progress:
+        cfg, world = self.config, self.world
+        main = world.is_main  # only rank 0 writes files and shows progress
+        metrics, bar = None, None
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", self.config_record())
+            metrics = (self.run_dir / "metrics.jsonl").open("a")
+        if main and cfg.progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+            desc = "training" if not world.enabled else \
+                f"training ({world.world_size} ranks, global batch {self.global_batch_size})"
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step", dynamic_ncols=True)
         loss_sum = torch.zeros((), device=self.device)
         n_logged, t_last, img_last = 0, time.perf_counter(), 0
         try:
@@ -230,24 +324,27 @@ class Trainer:
                 loss, grad_norm = self.train_step()
                 loss_sum += loss
                 n_logged += 1
-                img_last += cfg.batch_size * cfg.grad_accum
+                img_last += self.global_batch_size
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.perf_counter()
-                    mean_loss = (loss_sum / n_logged).item()  # the one host sync per log interval
-                    if not math.isfinite(mean_loss):
+                    # mean over the interval and over ranks: the one all-reduce and host sync per log interval
+                    mean_loss = distributed.mean_over_ranks(loss_sum / n_logged, world).item()
+                    if not math.isfinite(mean_loss):  # every rank sees the same mean, so all stop together
                         raise FloatingPointError(f"loss became {mean_loss} at step {self.step}; lower --lr")
                     row = {"step": self.step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
                            "grad_norm": float(grad_norm), "img_per_s": img_last / max(now - t_last, 1e-9),
+                           "world_size": world.world_size, "global_batch_size": self.global_batch_size,
                            "time": time.time()}
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
+                    if metrics is not None:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{row['img_per_s']:.0f}")
                     loss_sum.zero_()
                     n_logged, t_last, img_last = 0, time.perf_counter(), 0
-                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     write_preview(self)
                     plot_loss_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
                     t_last = time.perf_counter()
@@ -257,10 +354,28 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         return self.run_dir
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Train (or resume, when ``resume`` and the run folder holds a checkpoint) and return the run folder."""
-    return Trainer(config, resume=resume).run()
+    """Train (or resume, when ``resume`` and the run folder holds a checkpoint) and return the run folder.
+
+    Under torchrun this also starts and, at the end, destroys the process group.  If this rank fails, it says so
+    on stderr (which rank, and that the last checkpoint is intact); a failed exchange with another rank (it
+    crashed or timed out) is raised as :class:`~ddpm.distributed.DistributedError`."""
+    world = distributed.setup(config.device)
+    try:
+        return Trainer(config, resume=resume, world=world).run()
+    except Exception as e:
+        if not world.enabled:
+            raise
+        message = distributed.failure_message(e, world, config.run_dir)
+        if distributed.is_communication_error(e):
+            raise distributed.DistributedError(message) from e
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # a broken group must not hide the error that broke it
+            distributed.teardown()
