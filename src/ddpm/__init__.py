@@ -1,2 +1,15 @@
-"""ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020), train, sample and evaluate."""
+"""ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020): train, sample and evaluate.
+
+    ddpm.train(config)            train, or resume with resume=True
+    ddpm.sample(run_dir, n, ...)  sample a run and write grid.png, samples.npz, images/
+    ddpm.load_run(run_dir)        the EMA network, schedule and config of a run
+    ddpm.generate(run, n, ...)    samples as a uint8 tensor
+    ddpm.TrainConfig              the run configuration
+"""
 __version__ = "0.1.0"
+
+from .config import TrainConfig  # noqa: E402
+from .generate import generate, load_run, sample  # noqa: E402
+from .train import train  # noqa: E402  (binds the function over the submodule of the same name)
+
+__all__ = ["__version__", "TrainConfig", "train", "sample", "generate", "load_run"]
