@@ -59,21 +59,35 @@ def diffusers_equivalent(cfg: UNetConfig):
     )
 
 
-def _timed(fn, seconds: float, warmup: int) -> float:
-    """Seconds per call of ``fn``: ``warmup`` untimed calls, then as many as fit in about ``seconds``."""
+def _timed(fn, seconds: float, warmup: int) -> list[float]:
+    """Seconds of each call of ``fn``, sorted: ``warmup`` untimed calls, then as many as fit in about ``seconds``."""
     for _ in range(warmup):
         fn()
-    n, start = 0, time.perf_counter()
-    while True:
+    times, start = [], time.perf_counter()
+    while not times or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
         fn()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return elapsed / n
+        times.append(time.perf_counter() - t0)
+    return sorted(times)
 
 
-def measure(model: torch.nn.Module, call, cfg: UNetConfig, args) -> tuple[float, float]:
-    """(training img/s, inference img/s) of ``call(model, x, t)``."""
+def train_flops(model: torch.nn.Module, call, cfg: UNetConfig) -> float:
+    """FLOPs of one training image (forward + backward), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)
+    with FlopCounterMode(display=False) as counter:
+        call(model, x, torch.tensor([1, 2])).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def measure(model: torch.nn.Module, call, cfg: UNetConfig, args) -> dict:
+    """Training and inference img/s of ``call(model, x, t)``: the median call and the fastest call.
+
+    The median is the figure to quote on a quiet machine; on a shared one the fastest call is the closer
+    estimate of what the hardware can do.
+    """
     b, size = args.batch_size, cfg.image_size
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -93,10 +107,11 @@ def measure(model: torch.nn.Module, call, cfg: UNetConfig, args) -> tuple[float,
             call(model, x, t)
 
     model.train()
-    train = b / _timed(train_step, args.seconds, args.warmup)
+    train = _timed(train_step, args.seconds, args.warmup)
     model.eval()
-    infer = b / _timed(infer_step, args.seconds, args.warmup)
-    return train, infer
+    infer = _timed(infer_step, args.seconds, args.warmup)
+    return {"train": b / train[len(train) // 2], "train_best": b / train[0],
+            "infer": b / infer[len(infer) // 2], "infer_best": b / infer[0]}
 
 
 def main(argv=None):
@@ -133,11 +148,12 @@ def main(argv=None):
             print("diffusers is not installed: skipping the UNet2DModel comparison")
         else:
             rows.append(("diffusers UNet2DModel", ref, lambda m, x, t: m(x, t).sample))
-    print(f"{'model':<24}{'params':>12}{'train img/s':>14}{'infer img/s':>14}")
+    print(f"{'model':<24}{'params':>11}{'train GFLOP/img':>17}{'train img/s (best)':>22}{'infer img/s (best)':>22}")
     for name, model, call in rows:
-        train, infer = measure(model, call, cfg, args)
-        print(f"{name:<24}{count_parameters(model):>12,}{train:>14.1f}{infer:>14.1f}", flush=True)
-
+        flops = train_flops(model, call, cfg)
+        r = measure(model, call, cfg, args)
+        print(f"{name:<24}{count_parameters(model):>11,}{flops / 1e9:>17.2f}"
+              f"{r['train']:>14.1f} ({r['train_best']:5.1f}){r['infer']:>14.1f} ({r['infer_best']:5.1f})", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -127,8 +127,10 @@ class UNetConfig:
 PRESETS: dict[str, UNetConfig] = {
     # Ho et al. 2020, Appendix B: the CIFAR-10 network, 35.7M parameters.
     "cifar10": UNetConfig(),
-    # 1-channel 32x32 digits on a couple of CPU cores: chosen by measured speed (see benchmarks/unet_speed.py).
-    "digits": UNetConfig(in_channels=1, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+    # 1-channel 32x32 digits on two CPU cores. Narrow at full resolution, where the FLOPs are, and wide at
+    # 8x8 and 4x4, where they are cheap: about the parameters of a (32, 64, 64) net at 40% of its FLOPs
+    # (0.58 vs 1.49 GFLOP per training image) and about twice its training img/s (benchmarks/unet_speed.py).
+    "digits": UNetConfig(in_channels=1, base_channels=16, channel_mult=(1, 2, 4, 4), num_res_blocks=1,
                          attention_resolutions=(8,), dropout=0.0, image_size=32, num_groups=8),
     # For tests: a few thousand parameters, still with attention and a skip path at every level.
     "tiny": UNetConfig(in_channels=1, base_channels=4, channel_mult=(1, 1), num_res_blocks=1,
