@@ -21,15 +21,6 @@ BIN = 2 / 255          # width of one of the 256 bins in [-1, 1]
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster on the shared 2-core machine (no OpenMP hand-offs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------- normal_kl
 
 def test_normal_kl_zero_for_identical_and_matches_torch_distributions():
