@@ -1,7 +1,7 @@
 """The noise predictor eps_theta(x_t, t): the U-Net of Ho et al. 2020, Appendix B.
 
 A PixelCNN++-style backbone (Salimans et al. 2017) with group normalisation, a sinusoidal timestep
-embedding added to every residual block, and single-head self-attention at chosen feature-map sizes.
+embedding added to every residual block, and self-attention (one head by default) at chosen feature-map sizes.
 The paper's CIFAR-10 network is :func:`preset("cifar10") <preset>` (35.7M parameters).
 
 The network knows nothing of the noise schedule: ``t`` is the same 0-based index the rest of the
@@ -17,11 +17,15 @@ Layout (``L = len(channel_mult)`` levels, ``ch = base_channels``, level ``i`` at
   out:    GroupNorm, SiLU, 3x3 conv -> out_channels, zero-initialised
 As in the paper's code, the last conv of every residual branch and the attention output projection are
 also zero-initialised, so an untrained network is the identity on each block and outputs exactly zero.
+
+The whole batch goes through every layer at once (no Python loop over samples), attention uses
+``scaled_dot_product_attention``, and the module works with channels_last tensors, bf16 autocast and
+``torch.compile(fullgraph=True)``; the sinusoidal embedding is always computed in float32.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
