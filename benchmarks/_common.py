@@ -6,22 +6,34 @@
 * :func:`interleaved` times several step functions round-robin, so slow phases of a shared machine hit every
   case alike, and :func:`median` / :func:`rate` summarise the samples.
 * :func:`machine` describes the CPU, the thread count and the library versions for the report.
+* :class:`Setting` is a hardware variant as the trainer resolves it; :func:`parse_variant` reads one from
+  text; :func:`their_training_step`, :func:`our_sampling_step` and :func:`their_sampling_step` build the
+  timed steps (ours trains through ``Trainer.train_step`` itself).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
+from ddpm.data import Batches
+from ddpm.diffusion import p_mean_variance
+from ddpm.samplers import PerSampleNoise
 from ddpm.schedule import ScheduleConfig
+from ddpm.train import Trainer, ema_decay_at, lr_at
 from ddpm.unet import UNetConfig, count_parameters, group_count
 
 __all__ = ["diffusers_unet", "diffusers_scheduler", "check_same_size", "interleaved", "median", "rate",
-           "machine", "cpu_model", "forward_flops", "format_table"]
+           "machine", "cpu_model", "forward_flops", "format_table", "Setting", "TOKENS", "parse_variant",
+           "resolve_setting", "eval_copy", "their_training_step", "our_sampling_step", "their_sampling_step"]
 
 
 def diffusers_unet(cfg: UNetConfig):
@@ -75,12 +87,15 @@ def check_same_size(ours: torch.nn.Module, theirs: torch.nn.Module, tolerance: f
 
 def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                 sync: Callable[[], None] | None = None, calls: int = 1,
-                on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+                on_round: Callable[[int], None] | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of every case, measured round-robin: A, B, C, A, B, C, ...
 
     Each case first runs ``warmup`` untimed calls; then ``repeats`` rounds each time ``calls`` back-to-back
     calls of every case (``sync()`` before stopping the clock, e.g. torch.cuda.synchronize).  The order
-    rotates by one every round so no case always follows the same neighbour.
+    rotates by one every round so no case always follows the same neighbour.  ``clock`` is wall time by
+    default; ``time.process_time`` (CPU seconds of the whole process) is far steadier on a busy machine when
+    torch runs one thread, and with several threads it is their sum, not the elapsed time.
     """
     names = list(cases)
     sync = sync or (lambda: None)
@@ -94,11 +109,11 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: in
         for name in names[k:] + names[:k]:
             fn = cases[name]
             sync()
-            start = time.perf_counter()
+            start = clock()
             for _ in range(calls):
                 fn()
             sync()
-            samples[name].append((time.perf_counter() - start) / calls)
+            samples[name].append((clock() - start) / calls)
         if on_round is not None:
             on_round(r)
     return samples
@@ -161,10 +176,20 @@ def forward_flops(model: torch.nn.Module, *inputs) -> int:
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain-text table with right-aligned columns after the first (Markdown-compatible pipes)."""
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    """A Markdown table; columns whose cells all read as numbers (commas, %, x allowed) are right-aligned."""
+    def numeric(cell) -> bool:
+        text = str(cell).replace(",", "").rstrip("%x")
+        try:
+            float(text)
+            return True
+        except ValueError:
+            return text in ("n/a", "-")
+    cols = range(len(header))
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in cols]
+    right = [bool(rows) and all(numeric(r[i]) for r in rows) for i in cols]
+
     def line(cells):
-        out = [str(cells[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return "| " + " | ".join(out) + " |"
-    sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+        return "| " + " | ".join(str(c).rjust(w) if r else str(c).ljust(w)
+                                 for c, w, r in zip(cells, widths, right)) + " |"
+    sep = "|" + "|".join("-" * (w + 1) + (":" if r else "-") for w, r in zip(widths, right)) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])
