@@ -193,3 +193,148 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
                                  for c, w, r in zip(cells, widths, right)) + " |"
     sep = "|" + "|".join("-" * (w + 1) + (":" if r else "-") for w, r in zip(widths, right)) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+# -- hardware variants ---------------------------------------------------------------------------------------
+#: variant tokens -> TrainConfig field overrides; "default" keeps every field at "auto"
+TOKENS = {"channels_last": ("channels_last", "on"), "cl": ("channels_last", "on"), "nchw": ("channels_last", "off"),
+          "bf16": ("precision", "bf16"), "fp32": ("precision", "fp32"),
+          "compile": ("compile", "on"), "eager": ("compile", "off")}
+
+
+def parse_variant(name: str) -> dict:
+    """'channels_last+bf16' -> {"channels_last": "on", "precision": "bf16"}; 'default' -> {} (all auto)."""
+    overrides = {}
+    for token in name.split("+"):
+        token = token.strip().lower()
+        if token in ("", "default"):
+            continue
+        if token not in TOKENS:
+            raise ValueError(f"unknown variant token {token!r}; use default or {sorted(TOKENS)} joined by '+'")
+        key, value = TOKENS[token]
+        overrides[key] = value
+    return overrides
+
+
+@dataclass
+class Setting:
+    """A variant as the trainer resolves it on its device."""
+
+    name: str
+    device: torch.device
+    channels_last: bool
+    bf16: bool
+    compile: bool
+
+    @property
+    def describe(self) -> str:
+        return (f"{'bf16' if self.bf16 else 'fp32'}, {'channels_last' if self.channels_last else 'NCHW'}, "
+                f"{'compiled' if self.compile else 'eager'}")
+
+    @property
+    def memory_format(self):
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+
+def resolve_setting(name: str, trainer: Trainer) -> Setting:
+    """What ``trainer`` actually does (its own ``auto`` rules on its device)."""
+    return Setting(name, trainer.device, channels_last=trainer._want("channels_last"),
+                   bf16=trainer._autocast_dtype() is not None, compile=trainer._want("compile"))
+
+
+def eval_copy(model: torch.nn.Module, s: Setting, compile_kw: dict | None = None):
+    """An inference copy of ``model`` on the setting's device and memory format, compiled if asked."""
+    m = copy.deepcopy(model).to(s.device).eval().requires_grad_(False).to(memory_format=s.memory_format)
+    return torch.compile(m, **(compile_kw or {})) if s.compile else m
+
+
+# -- the timed steps -----------------------------------------------------------------------------------------
+def their_training_step(model: torch.nn.Module, trainer: Trainer, s: Setting, images: torch.Tensor):
+    """``trainer.train_step`` with diffusers' network and ``DDPMScheduler.add_noise`` in place of ours.
+
+    Same data order, t and eps draws (same seeds), autocast, memory format, compile, gradient clipping, AdamW
+    (fused on CUDA, as the trainer does) and EMA update.
+    """
+    cfg, dev = trainer.config, trainer.device
+    scheduler = diffusers_scheduler(cfg.schedule, cfg.variance)
+    model = model.to(dev).train().to(memory_format=s.memory_format)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    forward = torch.compile(model) if s.compile else model
+    fused = {"fused": True} if dev.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    batches = Batches(images, batch_size=cfg.batch_size, seed=cfg.seed, hflip=cfg.data.hflip, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    params, ema_params = list(model.parameters()), list(ema.parameters())
+    state = {"step": 0}
+
+    def step():
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state["step"], cfg.lr, cfg.warmup_steps)
+        x0 = next(batches)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=dev)
+        noise = torch.randn(x0.shape, generator=gen, device=dev)
+        x_t = scheduler.add_noise(x0, noise, t).contiguous(memory_format=s.memory_format)
+        with s.autocast():
+            out = forward(x_t, t).sample
+        loss = F.mse_loss(out.float(), noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params],
+                                 1.0 - ema_decay_at(state["step"], cfg.ema_decay))
+        state["step"] += 1
+    return step
+
+
+def our_sampling_step(model, schedule, variance: str, s: Setting, batch: int, shape: tuple[int, ...],
+                      compile_kw: dict | None = None):
+    """One k > 0 iteration of ``ddpm.samplers.ancestral_sample``'s loop: the network under inference mode,
+    ``p_mean_variance`` with clipped x0, and per-sample noise from :class:`ddpm.samplers.PerSampleNoise`.
+
+    ``model``: a network (copied to the setting's device and memory format, compiled if the setting says so)
+    or any other callable ``f(x, t)`` (a CUDA-graphed network, an already compiled one), used as is.
+    """
+    net = eval_copy(model, s, compile_kw) if isinstance(model, torch.nn.Module) else model
+    noise = PerSampleNoise(range(batch), s.device)
+    T = schedule.num_timesteps
+    with torch.inference_mode():  # every x the loop sees is an inference tensor: one set of compile guards
+        state = {"x": noise.randn(shape).contiguous(memory_format=s.memory_format), "t": T - 1}
+
+    @torch.inference_mode()
+    def step():
+        x, t = state["x"], state["t"]
+        tt = torch.full((batch,), t, dtype=torch.long, device=s.device)
+        with s.autocast():
+            out = net(x, tt)
+        out = p_mean_variance(schedule, out.float(), x, tt, variance=variance, clip_denoised=True)
+        state["x"] = out.mean + (0.5 * out.log_variance).exp() * noise.randn(shape)
+        state["t"] = t - 1 if t > 1 else T - 1  # stay on k > 0 steps
+    return step
+
+
+def their_sampling_step(model, sched_cfg: ScheduleConfig, variance: str, s: Setting, batch: int,
+                        shape: tuple[int, ...], compile_kw: dict | None = None):
+    """diffusers' network, then ``DDPMScheduler.step`` (same variance, clipped x0), in the same setting.
+    ``model`` as in :func:`our_sampling_step`."""
+    scheduler = diffusers_scheduler(sched_cfg, variance)
+    net = eval_copy(model, s, compile_kw) if isinstance(model, torch.nn.Module) else model
+    gen = torch.Generator(device=s.device).manual_seed(0)
+    T = sched_cfg.num_timesteps
+    with torch.inference_mode():
+        x = torch.randn((batch, *shape), generator=gen, device=s.device)
+        state = {"x": x.contiguous(memory_format=s.memory_format), "t": T - 1}
+
+    @torch.inference_mode()
+    def step():
+        x, t = state["x"], state["t"]
+        with s.autocast():
+            out = net(x, torch.full((batch,), t, dtype=torch.long, device=s.device))
+        out = out.sample if hasattr(out, "sample") else out
+        state["x"] = scheduler.step(out.float(), t, x, generator=gen).prev_sample
+        state["t"] = t - 1 if t > 1 else T - 1
+    return step
