@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -185,11 +186,22 @@ def clean_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    data = _make_data(out / "indexed.npy")
-    procs = _spawn("train", out, (data,), timeout_s=120, wait_s=240)
-    assert [p.exitcode for p in procs] == [0, 0]
-    return out, data, [torch.load(out / f"result_rank{r}.pt") for r in range(2)]
+    """The 2-rank job, run once per test session: under pytest-xdist the workers share it through a folder in
+    the session's common temporary root and a file lock (filelock comes with torch)."""
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out = root / "ddp_two_ranks"
+    with FileLock(str(out) + ".lock"):
+        if not (out / "done").is_file():
+            shutil.rmtree(out, ignore_errors=True)  # what a failed attempt may have left
+            out.mkdir()
+            data = _make_data(out / "indexed.npy")
+            procs = _spawn("train", out, (data,), timeout_s=120, wait_s=240)
+            assert [p.exitcode for p in procs] == [0, 0]
+            (out / "done").touch()
+    return out, out / "indexed.npy", [torch.load(out / f"result_rank{r}.pt") for r in range(2)]
 
 
 def test_ranks_hold_identical_weights_and_ema(two_rank_run):
@@ -297,7 +309,6 @@ def test_two_rank_checkpoint_resumes_on_one_rank_where_the_epoch_left_off(two_ra
     """Saved at step 4 on 2 ranks: epoch 1, 16 of its 48 images used.  One rank continues the same permutation
     from image 16: the next 32 images it draws are exactly the rest of epoch 1."""
     out, data, (r0, r1) = two_rank_run
-    import shutil
     run = tmp_path / "a"
     shutil.copytree(out / "a", run)
     tr = Trainer(_config(run, data, steps=8), resume=True)
