@@ -90,34 +90,24 @@ def _user_error(msg):
 
 
 def _images_from(args):
-    """uint8 (N, C, H, W) images: drawn from a run folder, or read from an .npz/.npy file; plus where to write."""
-    import torch
-
+    """uint8 (N, C, H, W) images: drawn from a run folder, or read from saved samples; plus where to write."""
     src = Path(args.source)
-    if src.is_dir():
+    if src.is_dir() and (src / "config.json").is_file():
         from .generate import generate, load_run
         run = load_run(src, device=args.device)
         steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 50
         images = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                           steps=steps, progress=not args.no_progress)
         return images, src / "eval"
-    if src.is_file() and src.suffix in (".npz", ".npy"):
-        from .data import DataConfig, load_images
-        import numpy as np
-        arr = np.load(src)
-        first = arr[arr.files[0]] if hasattr(arr, "files") else arr
-        if first.ndim != 4:
-            raise _user_error(f"{src}: expected N x H x W x C uint8 images, got an array of shape {first.shape}")
-        size = first.shape[1]
-        channels = first.shape[-1] if first.shape[-1] in (1, 3) else first.shape[1]
-        images = load_images(DataConfig(source=str(src), image_size=size, channels=channels, split="all"))
-        return torch.as_tensor(images), src.parent
-    raise _user_error(f"{src}: not a run folder or an .npz/.npy file of samples")
+    if src.exists():
+        from .evaluate import load_samples
+        return load_samples(src), (src if src.is_dir() else src.parent)
+    raise _user_error(f"{src}: no such run folder or samples file")
 
 
 def _run_nll(args) -> int:
     from .data import DataConfig, load_images
-    from .evaluate import format_nll, run_nll
+    from .evaluate import nll_summary, run_nll
     from .generate import load_run
 
     run = load_run(args.run, which=args.weights, device=args.device)
@@ -126,26 +116,31 @@ def _run_nll(args) -> int:
     if args.num is not None:
         x0 = x0[: args.num]
     out = Path(args.out) if args.out else Path(args.run) / "eval"
-    result = run_nll(run.model, run.schedule, x0, variance=run.config.variance, out_dir=out, quick_k=args.quick,
+    if len(x0) == 0:
+        raise _user_error(f"{args.run}: the {args.split} split is empty")
+
+    def f(x, t):  # full precision: the bound's smallest terms need it
+        return run.model(x, t).float()
+    result = run_nll(f, run.schedule, x0, out, variance=run.config.variance, quick_k=args.quick,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device)
-    print(format_nll(result))
+    print(nll_summary(result))
     print(f"written: {out / 'nll.json'}, {out / 'nll_terms.png'}")
     return 0
 
 
 def _run_quality(args) -> int:
-    from .evaluate import format_quality, run_quality
+    from .evaluate import quality_summary, run_quality
 
     images, default_out = _images_from(args)
     out = Path(args.out) if args.out else default_out
     result = run_quality(images, out)
-    print(format_quality(result))
+    print(quality_summary(result))
     print(f"written: {out / 'quality.json'}")
     return 0
 
 
 def _run_fid(args) -> int:
-    from .evaluate import FidUnavailable, run_fid
+    from .fid import FidUnavailable, run_fid
 
     images, _ = _images_from(args)
     try:

@@ -67,8 +67,9 @@ def noise_study(run, out_dir, *, n: int = 64, seed: int = 0, batch_size: int = 6
                "pixel_variance_std": float(var.std()) if len(var) > 1 else 0.0}
         if quality and cfg.data.source == "digits" and shape == (1, 32, 32):
             from .quality import quality_report
-            q = quality_report(images)
-            row.update({"classifier_fd": q["fd"], "kid": q["kid_mean"], "classes_present": q["classes_present"]})
+            q = quality_report(images, floor=False)
+            row.update({"classifier_fd": q["fd"], "kid": q["kid_mean"],
+                        "classes_present": q["classes"]["classes_present"]})
         results[name] = row
         grids[name] = images
     out = Path(out_dir)
