@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ TRAIN_EXAMPLES = """examples:
   ddpm train --data path/to/images --image-size 64 --channels 3 --preset cifar10 --hflip
   ddpm train --data faces.npz --loss hybrid --variance learned-range
   ddpm train --resume runs/digits --steps 8000  # continue a run exactly where it stopped
+  torchrun --standalone --nproc_per_node=8 -m ddpm train --batch-size 16   # 8 GPUs, global batch 128
 """
 
 SAMPLE_EXAMPLES = """examples:
@@ -140,7 +142,8 @@ def _run_train(args) -> int:
             raise _UserError(f"{run_dir}: already holds a run; use --resume {run_dir} to continue it "
                              "or --run-dir to start a new one")
         out = train(config)
-    print(f"run saved in {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
+        print(f"run saved in {out}")
     return 0
 
 
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .distributed import DistributedError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -228,6 +232,9 @@ def main(argv=None) -> int:
     except (DataError, CheckpointError, _UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DistributedError as e:  # a lost rank or a timed-out collective
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; the latest checkpoint is intact (resume with ddpm train --resume RUN_DIR)",
               file=sys.stderr)
