@@ -46,6 +46,54 @@ def our_trainer(args, overrides: dict, run_dir: str) -> Trainer:
     return Trainer(cfg)
 
 
+# -- profile -------------------------------------------------------------------------------------------------
+#: aten ops -> the groups of the profile table (checked in order; anything else is "other")
+OP_GROUPS = (("conv forward", ("mkldnn_convolution", "_convolution", "convolution", "conv2d", "slow_conv2d_forward")),
+             ("conv backward", ("convolution_backward", "mkldnn_convolution_backward", "slow_conv2d_backward")),
+             ("group norm", ("native_group_norm", "native_group_norm_backward", "group_norm")),
+             ("SiLU", ("silu", "silu_backward")),
+             ("attention", ("bmm", "baddbmm", "_softmax", "_softmax_backward_data", "_safe_softmax",
+                            "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                            "_scaled_dot_product_flash_attention_for_cpu_backward")),
+             ("linear", ("addmm", "mm", "linear")),
+             ("optimiser, clipping, EMA", ("_foreach_",)),
+             ("add / mul", ("add", "add_", "mul", "mul_", "sub", "div", "addcmul", "lerp_", "neg")),
+             ("copy / cast / cat", ("copy_", "_to_copy", "cat", "clone", "upsample_nearest2d",
+                                    "upsample_nearest2d_backward")))
+
+
+def op_group(name: str) -> str:
+    op = name.split("::")[-1]
+    for group, keys in OP_GROUPS:
+        if op in keys or any(k.endswith("_") and op.startswith(k) for k in keys if k.startswith("_foreach")):
+            return group
+    return "other"
+
+
+def profile(cases: dict, steps: int) -> str:
+    """Share of each op group in the self CPU time of ``steps`` calls of every case (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    shares, totals = {}, {}
+    for label, fn in cases.items():
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                fn()
+        by_group = {}
+        for event in prof.key_averages():
+            if event.key.startswith("aten::") or event.key.startswith("mkldnn::"):
+                g = op_group(event.key)
+                by_group[g] = by_group.get(g, 0.0) + event.self_cpu_time_total
+        total = sum(by_group.values())
+        shares[label] = {g: v / total for g, v in by_group.items()}
+        totals[label] = total / steps / 1e3
+    groups = [g for g, _ in OP_GROUPS] + ["other"]
+    header = ["op group"] + list(cases)
+    rows = [[g] + [f"{shares[c].get(g, 0.0):.1%}" for c in cases] for g in groups]
+    rows.append(["aten self time, ms/step"] + [f"{totals[c]:.0f}" for c in cases])
+    return format_table(header, rows)
+
+
 # -- report --------------------------------------------------------------------------------------------------
 def table(kind: str, settings: list[Setting], results: dict, batch: int, with_diffusers: bool) -> tuple[str, list]:
     header = ["setting", f"ours {kind} img/s"] + ([f"diffusers {kind} img/s", "ours/diffusers"] if with_diffusers else [])
@@ -99,6 +147,9 @@ def main(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time (default); cpu: CPU seconds of the process, steadier on a busy "
                         "machine, equal to wall time on an idle one only with --threads 1")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timing, profile 3 steps of every case of the first variant with torch.profiler "
+                        "and print each op group's share of the time")
     p.add_argument("--json", help="also write the raw samples and rates to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -174,6 +225,12 @@ def main(argv=None):
     if lines:
         print()
         print("\n".join(lines))
+    if args.profile:
+        first = settings[0].name
+        subset = {k: v for k, v in cases.items() if k.endswith(f" {first}")}
+        print(f"\nWhere the time goes: {first} ({settings[0].describe}), share of aten self CPU time over 3 steps")
+        report["profile"] = profile(subset, 3)
+        print(report["profile"])
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     tmp.cleanup()
