@@ -111,7 +111,7 @@ def _train_config_from_args(args):
 
 
 #: training defaults that go with a preset (flags still override them)
-PRESET_RECIPES = {"digits": {"lr": 1e-3, "batch_size": 64, "steps": 4000}}
+PRESET_RECIPES = {"digits": {"lr": 1e-3, "batch_size": 64, "steps": 3000}}
 
 
 def _run_train(args) -> int:

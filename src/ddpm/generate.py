@@ -48,7 +48,7 @@ def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
         model.load_state_dict(ck[which])
     except RuntimeError as e:
         raise CheckpointError(f"{ck['path']}: weights do not fit the saved config ({str(e).splitlines()[0]})") from None
-    model = model.to(dev).eval().requires_grad_(False)
+    model = model.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     return LoadedRun(model, make_schedule(config.schedule), config, ck["path"], dev)
 
 
@@ -58,12 +58,13 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 def model_fn(model: torch.nn.Module, device: torch.device):
-    """Wrap a network as ``f(x, t)`` with bf16 autocast on CUDA (float32 on CPU)."""
+    """Wrap a network as ``f(x, t)``: bf16 autocast on CUDA (float32 on CPU), inputs in the channels_last layout
+    (faster convolutions on CPU and GPU alike), outputs float32."""
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
 
     def f(x, t):
         with ctx():
-            return model(x, t).float()
+            return model(x.contiguous(memory_format=torch.channels_last), t).float()
     return f
 
 
