@@ -8,12 +8,15 @@ architecture (parameter counts checked) driven the same way, with ``DDPMSchedule
 
 Settings ("variants") are the trainer's own hardware switches: ``default`` is whatever ``TrainConfig()`` picks
 on this device (the ``auto`` values); tokens joined by ``+`` override it: ``channels_last``/``nchw``,
-``bf16``/``fp32`` (autocast), ``compile``/``eager``.  Every (variant, implementation) pair is timed round-robin
-in one process, one step per sample, and the medians are reported.
+``bf16``/``fp32`` (autocast), ``compile``/``eager``.  The sampling step of a variant uses the same precision,
+layout and compilation.  Every (variant, implementation) pair is timed round-robin in one process, one step per
+sample, and the medians are reported with the ratio ours/diffusers per variant, ours at the library defaults
+against diffusers at its own (fp32, NCHW, eager), and the best of each.
 
-    python benchmarks/cpu_speed.py                                   # the documented table
-    python benchmarks/cpu_speed.py --threads 1 --repeats 5           # quicker, one core
-    python benchmarks/cpu_speed.py --variants default,compile,compile+channels_last   # minutes of compiling
+    python benchmarks/cpu_speed.py                                   # the documented table (library threads)
+    python benchmarks/cpu_speed.py --threads 1 --clock cpu           # one core, CPU seconds: steady on a busy box
+    python benchmarks/cpu_speed.py --variants default --profile      # where the time goes, per op group
+    python benchmarks/cpu_speed.py --variants default,compile,bf16+nchw+compile   # minutes of compiling
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from ddpm.data import load_images  # noqa: E402
 from ddpm.train import Trainer  # noqa: E402
 from ddpm.unet import preset  # noqa: E402
 
-DEFAULT_VARIANTS = "default,channels_last,bf16,channels_last+bf16"
+DEFAULT_VARIANTS = "default,fp32+nchw,fp32+channels_last,bf16+nchw,bf16+channels_last"
 
 
 def our_trainer(args, overrides: dict, run_dir: str) -> Trainer:
