@@ -21,7 +21,9 @@ against diffusers at its own (fp32, NCHW, eager), and the best of each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import importlib.util
 import json
 import sys
 import tempfile
@@ -98,40 +100,65 @@ def profile(cases: dict, steps: int) -> str:
 
 
 # -- report --------------------------------------------------------------------------------------------------
-def table(kind: str, settings: list[Setting], results: dict, batch: int, with_diffusers: bool) -> tuple[str, list]:
-    header = ["setting", f"ours {kind} img/s"] + ([f"diffusers {kind} img/s", "ours/diffusers"] if with_diffusers else [])
+def table(kind: str, settings: list[Setting], results: dict, batch: int, impls: list[str]) -> tuple[str, list]:
+    """One row per setting: img/s of every implementation, and each one's ratio to diffusers."""
+    others = [i for i in impls if i != "diffusers"]
+    header = ["setting"] + [f"{i} {kind} img/s" for i in impls]
+    if "diffusers" in impls:
+        header += [f"{i}/diffusers" for i in others]
     rows, raw = [], []
     for s in settings:
-        ours = rate(batch, results[f"ours {kind} {s.name}"])
-        row = [f"{s.name} ({s.describe})", f"{ours:.1f}"]
-        rec = {"variant": s.name, "setting": s.describe, "ours": ours}
-        if with_diffusers:
-            theirs = rate(batch, results[f"diffusers {kind} {s.name}"])
-            row += [f"{theirs:.1f}", f"{ours / theirs:.2f}"]
-            rec["diffusers"] = theirs
+        rec = {"variant": s.name, "setting": s.describe}
+        rec.update({i: rate(batch, results[f"{i} {kind} {s.name}"]) for i in impls})
+        row = [f"{s.name} ({s.describe})"] + [f"{rec[i]:.1f}" for i in impls]
+        if "diffusers" in impls:
+            row += [f"{rec[i] / rec['diffusers']:.2f}" for i in others]
         rows.append(row)
         raw.append(rec)
     return format_table(header, rows), raw
 
 
-def summary(kind: str, raw: list, target: float) -> list[str]:
-    """Ours at the library defaults vs diffusers at its defaults (fp32, NCHW, eager), and best vs best."""
+def summary(kind: str, raw: list, target: float, impls: list[str]) -> list[str]:
+    """Each of ours (and the candidate) at the library defaults vs diffusers at its defaults (fp32, NCHW, eager),
+    and best vs best."""
     lines = []
+    if "diffusers" not in impls or not raw:
+        return lines
     by_name = {r["variant"]: r for r in raw}
     plain = next((r for r in raw if r["setting"] == "fp32, NCHW, eager"), None)
-    if "default" in by_name and plain is not None and "diffusers" in plain:
-        ratio = by_name["default"]["ours"] / plain["diffusers"]
-        lines.append(f"{kind}: ours at library defaults {by_name['default']['ours']:.1f} img/s vs diffusers at "
-                     f"its defaults (fp32, NCHW, eager) {plain['diffusers']:.1f} img/s = {ratio:.2f}x "
-                     f"({'meets' if ratio >= target else 'misses'} the {target:g}x target)")
-    if raw and "diffusers" in raw[0]:
-        best_o = max(raw, key=lambda r: r["ours"])
-        best_d = max(raw, key=lambda r: r["diffusers"])
-        ratio = best_o["ours"] / best_d["diffusers"]
-        lines.append(f"{kind}: best of each: ours {best_o['ours']:.1f} img/s ({best_o['setting']}) vs diffusers "
+    best_d = max(raw, key=lambda r: r["diffusers"])
+    for impl in (i for i in impls if i != "diffusers"):
+        if "default" in by_name and plain is not None:
+            ratio = by_name["default"][impl] / plain["diffusers"]
+            lines.append(f"{kind}: {impl} at library defaults {by_name['default'][impl]:.1f} img/s vs diffusers at "
+                         f"its defaults (fp32, NCHW, eager) {plain['diffusers']:.1f} img/s = {ratio:.2f}x "
+                         f"({'meets' if ratio >= target else 'misses'} the {target:g}x target)")
+        best = max(raw, key=lambda r: r[impl])
+        ratio = best[impl] / best_d["diffusers"]
+        lines.append(f"{kind}: best of each: {impl} {best[impl]:.1f} img/s ({best['setting']}) vs diffusers "
                      f"{best_d['diffusers']:.1f} img/s ({best_d['setting']}) = {ratio:.2f}x "
                      f"({'meets' if ratio >= target else 'misses'} the {target:g}x target)")
     return lines
+
+
+@contextlib.contextmanager
+def candidate_unet(path: str | None):
+    """While active, the trainer builds its network from ``path``, a modified copy of ddpm/unet.py (or as usual
+    when ``path`` is None).  Yields the loaded module or None."""
+    if path is None:
+        yield None
+        return
+    spec = importlib.util.spec_from_file_location("candidate_unet", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["candidate_unet"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    train_mod = sys.modules[Trainer.__module__]  # ddpm.train (the package's ``ddpm.train`` is a function)
+    original = train_mod.UNet
+    train_mod.UNet = module.UNet
+    try:
+        yield module
+    finally:
+        train_mod.UNet = original
 
 
 def main(argv=None):
@@ -153,6 +180,9 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="after the timing, profile 3 steps of every case of the first variant with torch.profiler "
                         "and print each op group's share of the time")
+    p.add_argument("--candidate", metavar="UNET_PY",
+                   help="also time a modified copy of src/ddpm/unet.py side by side (rows 'candidate'), to "
+                        "measure a proposed change before making it")
     p.add_argument("--json", help="also write the raw samples and rates to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -166,6 +196,7 @@ def main(argv=None):
             with_diffusers = False
 
     print(machine())
+    impls = ["ours"] + (["candidate"] if args.candidate else []) + (["diffusers"] if with_diffusers else [])
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     kinds = [k for k in ("train", "sample") if args.only in (None, k)]
     cases, settings, first_call = {}, [], {}
@@ -193,10 +224,20 @@ def main(argv=None):
             cases[f"ours train {name}"] = trainer.train_step
             if theirs is not None:
                 cases[f"diffusers train {name}"] = their_training_step(copy.deepcopy(theirs), trainer, s, images)
+        cand = None
+        if args.candidate:
+            with candidate_unet(args.candidate):
+                cand = our_trainer(args, overrides, str(Path(tmp.name) / f"{name}-candidate"))
+            cand.model.load_state_dict(trainer.model.state_dict())  # same weights as ours (the init is seeded anyway)
+            if "train" in kinds:
+                cases[f"candidate train {name}"] = cand.train_step
         if "sample" in kinds:
             tc = trainer.config
             cases[f"ours sample {name}"] = our_sampling_step(trainer.model, trainer.schedule, tc.variance, s,
                                                              args.batch_size, shape)
+            if cand is not None:
+                cases[f"candidate sample {name}"] = our_sampling_step(cand.model, cand.schedule, tc.variance, s,
+                                                                      args.batch_size, shape)
             if theirs is not None:
                 cases[f"diffusers sample {name}"] = their_sampling_step(theirs, tc.schedule, tc.variance, s,
                                                                         args.batch_size, shape)
@@ -220,11 +261,11 @@ def main(argv=None):
     for kind, title in (("train", "Training (one optimiser step)"), ("sample", "Sampling (one reverse step)")):
         if kind not in kinds:
             continue
-        text, raw = table(kind, settings, results, args.batch_size, with_diffusers)
+        text, raw = table(kind, settings, results, args.batch_size, impls)
         report["tables"][kind] = raw
         print(f"\n{title}, img/s, batch {args.batch_size}, {torch.get_num_threads()} threads, {args.clock} clock")
         print(text)
-        lines += summary(kind, raw, args.target)
+        lines += summary(kind, raw, args.target, impls)
     if lines:
         print()
         print("\n".join(lines))
