@@ -149,3 +149,15 @@ def test_as_nhwc_accepts_grey_arrays():
     assert as_nhwc_uint8(a).shape == (2, 3, 4, 1)
     with pytest.raises(ValueError):
         as_nhwc_uint8(np.zeros((0, 3, 4), np.uint8))
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """mkstemp makes private 0600 files; a written picture or JSON must be readable like any other file."""
+    import os
+    import stat
+
+    from ddpm.atomic import default_mode, write_json_atomic
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    save_grid(tmp_path / "g.png", torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    for name in ("a.json", "g.png"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == default_mode()

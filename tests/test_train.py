@@ -1,6 +1,5 @@
 """The trainer, checkpoints and the CLI end to end, on a tiny model and scikit-learn's 8x8 digits."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

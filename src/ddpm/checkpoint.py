@@ -23,28 +23,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "write_json_atomic",
+from .atomic import default_mode
+
+__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "load_checkpoint",
            "load_weights", "state_dict_for_saving"]
 
 
 class CheckpointError(Exception):
     """A checkpoint or run folder that cannot be used; the message is one line that says why."""
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def state_dict_for_saving(module: torch.nn.Module) -> dict:
@@ -66,6 +52,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, ema: to
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".tmp_step_{step:07d}_"))
+    os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folders are private (0700)
     try:
         save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
         save_file(state_dict_for_saving(ema), str(tmp / "ema.safetensors"))

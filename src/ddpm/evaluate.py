@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import write_json_atomic
+from .atomic import write_json_atomic
 from .data import to_model_range
 from .likelihood import calc_bpd_full, calc_bpd_quick
 from .quality import ClassifierRecipe, format_quality, quality_report

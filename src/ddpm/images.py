@@ -2,50 +2,24 @@
 
 Images come in as a uint8 tensor (N, C, H, W), a float tensor in [-1, 1] (N, C, H, W) (converted with
 :func:`ddpm.data.to_uint8`), or a uint8 NumPy array (N, H, W, C) or (N, H, W); C is 1 or 3.
-Every file is written atomically through :func:`atomic_write_path`: a reader sees the old file or the
+Every file is written atomically through :func:`ddpm.atomic.atomic_write_path`: a reader sees the old file or the
 complete new one, never a partial write.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_write_path
 from .data import to_uint8
 
 __all__ = ["atomic_write_path", "as_nhwc_uint8", "make_grid", "save_grid", "save_individual", "save_npz",
            "save_chain_strip", "save_chain_gif"]
-
-
-@contextlib.contextmanager
-def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
-
-    The temporary name is hidden (leading ".") and keeps ``path``'s suffix, so writers that pick a format
-    from the extension (Pillow, numpy.savez) behave.  On an exception the temporary file is removed and
-    ``path`` is left as it was.  Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def as_nhwc_uint8(images) -> np.ndarray:

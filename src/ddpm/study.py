@@ -43,7 +43,7 @@ def noise_study(run, out_dir, *, n: int = 64, seed: int = 0, batch_size: int = 6
     from .data import to_uint8
     from .generate import load_run, model_fn, sample_seed
     from .images import make_grid
-    from .checkpoint import write_json_atomic
+    from .atomic import write_json_atomic
     from .samplers import PerSampleNoise, ancestral_sample
 
     loaded = load_run(run) if not hasattr(run, "model") else run

@@ -25,7 +25,8 @@ import torch
 
 from . import data as data_mod
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from .atomic import write_json_atomic
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .diffusion import loss_simple, q_sample, sample_timesteps
 from .schedule import make_schedule
