@@ -19,12 +19,18 @@ STUDY_EXAMPLES = """examples:
 """
 
 
+def _group(sub, name: str, help: str, epilog: str):
+    """A command with its own required sub-commands (``ddpm eval nll``), every level showing ``epilog``."""
+    parser = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    inner = parser.add_subparsers(dest="what", metavar="WHAT")
+    inner.required = True
+    return inner
+
+
 def register(sub) -> None:
-    ev = sub.add_parser("eval", help="bits/dim of the variational bound and sample-quality metrics",
-                        description="Evaluate a run: the likelihood bound (eq. 5) in bits/dim, or sample quality.",
-                        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    evsub = ev.add_subparsers(dest="what", metavar="WHAT")
-    evsub.required = True
+    evsub = _group(sub, "eval", "bits/dim of the variational bound (eq. 5) and sample-quality metrics",
+                   EVAL_EXAMPLES)
 
     nll = evsub.add_parser("nll", help="negative log-likelihood bound in bits/dim on held-out images",
                            epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,10 +62,7 @@ def register(sub) -> None:
     _add_sampling_flags(fid, default_n=1000)
     fid.set_defaults(func=_run_fid)
 
-    st = sub.add_parser("study", help="studies: why Algorithm 2 adds noise",
-                        epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stsub = st.add_subparsers(dest="what", metavar="WHAT")
-    stsub.required = True
+    stsub = _group(sub, "study", "studies: why Algorithm 2 adds noise", STUDY_EXAMPLES)
     noise = stsub.add_parser("noise", help="sample with sigma^2 = beta_t, beta~_t and 0 from the same x_T",
                              epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     noise.add_argument("run", help="run folder")
