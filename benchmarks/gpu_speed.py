@@ -22,6 +22,7 @@ Targets on one H100: >= 5,000 training img/s and >= 15,000 sampling img-steps/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import json
@@ -86,7 +87,9 @@ def cuda_graphed(net: torch.nn.Module, s, batch: int, shape: tuple[int, ...]):
         static_t = torch.zeros((batch,), dtype=torch.long, device=s.device)
 
     def call():
-        with s.autocast():
+        # no autocast weight cache across a capture (its casts must be recorded in the graph)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if s.bf16 else contextlib.nullcontext()
+        with ctx:
             out = net(static_x, static_t)
         return out.sample if hasattr(out, "sample") else out
 
