@@ -141,6 +141,34 @@ def summary(kind: str, raw: list, target: float, impls: list[str]) -> list[str]:
     return lines
 
 
+def compare_threads(args, counts: list[int]) -> None:
+    """Ours (library defaults) training and sampling steps at several intra-op thread counts, interleaved."""
+    print(machine())
+    with tempfile.TemporaryDirectory(prefix="cpu_speed_") as tmp:
+        trainer = our_trainer(args, {}, tmp)
+        s = resolve_setting("default", trainer)
+        cfg = trainer.config.model
+        shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        sample = our_sampling_step(trainer.model, trainer.schedule, trainer.config.variance, s, args.batch_size, shape)
+
+        def at(n, fn):
+            def call():
+                torch.set_num_threads(n)
+                fn()
+            return call
+        cases = {}
+        for n in counts:
+            cases[f"train {n}"] = at(n, trainer.train_step)
+            cases[f"sample {n}"] = at(n, sample)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        res = interleaved(cases, repeats=args.repeats, warmup=max(args.warmup - 1, 0), clock=clock)
+    rows = [[f"{n}", f"{rate(args.batch_size, res[f'train {n}']):.1f}", f"{rate(args.batch_size, res[f'sample {n}']):.1f}"]
+            for n in counts]
+    print(f"ours at library defaults ({s.describe}), batch {args.batch_size}, {args.repeats} interleaved rounds, "
+          f"{args.clock} clock")
+    print(format_table(["threads", "train img/s", "sample img/s"], rows))
+
+
 @contextlib.contextmanager
 def candidate_unet(path: str | None):
     """While active, the trainer builds its network from ``path``, a modified copy of ddpm/unet.py (or as usual
@@ -177,6 +205,9 @@ def main(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time (default); cpu: CPU seconds of the process, steadier on a busy "
                         "machine, equal to wall time on an idle one only with --threads 1")
+    p.add_argument("--compare-threads", metavar="N,M,...",
+                   help="instead of the table: ours at the library defaults with each of these torch thread "
+                        "counts, interleaved in one process (shows what a busy machine does to more threads)")
     p.add_argument("--profile", action="store_true",
                    help="after the timing, profile 3 steps of every case of the first variant with torch.profiler "
                         "and print each op group's share of the time")
@@ -187,6 +218,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare_threads:
+        return compare_threads(args, [int(n) for n in args.compare_threads.split(",")])
     with_diffusers = not args.no_diffusers
     if with_diffusers:
         try:
