@@ -180,8 +180,20 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+class _GroupNorm(nn.GroupNorm):
+    """GroupNorm that normalises bf16 channels_last input in float32 on the CPU, where PyTorch's bf16
+    channels_last kernel is about 5x slower than the float32 one (benchmarks/cpu_speed.py: +30% img/s for
+    bf16 channels_last training).  Same parameters, same state dict, same result up to bf16 rounding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
 def _norm(channels: int, num_groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(group_count(channels, num_groups), channels, eps=1e-6)
+    return _GroupNorm(group_count(channels, num_groups), channels, eps=1e-6)
 
 
 def _zero(module: nn.Module) -> nn.Module:
