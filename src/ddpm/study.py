@@ -96,7 +96,7 @@ def _plot(grids, results, path, make_grid):
         ax.set_title(f"{name}\n{sub}", fontsize=10)
         ax.axis("off")
     fig.suptitle("Same model, same x_T: Algorithm 2 with and without the sigma_t z term", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave the top strip to the suptitle
     with atomic_write_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
