@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ddpm.unet import UNet, UNetConfig, count_parameters, group_count, preset
+from ddpm.unet import UNet, UNetConfig, count_parameters, preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import diffusers_unet  # noqa: E402
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -37,26 +42,11 @@ def build_config(args) -> UNetConfig:
 
 
 def diffusers_equivalent(cfg: UNetConfig):
-    """The same network as a diffusers UNet2DModel (the layout of google/ddpm-cifar10-32), or None without diffusers."""
+    """The same network as a diffusers UNet2DModel (benchmarks/_common.py builds it), or None without diffusers."""
     try:
-        from diffusers import UNet2DModel
+        return diffusers_unet(cfg)
     except ImportError:
         return None
-    widths = [cfg.base_channels * m for m in cfg.channel_mult]
-    attn = [r in cfg.attention_resolutions for r in cfg.resolutions]
-    # diffusers uses one group count for every layer: take one that divides every width, concatenations included.
-    groups = group_count(widths[0], cfg.num_groups)
-    while any(w % groups for w in widths):
-        groups -= 1
-    head_dim = None if cfg.num_heads == 1 else widths[-1] // cfg.num_heads
-    return UNet2DModel(
-        sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.output_channels,
-        block_out_channels=tuple(widths), layers_per_block=cfg.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        dropout=cfg.dropout, norm_num_groups=groups, norm_eps=1e-6, attention_head_dim=head_dim,
-        flip_sin_to_cos=False, freq_shift=1, downsample_padding=1,
-    )
 
 
 def _timed(fn, seconds: float, warmup: int) -> list[float]:
