@@ -338,3 +338,15 @@ def their_sampling_step(model, sched_cfg: ScheduleConfig, variance: str, s: Sett
         state["x"] = scheduler.step(out.float(), t, x, generator=gen).prev_sample
         state["t"] = t - 1 if t > 1 else T - 1
     return step
+
+
+def diffusers_available(wanted: bool = True) -> bool:
+    """Whether to time diffusers beside ours: ``wanted`` and importable (says so when it is not)."""
+    if not wanted:
+        return False
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        print("diffusers is not installed (pip install -e '.[bench]'): timing ours only")
+        return False
+    return True

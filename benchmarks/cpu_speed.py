@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (check_same_size, diffusers_unet, format_table, interleaved, machine,  # noqa: E402
+from _common import (diffusers_available, check_same_size, diffusers_unet, format_table, interleaved, machine,  # noqa: E402
                      our_sampling_step, parse_variant, rate, resolve_setting, their_sampling_step,
                      their_training_step)
 
@@ -220,13 +220,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.compare_threads:
         return compare_threads(args, [int(n) for n in args.compare_threads.split(",")])
-    with_diffusers = not args.no_diffusers
-    if with_diffusers:
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            print("diffusers is not installed (pip install -e '.[bench]'): timing ours only")
-            with_diffusers = False
+    with_diffusers = diffusers_available(not args.no_diffusers)
 
     print(machine())
     impls = ["ours"] + (["candidate"] if args.candidate else []) + (["diffusers"] if with_diffusers else [])

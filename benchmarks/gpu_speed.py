@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (check_same_size, diffusers_unet, eval_copy, format_table, forward_flops,  # noqa: E402
+from _common import (diffusers_available, check_same_size, diffusers_unet, eval_copy, format_table, forward_flops,  # noqa: E402
                      interleaved, machine, our_sampling_step, rate, resolve_setting, their_sampling_step,
                      their_training_step)
 
@@ -182,13 +182,7 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    with_diffusers = not args.no_diffusers
-    if with_diffusers:
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            print("diffusers is not installed (pip install -e '.[bench]'): timing ours only")
-            with_diffusers = False
+    with_diffusers = diffusers_available(not args.no_diffusers)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     cfg = preset(args.preset)
