@@ -112,15 +112,20 @@ def timeout_seconds() -> float:
     return seconds
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; any other name is taken as it is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def pick_device(name: str, local_rank: int, world_size: int) -> torch.device:
     """The device of this process.
 
     ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` when there are several processes (``cuda:0`` when each
     process sees a single GPU, as with ``CUDA_VISIBLE_DEVICES`` set per task); an explicit ``cuda:K`` is
     refused with several processes, since they would all share GPU K."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = resolve_device(name)
     if device.type != "cuda" or world_size == 1:
         return device
     if device.index is not None:

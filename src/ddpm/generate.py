@@ -14,6 +14,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 from .data import to_uint8
+from .distributed import resolve_device
 from .samplers import PerSampleNoise
 from .samplers import sample as run_sampler
 from .schedule import Schedule, make_schedule
@@ -33,8 +34,6 @@ class LoadedRun:
 
 def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
     """Build the network of a run (or checkpoint) folder from its saved config and load ``ema`` or ``model`` weights."""
-    from .train import resolve_device
-
     if which not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {which!r}")
     ck = load_checkpoint(path, with_trainer_state=False)

@@ -25,6 +25,7 @@ import torch
 
 from . import data as data_mod
 from . import distributed
+from .distributed import resolve_device
 from .atomic import write_json_atomic
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -45,13 +46,6 @@ def read_metrics(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def ema_decay_at(step: int, max_decay: float) -> float:
