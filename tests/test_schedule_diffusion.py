@@ -50,6 +50,22 @@ def test_extract_shapes_and_dtype():
     assert out[2, 0, 0, 0].item() == pytest.approx(0.02)
 
 
+def test_extract_copies_a_schedule_to_another_device_once():
+    """On a GPU the coefficients must not be re-copied from the host at every step (each copy is a host sync).
+    The meta device stands in for the GPU: a second call must reuse the first call's copy, also when that copy
+    was first made under inference mode and is then used with autograd on."""
+    s = make_schedule()
+    t = torch.tensor([0, 5], device="meta")
+    with torch.inference_mode():
+        first = extract(s.betas, t, torch.empty(2, 1, device="meta"))
+    assert first.device.type == "meta" and first.shape == (2, 1)
+    copy = s.betas._device_copies[torch.device("meta")]
+    assert not copy.is_inference()
+    extract(s.betas, t, torch.empty(2, 3, 4, device="meta", requires_grad=True))
+    assert s.betas._device_copies[torch.device("meta")] is copy
+    assert not hasattr(make_schedule().betas, "_device_copies")  # a new schedule starts with none
+
+
 def test_q_sample_monte_carlo_moments():
     """x_t ~ N(sqrt(abar) x0, (1 - abar) I).  With n = 200,000 draws per timestep the standard error of the mean
     is sqrt(1-abar)/sqrt(n) <= 2.3e-3, and of the variance about sqrt(2/n)(1-abar) <= 3.2e-3; tolerance 5 SE."""

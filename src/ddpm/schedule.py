@@ -147,5 +147,17 @@ def extract(coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Te
     coef: (T,) float64 schedule tensor.  t: (B,) integer indices.  like: (B, ...) tensor.
     Returns (B, 1, ..., 1) in ``like``'s dtype and device (gathered in float64, then cast).
     """
-    out = coef.to(t.device)[t.long()]
+    out = _on_device(coef, t.device)[t.long()]
     return out.to(like.dtype).reshape(t.shape[0], *([1] * (like.ndim - 1))).to(like.device)
+
+
+def _on_device(coef: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``coef`` on ``device``, copied once and kept on the tensor itself (so the copy lives exactly as long as
+    the schedule).  A fresh host-to-GPU copy at every step would stall the host until the GPU drained its queue."""
+    if coef.device == device:
+        return coef
+    copies = coef.__dict__.setdefault("_device_copies", {})
+    if device not in copies:
+        with torch.inference_mode(False):  # usable by training too when first made while sampling
+            copies[device] = coef.to(device)
+    return copies[device]
