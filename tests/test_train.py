@@ -1,5 +1,6 @@
 """The trainer, checkpoints and the CLI end to end, on a tiny model and scikit-learn's 8x8 digits."""
 import json
+import math
 
 import pytest
 import torch
@@ -119,7 +120,23 @@ def test_schedules_of_lr_and_ema():
     assert lr_at(0, 1e-3, 10) == pytest.approx(1e-4)
     assert lr_at(9, 1e-3, 10) == pytest.approx(1e-3) and lr_at(500, 1e-3, 10) == 1e-3
     assert ema_decay_at(0, 0.9999) == pytest.approx(0.1)
+    # cosine: peak right after warm-up, half way down at the midpoint of the rest, 0 at the last step
+    assert lr_at(10, 1e-3, 10, "cosine", 110) == pytest.approx(1e-3)
+    assert lr_at(60, 1e-3, 10, "cosine", 110) == pytest.approx(0.5e-3)
+    assert lr_at(35, 1e-3, 10, "cosine", 110) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)) / 2)
+    assert lr_at(110, 1e-3, 10, "cosine", 110) == pytest.approx(0.0, abs=1e-15)
+    assert lr_at(3, 1e-3, 10, "cosine", 110) == lr_at(3, 1e-3, 10)
+    with pytest.raises(ValueError, match="total_steps"):
+        lr_at(20, 1e-3, 10, "cosine")
     assert ema_decay_at(10**7, 0.9999) == 0.9999
+
+
+def test_cli_cosine_schedule_reaches_the_optimizer(tmp_path):
+    assert _train(tmp_path / "run", 4, "--lr-schedule", "cosine", "--warmup-steps", "0", "--lr", "1e-3") == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr_schedule"] == "cosine"
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert lrs == pytest.approx([lr_at(i, 1e-3, 0, "cosine", 4) for i in range(4)])
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[-2] < lrs[0]
 
 
 def test_ema_tracks_weights(tmp_path):

@@ -56,6 +56,8 @@ def _add_train(sub):
     p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default: 1)")
     p.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate (default: 1e-3 for the digits preset, else 2e-4)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="after warm-up: constant, or cosine decay to 0 at --steps (default: constant)")
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default: 0.9999, with warm-up)")
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     p.add_argument("--loss", choices=["simple", "vlb", "hybrid"], default=None,
@@ -98,7 +100,8 @@ def _train_config_from_args(args):
                                "beta_end": args.beta_end}.items() if v is not None}
     schedule = replace(ScheduleConfig(), **sched)
     flat = {"run_dir": args.run_dir, "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-            "lr": args.lr, "warmup_steps": args.warmup_steps, "ema_decay": args.ema_decay, "loss": args.loss,
+            "lr": args.lr, "warmup_steps": args.warmup_steps,
+            "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "loss": args.loss,
             "hybrid_lambda": args.hybrid_lambda, "variance": args.variance, "seed": args.seed,
             "log_every": args.log_every, "sample_every": args.sample_every, "checkpoint_every": args.checkpoint_every,
             "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,

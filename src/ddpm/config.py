@@ -12,9 +12,10 @@ from .diffusion import VARIANCE_TYPES
 from .schedule import ScheduleConfig
 from .unet import UNetConfig, preset
 
-__all__ = ["TrainConfig", "LOSS_TYPES"]
+__all__ = ["TrainConfig", "LOSS_TYPES", "LR_SCHEDULES"]
 
 LOSS_TYPES = ("simple", "vlb", "hybrid")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_schedule: str = "constant"  # after warm-up: constant (the paper) or cosine decay to 0 at `steps`
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     seed: int = 0
@@ -58,6 +60,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss not in LOSS_TYPES:
             raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.variance not in VARIANCE_TYPES:
             raise ValueError(f"variance must be one of {VARIANCE_TYPES}, got {self.variance!r}")
         for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "checkpoint_every"):
