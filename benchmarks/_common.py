@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ddpm.data import Batches
+from ddpm.batches import Batches
 from ddpm.diffusion import p_mean_variance
 from ddpm.samplers import PerSampleNoise
 from ddpm.schedule import ScheduleConfig

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ddpm.data import (
-    Batches, DataConfig, DataError, check_image_size, digits_split, digits_split_indices, load_images,
+    DataConfig, DataError, check_image_size, digits_split, digits_split_indices, load_images,
     sklearn_digits_split, to_model_range, to_uint8,
 )
 
@@ -254,95 +254,3 @@ def test_bad_npz_files(tmp_path):
     np.save(r, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="obj.npy"):
         load_images(DataConfig(source=str(r)))
-
-
-# --------------------------------------------------------------------------------------------- Batches
-
-def _toy(n=10):
-    return torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 1, 2, 3).contiguous()
-
-
-def _ids(batch):
-    return to_uint8(batch)[:, 0, 0, 0].tolist()
-
-
-def test_batches_cover_each_example_once_per_epoch():
-    b = Batches(_toy(12), 4, seed=3)
-    assert len(b) == 3
-    first = [i for _ in range(3) for i in _ids(next(b))]
-    assert sorted(first) == list(range(12))
-    second = [i for _ in range(3) for i in _ids(next(b))]
-    assert sorted(second) == list(range(12)) and second != first
-    assert b.epoch == 1
-
-
-def test_batches_output_scaled_float():
-    x = next(Batches(_toy(4), 4, seed=0))
-    assert x.dtype == torch.float32 and x.shape == (4, 1, 2, 3)
-    assert sorted(x[:, 0, 0, 0].tolist()) == pytest.approx([i / 127.5 - 1 for i in range(4)], abs=1e-7)
-
-
-def test_batches_drop_last_and_too_small():
-    b = Batches(_toy(10), 4, seed=0)
-    assert len(b) == 2
-    seen = [i for _ in range(2) for i in _ids(next(b))]
-    assert len(set(seen)) == 8
-    assert len(Batches(_toy(10), 4, seed=0, drop_last=False)) == 3
-    with pytest.raises(DataError, match="too few"):
-        Batches(_toy(3), 4, seed=0)
-
-
-def test_batches_deterministic_for_seed_and_generator():
-    a = [_ids(next(Batches(_toy(), 5, seed=7))) for _ in range(2)]
-    assert a[0] == a[1]
-    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    b1, b2 = Batches(_toy(), 5, g1), Batches(_toy(), 5, g2)
-    assert [_ids(next(b1)) for _ in range(6)] == [_ids(next(b2)) for _ in range(6)]
-    s7, s8 = Batches(_toy(), 5, seed=7), Batches(_toy(), 5, seed=8)
-    assert [_ids(next(s7)) for _ in range(4)] != [_ids(next(s8)) for _ in range(4)]
-
-
-def test_batches_resume_exactly_mid_epoch():
-    imgs = torch.randint(0, 256, (10, 1, 3, 4), dtype=torch.uint8)
-    ref = Batches(imgs, 3, seed=11, hflip=True)
-    expected = [next(ref) for _ in range(8)]
-    a = Batches(imgs, 3, seed=11, hflip=True)
-    for _ in range(4):  # 3 batches per epoch: stop one batch into epoch 1
-        next(a)
-    state = json.loads(json.dumps(a.state_dict()))
-    assert state["epoch"] == 1 and state["position"] == 1
-    b = Batches(imgs, 3, seed=999, hflip=True)
-    next(b)
-    b.load_state_dict(state)
-    for k in range(4, 8):
-        assert torch.equal(next(b), expected[k])
-    with pytest.raises(DataError, match="batch_size"):
-        Batches(imgs, 2, seed=11, hflip=True).load_state_dict(state)
-
-
-def test_batches_hflip_mirrors_some_images():
-    imgs = torch.arange(6, dtype=torch.uint8).reshape(1, 1, 2, 3).repeat(16, 1, 1, 1)
-    b = Batches(imgs, 16, seed=0, hflip=True)
-    x = to_uint8(next(b))
-    plain, mirrored = imgs[0], imgs[0].flip(-1)
-    is_plain = (x == plain).flatten(1).all(1)
-    is_mirror = (x == mirrored).flatten(1).all(1)
-    assert bool((is_plain | is_mirror).all()) and is_plain.any() and is_mirror.any()
-    assert torch.equal(to_uint8(next(Batches(imgs, 16, seed=0))), imgs)
-
-
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_batches_rank_shards_disjoint_and_cover_epoch(world_size):
-    n = 12
-    shards = []
-    for r in range(world_size):
-        b = Batches(_toy(n), 2, seed=5, rank=r, world_size=world_size)
-        shards.append([i for _ in range(len(b)) for i in _ids(next(b))])
-    flat = [i for s in shards for i in s]
-    assert sorted(flat) == list(range(n))
-    # the shards interleave the single-rank permutation of the same seed and epoch
-    order, _ = Batches(_toy(n), 2, seed=5).epoch_order(0)
-    for r, s in enumerate(shards):
-        assert s == order[r::world_size].tolist()
-    with pytest.raises(ValueError):
-        Batches(_toy(n), 2, seed=5, rank=2, world_size=2)

@@ -22,7 +22,8 @@ import torch
 from ddpm import distributed
 from ddpm.checkpoint import latest_checkpoint, load_checkpoint
 from ddpm.config import TrainConfig
-from ddpm.data import Batches, DataConfig, DataError
+from ddpm.batches import Batches
+from ddpm.data import DataConfig, DataError
 from ddpm.schedule import ScheduleConfig
 from ddpm.train import Trainer, lr_at, read_metrics, train
 from ddpm.unet import preset

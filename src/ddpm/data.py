@@ -1,4 +1,4 @@
-"""Datasets -> uint8 image tensors -> random minibatches in [-1, 1].
+"""Datasets -> uint8 image tensors (minibatches of them: :mod:`ddpm.batches`).
 
 Pixel scaling lives here and only here: :func:`to_model_range` maps uint8 0..255 to float32 [-1, 1]
 (x / 127.5 - 1, as Ho et al. 2020, Sec. 4 scale the data) and :func:`to_uint8` maps back
@@ -45,14 +45,13 @@ import functools
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 __all__ = [
     "DataError", "DataConfig", "load_images", "digits_split", "digits_split_indices", "sklearn_digits_split",
-    "check_image_size", "to_model_range", "to_uint8", "Batches", "IMAGE_EXTENSIONS", "DIGITS_SPLIT_SEED",
+    "check_image_size", "to_model_range", "to_uint8", "IMAGE_EXTENSIONS", "DIGITS_SPLIT_SEED",
     "SKLEARN_SPLIT_SEED", "DIGITS_TEST_PER_CLASS", "SKLEARN_TEST_PER_CLASS",
 ]
 
@@ -383,104 +382,3 @@ def load_images(config: DataConfig) -> torch.Tensor:
         raise DataError(f"{source}: loaded images have shape {images.shape} and dtype {images.dtype}, "
                         f"expected (N, {config.channels}, {s}, {s}) uint8; this is a bug, please report it")
     return torch.from_numpy(np.ascontiguousarray(images))
-
-
-# ------------------------------------------------------------------------------------------- minibatches
-
-def _mix_seed(*words: int) -> int:
-    """A 63-bit torch seed from integers, via NumPy's SeedSequence (no collisions between (seed, epoch) pairs)."""
-    return int(np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1, np.uint64)[0] >> 1)
-
-
-class Batches:
-    """Endless random minibatches of an in-memory uint8 image tensor, scaled to float32 [-1, 1].
-
-    Epoch e uses the permutation ``randperm(N)`` of a torch.Generator seeded from (seed, e), and (with
-    ``hflip``) one coin per position of that permutation from the same generator; so every batch is a
-    function of (seed, epoch, position) alone and resuming needs only three integers.  ``seed`` is an
-    int, or a torch.Generator from which one 63-bit seed is drawn at construction.
-
-    Sharding: the permutation is cut to a multiple of ``world_size`` and rank r takes positions
-    r, r + world_size, ...; ranks built with the same seed see disjoint shards of the same permutation.
-    ``batch_size`` is per rank.  ``drop_last`` drops a final short batch of the rank's shard.
-
-    ``next(batches)`` (or iterating) never stops; ``len(batches)`` is the number of batches per epoch.
-    ``state_dict()`` gives plain ints (JSON-friendly); ``load_state_dict`` resumes with the same batches.
-    """
-
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int | torch.Generator, *,
-                 hflip: bool = False, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True):
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-            raise TypeError("Batches needs a uint8 tensor of shape (N, C, H, W)")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-        if batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {batch_size}")
-        if isinstance(seed, torch.Generator):
-            seed = int(torch.randint(0, 2**62, (), generator=seed))
-        self.images = images
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.hflip = bool(hflip)
-        self.device = torch.device(device)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.drop_last = bool(drop_last)
-        self.shard_size = len(images) // self.world_size
-        full, rest = divmod(self.shard_size, self.batch_size)
-        self.batches_per_epoch = full + (1 if rest and not drop_last else 0)
-        if self.batches_per_epoch == 0:
-            raise DataError(f"the dataset has {len(images)} images, too few for one batch of {batch_size} "
-                            f"on each of {world_size} rank(s); lower the batch size or add images")
-        self.epoch = 0
-        self.position = 0
-        self._cached: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self
-
-    def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(this rank's example indices for ``epoch``, its flip flags or None), before batching."""
-        if self._cached is not None and self._cached[0] == epoch:
-            return self._cached[1], self._cached[2]
-        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
-        n = len(self.images)
-        perm = torch.randperm(n, generator=g)
-        flips = torch.rand(n, generator=g) < 0.5 if self.hflip else None
-        keep = slice(self.rank, self.shard_size * self.world_size, self.world_size)
-        order = perm[keep]
-        flips = flips[keep] if flips is not None else None
-        self._cached = (epoch, order, flips)
-        return order, flips
-
-    def __next__(self) -> torch.Tensor:
-        if self.position >= self.batches_per_epoch:
-            self.epoch += 1
-            self.position = 0
-        order, flips = self.epoch_order(self.epoch)
-        sl = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
-        idx = order[sl]
-        x = self.images[idx.to(self.images.device)]
-        if flips is not None:
-            f = flips[sl].to(x.device)
-            x = torch.where(f[:, None, None, None], x.flip(-1), x)
-        self.position += 1
-        return to_model_range(x, self.device)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "batch_size": self.batch_size,
-                "world_size": self.world_size, "num_images": len(self.images), "hflip": self.hflip,
-                "drop_last": self.drop_last}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume from :meth:`state_dict`; refuses a state made with other data, batch size or world size."""
-        for key, mine in (("num_images", len(self.images)), ("batch_size", self.batch_size),
-                          ("world_size", self.world_size), ("hflip", self.hflip), ("drop_last", self.drop_last)):
-            if key in state and state[key] != mine:
-                raise DataError(f"cannot resume the batch order: it was saved with {key} {state[key]!r}, "
-                                f"this run has {mine!r}; use the original settings or start afresh")
-        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
-        self._cached = None

@@ -221,7 +221,7 @@ def rank_seed(seed: int, rank: int, stream: str, step: int = 0) -> int:
 
 
 def reshard_data_state(state: dict, *, batch_size: int, world_size: int, batches_per_epoch: int) -> dict:
-    """Translate a :class:`ddpm.data.Batches` state saved with another world size (or per-rank batch size).
+    """Translate a :class:`ddpm.batches.Batches` state saved with another world size (or per-rank batch size).
 
     Every rank reads a strided share of the same per-epoch permutation, so after ``position`` batches of
     ``batch_size`` on each of ``world_size`` ranks the run has consumed exactly the first

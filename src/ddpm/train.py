@@ -27,6 +27,7 @@ from . import data as data_mod
 from . import distributed
 from .distributed import resolve_device
 from .atomic import write_json_atomic
+from .batches import Batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .diffusion import loss_simple, q_sample, sample_timesteps
@@ -108,7 +109,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                            **({"fused": True} if fused else {}))
         # same seed on every rank: the ranks read disjoint strided shards of one permutation per epoch
-        self.batches = data_mod.Batches(images, batch_size=config.batch_size, seed=config.seed,
+        self.batches = Batches(images, batch_size=config.batch_size, seed=config.seed,
                                         hflip=config.data.hflip, device=self.device, rank=rank,
                                         world_size=self.world.world_size)
         self.gen = torch.Generator(device=self.device)
