@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm import classifier as C
 from ddpm import quality as Q
 from ddpm.data import digits_split
 
@@ -156,7 +157,7 @@ def test_classifier_trains_reproducibly_and_is_cached(tiny, monkeypatch):
     again = Q.train_classifier(TINY)                                  # same recipe, same weights
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    monkeypatch.setattr(Q, "_train_prepared", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(C, "_train_prepared", lambda *a, **k: pytest.fail("retrained despite the cache"))
     loaded, info2 = Q.load_classifier(TINY, cache)
     assert not info2["trained"] and info2["test_accuracy"] == info["test_accuracy"] and info2["key"] == info["key"]
     monkeypatch.setenv(Q.CACHE_ENV, str(cache))                       # the environment variable names the folder
@@ -169,7 +170,7 @@ def test_corrupt_cache_file_is_replaced(tiny, tmp_path, monkeypatch):
     bad = tmp_path / os.path.basename(info["path"])
     bad.write_bytes(b"not a safetensors file")
     calls = []
-    monkeypatch.setattr(Q, "_train_prepared", lambda *a, **k: calls.append(1) or model)  # stands in for training
+    monkeypatch.setattr(C, "_train_prepared", lambda *a, **k: calls.append(1) or model)  # stands in for training
     m2, info2 = Q.load_classifier(TINY, tmp_path)
     assert calls == [1] and info2["trained"] and info2["test_accuracy"] == info["test_accuracy"]
     m3, info3 = Q.load_classifier(TINY, tmp_path)
