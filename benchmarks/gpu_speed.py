@@ -3,8 +3,7 @@
 Training (batch 128): ``ddpm.train.Trainer.train_step`` itself (bf16 autocast, channels_last, fused AdamW,
 gradient clipping, EMA; data from a synthetic uint8 array through the library's loader), eager and with the
 trainer's ``compile`` switch; beside it diffusers' ``UNet2DModel`` of the same architecture driven by the same
-step with ``DDPMScheduler.add_noise``.  One extra eager row moves our float64 schedule to the GPU first: the
-library keeps it on the CPU and ``schedule.extract`` copies it to the device on every call.
+step with ``DDPMScheduler.add_noise``.
 
 Sampling (batch 512, bf16, channels_last): the network alone and one full reverse step (ours: network,
 ``p_mean_variance`` and per-sample noise; diffusers: network and ``DDPMScheduler.step``), with the network
@@ -22,7 +21,6 @@ Targets on one H100: >= 5,000 training img/s and >= 15,000 sampling img-steps/s.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
 import json
@@ -71,45 +69,15 @@ def synthetic_data(folder: Path, cfg, n: int) -> DataConfig:
     return DataConfig(source=str(path), image_size=cfg.image_size, channels=cfg.in_channels)
 
 
-def schedule_on(schedule, device: torch.device):
-    """A copy of a Schedule whose tensors live on ``device`` (the library keeps them on the CPU)."""
-    moved = copy.copy(schedule)
-    for key, value in vars(schedule).items():
-        if isinstance(value, torch.Tensor):
-            setattr(moved, key, value.to(device))
-    return moved
+def cuda_graphed(net: torch.nn.Module, s):
+    """``f(x, t)`` replaying CUDA graphs of ``net`` through the library's :class:`ddpm.cudagraph.GraphedNetwork`
+    (what ``ddpm sample --cuda-graph`` uses), bf16 autocast per ``s``."""
+    from ddpm.cudagraph import GraphedNetwork
 
-
-def cuda_graphed(net: torch.nn.Module, s, batch: int, shape: tuple[int, ...]):
-    """``f(x, t)`` replaying one CUDA graph of ``net`` (bf16 autocast per ``s``) on static input buffers."""
-    with torch.inference_mode():
-        static_x = torch.zeros((batch, *shape), device=s.device).contiguous(memory_format=s.memory_format)
-        static_t = torch.zeros((batch,), dtype=torch.long, device=s.device)
-
-    def call():
-        # no autocast weight cache across a capture (its casts must be recorded in the graph)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if s.bf16 else contextlib.nullcontext()
-        with ctx:
-            out = net(static_x, static_t)
+    def call(x, t):
+        out = net(x, t)
         return out.sample if hasattr(out, "sample") else out
-
-    with torch.inference_mode():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                call()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = call()
-
-    def f(x, t):
-        static_x.copy_(x)
-        static_t.copy_(t)
-        graph.replay()
-        return static_out
-    return f
+    return GraphedNetwork(call, autocast_dtype=torch.bfloat16 if s.bf16 else None, memory_format=s.memory_format)
 
 
 def network_only(f, s, batch: int, shape: tuple[int, ...]):
@@ -230,12 +198,6 @@ def main(argv=None):
     if first_call("ours train eager", eager.train_step, False):
         train_cases["ours train eager"] = eager.train_step
         rows.append(("train", "ours", s_eager.describe, args.batch_size, "ours train eager"))
-    moved = trainer("ours-eager-sched", False)
-    moved.schedule = schedule_on(moved.schedule, device)
-    if first_call("ours train eager sched", moved.train_step, False):
-        train_cases["ours train eager sched"] = moved.train_step
-        rows.append(("train", "ours", s_eager.describe + ", schedule on device", args.batch_size,
-                     "ours train eager sched"))
     theirs = None
     if with_diffusers:
         torch.manual_seed(0)
@@ -264,7 +226,6 @@ def main(argv=None):
     print("sampling cases:")
     b = args.sample_batch_size
     tcfg = eager.config
-    sched_dev = schedule_on(eager.schedule, device)
     impls = [("ours", eager.model)] + ([("diffusers", theirs)] if theirs is not None else [])
 
     def add_sampling(impl, model_or_fn, s, mode):
@@ -283,18 +244,13 @@ def main(argv=None):
         if first_call(step_label, step, False):
             sample_cases[step_label] = step
             rows.append(("step", impl, f"{s.describe}{'' if mode != 'graph' else ', CUDA graph'}", b, step_label))
-        if impl == "ours" and mode == "eager":  # the same step with the schedule already on the device
-            moved_step = our_sampling_step(net, sched_dev, tcfg.variance, s, b, shape)
-            if first_call("ours step eager sched", moved_step, False):
-                sample_cases["ours step eager sched"] = moved_step
-                rows.append(("step", impl, s.describe + ", schedule on device", b, "ours step eager sched"))
 
     for impl, model in impls:
         add_sampling(impl, model, s_eager, "eager")
     if device.type == "cuda":
         for impl, model in impls:
             try:
-                graphed = cuda_graphed(eval_copy(model, s_eager), s_eager, b, shape)
+                graphed = cuda_graphed(eval_copy(model, s_eager), s_eager)
             except Exception as e:
                 print(f"  {impl} CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
                 continue

@@ -59,6 +59,7 @@ def test_eval_fid_says_what_is_missing_in_one_line(run, tmp_path, capsys, monkey
     (["train", "--image-size", "30"], "30"),
     (["train", "--steps", "0"], "steps"),
     (["sample", "MISSING_RUN"], "MISSING_RUN"),
+    (["sample", "MISSING_RUN", "--cuda-graph", "--device", "cpu"], "--cuda-graph"),
     (["eval", "nll", "MISSING_RUN"], "MISSING_RUN"),
     (["eval", "quality", "MISSING_SAMPLES.npz"], "MISSING_SAMPLES"),
 ])

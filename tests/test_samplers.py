@@ -469,3 +469,13 @@ def test_inputs_are_not_changed():
     keep0 = x0.clone()
     ddim_encode(wiggly_eps, SCHED, x0, 5)
     assert torch.equal(x_T, keep) and torch.equal(x0, keep0)
+
+
+def test_cuda_graphs_are_refused_off_cuda_before_any_work():
+    """CUDA graphs cannot be checked without a GPU; what can be is that asking for them elsewhere fails at once."""
+    from ddpm.cudagraph import GraphedNetwork
+    net = GraphedNetwork(lambda x, t: x)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        net(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
+    assert net.graphs == {}
+

@@ -173,6 +173,8 @@ def _add_sample(sub):
                    help="also save the denoising chain of the first K samples (strip PNG + GIF)")
     p.add_argument("--no-individual", action="store_true", help="skip the one-PNG-per-sample folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay the network as a CUDA graph at every step (CUDA only; fewer kernel launches)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_sample)
 
@@ -184,12 +186,16 @@ def _run_sample(args) -> int:
         raise _UserError(f"-n must be >= 1, got {args.num}")
     if not 0.0 <= args.eta <= 1.0:
         raise _UserError(f"--eta must lie in [0, 1], got {args.eta}")
+    if args.cuda_graph:
+        from .distributed import resolve_device
+        if (device := resolve_device(args.device)).type != "cuda":
+            raise _UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
     steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 50
     out = sample(args.run, args.num, args.out, which=args.weights, device=args.device,
                  individual=not args.no_individual, chain_samples=args.chain, seed=args.seed,
                  batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
                  spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
-                 progress=not args.no_progress)
+                 cuda_graph=args.cuda_graph, progress=not args.no_progress)
     print(f"samples written to {out} (grid.png, samples.npz{', images/' if not args.no_individual else ''}"
           f"{', chain.png, chain.gif' if args.chain else ''})")
     return 0

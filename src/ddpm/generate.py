@@ -69,13 +69,21 @@ def model_fn(model: torch.nn.Module, device: torch.device):
 
 def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sampler: str = "ddpm",
              steps: int | None = None, eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True,
-             progress: bool = True, chain_samples: int = 0, chain_every: int | None = None, **sampler_kw):
+             progress: bool = True, chain_samples: int = 0, chain_every: int | None = None,
+             cuda_graph: bool = False, **sampler_kw):
     """Draw ``n`` samples as a uint8 (n, C, H, W) tensor; with ``chain_samples`` > 0 also return the denoising
-    chain of the first that many samples as a list of (t, uint8 tensor) frames."""
+    chain of the first that many samples as a list of (t, uint8 tensor) frames.  ``cuda_graph``: replay the
+    network from CUDA graphs (:class:`ddpm.cudagraph.GraphedNetwork`; CUDA only)."""
     cfg = run.config
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     variance = variance or cfg.variance
-    f = model_fn(run.model, run.device)
+    if cuda_graph:
+        if run.device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device, the run is loaded on {run.device}")
+        from .cudagraph import GraphedNetwork
+        f = GraphedNetwork(run.model, autocast_dtype=torch.bfloat16)
+    else:
+        f = model_fn(run.model, run.device)
     out, chain = [], None
     bar = None
     if progress and n > batch_size:
