@@ -139,6 +139,15 @@ def test_cli_cosine_schedule_reaches_the_optimizer(tmp_path):
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[-2] < lrs[0]
 
 
+def test_digits_recipe_decays_the_rate_and_flags_override_it():
+    from ddpm.cli import _train_config_from_args, build_parser
+    cfg = _train_config_from_args(build_parser().parse_args(["train"]))
+    assert (cfg.steps, cfg.lr, cfg.lr_schedule) == (3000, 1e-3, "cosine")
+    cfg = _train_config_from_args(build_parser().parse_args(["train", "--lr-schedule", "constant"]))
+    assert cfg.lr_schedule == "constant"
+    assert _train_config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"])).lr_schedule == "constant"
+
+
 def test_ema_tracks_weights(tmp_path):
     """With decay d_n = (1+n)/(10+n), d_0 = 0.1: after one step the EMA is 0.1 * init + 0.9 * new weights."""
     from ddpm.config import TrainConfig
