@@ -306,6 +306,22 @@ def test_sample_depends_only_on_its_seed(cfg):
     assert not torch.allclose(batch[0], batch[2], atol=1e-2)
 
 
+def test_base_seed_changes_every_sample():
+    """torch's CPU generator keeps only the low 32 bits of a seed, so the base seed must reach those bits:
+    different base seeds draw different noise, and the same one the same noise."""
+    from ddpm.generate import sample_seed
+    draw = lambda base: PerSampleNoise([sample_seed(base, k) for k in range(4)]).randn((8,))
+    assert torch.equal(draw(3), draw(3))
+    for a, b in [(0, 1), (1, 2), (0, 2**31), (5, -5)]:
+        assert not torch.isclose(draw(a), draw(b)).any(), (a, b)
+    assert [sample_seed(0, k) for k in range(3)] == [0, 1, 2]
+    assert all(0 <= sample_seed(s, k) < 2**32 for s in (-7, 0, 10**12) for k in (0, 10**6))
+    # base seeds under 1,000 apart share no sample seed among their first 1.9 million samples
+    d = np.arange(1, 1000, dtype=np.uint64)
+    offsets = (d * np.uint64(0x9E3779B9)) % np.uint64(2**32)
+    assert int(np.minimum(offsets, np.uint64(2**32) - offsets).min()) > 1_900_000
+
+
 @pytest.mark.parametrize("chunk", [3, 16])
 def test_chunked_noise_is_per_sample_and_standard_normal(chunk):
     """Drawing several steps per generator call (the GPU default) keeps row k a function of seed k: the same

@@ -51,9 +51,21 @@ def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
     return LoadedRun(model, make_schedule(config.schedule), config, ck["path"], dev)
 
 
+#: 2^32 / golden ratio, odd: spreads consecutive base seeds evenly over the 32-bit seed space
+_SEED_STRIDE = 0x9E3779B9
+
+
 def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample ``index`` in a call with base ``seed`` (distinct for every (seed, index) pair)."""
-    return (int(seed) << 32) + int(index)
+    """The generator seed of sample ``index`` in a call with base ``seed``: (seed * 0x9E3779B9 + index) mod 2^32.
+
+    32 bits because torch's CPU generator keeps only the low 32 bits of a seed (so a seed laid out as
+    ``seed << 32 | index`` would ignore ``seed``).  Within a call the samples' seeds are distinct (up to 2^32
+    samples); base seeds count mod 2^32; base seed 0 gives sample k the seed k; two base seeds s != s' share a sample seed among their
+    first n samples only when (s - s') * 0x9E3779B9 mod 2^32 falls within n of 0 or 2^32, probability about
+    2n / 2^32 for arbitrary seeds (5e-5 for n = 100,000), and never for nearby ones: base seeds less than
+    1,000 apart have disjoint sample seeds for the first 1.9 million samples (tested).
+    """
+    return (int(seed) * _SEED_STRIDE + int(index)) % 2**32
 
 
 def model_fn(model: torch.nn.Module, device: torch.device):
