@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (diffusers_available, check_same_size, diffusers_unet, format_table, interleaved, machine,  # noqa: E402
-                     our_sampling_step, parse_variant, rate, resolve_setting, their_sampling_step,
+                     our_sampling_step, parse_variant, rate, resolve_setting, Setting, their_sampling_step,
                      their_training_step)
 
 from ddpm.config import TrainConfig  # noqa: E402

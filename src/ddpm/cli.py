@@ -57,7 +57,8 @@ def _add_train(sub):
     p.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate (default: 1e-3 for the digits preset, else 2e-4)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
-                   help="after warm-up: constant, or cosine decay to 0 at --steps (default: cosine for the digits preset, else constant)")
+                   help="after warm-up: constant, or cosine decay to 0 at --steps "
+                        "(default: cosine for the digits preset, else constant)")
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default: 0.9999, with warm-up)")
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     p.add_argument("--loss", choices=["simple", "vlb", "hybrid"], default=None,

@@ -59,11 +59,11 @@ def sample_seed(seed: int, index: int) -> int:
     """The generator seed of sample ``index`` in a call with base ``seed``: (seed * 0x9E3779B9 + index) mod 2^32.
 
     32 bits because torch's CPU generator keeps only the low 32 bits of a seed (so a seed laid out as
-    ``seed << 32 | index`` would ignore ``seed``).  Within a call the samples' seeds are distinct (up to 2^32
-    samples); base seeds count mod 2^32; base seed 0 gives sample k the seed k; two base seeds s != s' share a sample seed among their
-    first n samples only when (s - s') * 0x9E3779B9 mod 2^32 falls within n of 0 or 2^32, probability about
-    2n / 2^32 for arbitrary seeds (5e-5 for n = 100,000), and never for nearby ones: base seeds less than
-    1,000 apart have disjoint sample seeds for the first 1.9 million samples (tested).
+    ``seed << 32 | index`` would ignore ``seed``).  Base seeds count mod 2^32, and base seed 0 gives sample k
+    the seed k.  Within a call the samples' seeds are distinct (up to 2^32 samples).  Two base seeds s != s'
+    share a sample seed among their first n samples only when (s - s') * 0x9E3779B9 mod 2^32 falls within n
+    of 0 or 2^32: probability about 2n / 2^32 for arbitrary seeds (5e-5 for n = 100,000), and never for
+    nearby ones (base seeds less than 1,000 apart: not within the first 1.9 million samples; tested).
     """
     return (int(seed) * _SEED_STRIDE + int(index)) % 2**32
 

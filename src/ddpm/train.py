@@ -109,9 +109,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                            **({"fused": True} if fused else {}))
         # same seed on every rank: the ranks read disjoint strided shards of one permutation per epoch
-        self.batches = Batches(images, batch_size=config.batch_size, seed=config.seed,
-                                        hflip=config.data.hflip, device=self.device, rank=rank,
-                                        world_size=self.world.world_size)
+        self.batches = Batches(images, batch_size=config.batch_size, seed=config.seed, hflip=config.data.hflip,
+                               device=self.device, rank=rank, world_size=self.world.world_size)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(config.seed + 1 if rank == 0 else distributed.rank_seed(config.seed, rank, "noise"))
         self.step = 0
