@@ -518,3 +518,24 @@ def test_cuda_graphs_are_refused_off_cuda_before_any_work():
         net(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
     assert net.graphs == {}
 
+
+
+def test_model_fn_precision():
+    """auto is float32 on the CPU; bf16 runs the network under autocast (8 mantissa bits: relative errors of
+    order 2^-8 per operation, so within 5% of the output's scale) and still returns float32."""
+    from ddpm.generate import model_fn
+    from ddpm.unet import UNet, preset
+    torch.manual_seed(0)
+    net = UNet(preset("tiny", image_size=8)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        fp32, auto, bf16 = (model_fn(net, cpu, p)(x, t) for p in ("fp32", "auto", "bf16"))
+    assert torch.equal(fp32, auto) and bf16.dtype == torch.float32
+    err = (bf16 - fp32).abs().max().item()
+    assert 0 < err < 0.05 * fp32.abs().max().item()
+    with pytest.raises(ValueError, match="precision"):
+        model_fn(net, cpu, "fp16")

@@ -44,6 +44,11 @@ def test_cli_train_then_sample_writes_every_artefact(tmp_path):
     assert main(["sample", str(run), "-n", "5", "--batch-size", "5", "--out", str(out2), "--no-progress",
                  "--no-individual"]) == 0
     assert (np.load(out2 / "samples.npz")["images"] == arr).all()
+    # another base seed draws other images; bf16 on the CPU runs and writes the same artefacts
+    out3 = tmp_path / "samples3"
+    assert main(["sample", str(run), "-n", "5", "--seed", "1", "--precision", "bf16", "--out", str(out3),
+                 "--no-progress", "--no-individual"]) == 0
+    assert not (np.load(out3 / "samples.npz")["images"] == arr).all()
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
