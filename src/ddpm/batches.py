@@ -13,7 +13,7 @@ import torch
 
 from .data import DataError, to_model_range
 
-__all__ = ["Batches", "fits_on_device"]
+__all__ = ["Batches", "fits_on_device", "mix_seed"]
 
 #: on a CUDA device the dataset is held there when it takes at most this fraction of the free memory
 DEVICE_FRACTION = 0.1
@@ -31,8 +31,9 @@ def fits_on_device(nbytes: int, device: torch.device) -> bool:
     return nbytes <= OTHER_DEVICE_BYTES
 
 
-def _mix_seed(*words: int) -> int:
-    """A 63-bit torch seed from integers, via NumPy's SeedSequence (no collisions between (seed, epoch) pairs)."""
+def mix_seed(*words: int) -> int:
+    """A 63-bit torch seed mixed from integers by NumPy's SeedSequence (each word taken mod 2^64), so distinct
+    word tuples (a seed and an epoch, a rank, a stream ...) give unrelated streams."""
     return int(np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -96,7 +97,7 @@ class Batches:
         """(this rank's example indices for ``epoch``, its flip flags or None), before batching."""
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1], self._cached[2]
-        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         n = len(self.images)
         perm = torch.randperm(n, generator=g)
         flips = torch.rand(n, generator=g) < 0.5 if self.hflip else None

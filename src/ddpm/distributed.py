@@ -27,9 +27,10 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
+
+from .batches import mix_seed
 
 __all__ = ["World", "DistributedError", "setup", "teardown", "barrier", "mean_over_ranks", "gather_objects",
            "rank_seed", "reshard_data_state", "timeout_seconds", "is_communication_error", "failure_message",
@@ -216,8 +217,7 @@ def rank_seed(seed: int, rank: int, stream: str, step: int = 0) -> int:
     """A 63-bit seed for one rank's random ``stream`` ("noise": t and eps; "dropout": the global torch RNG),
     mixed from (seed, stream, rank, step) by NumPy's SeedSequence, so no two ranks, streams or restart steps
     share a stream."""
-    words = [int(seed) % 2**64, _STREAMS[stream], int(rank), int(step)]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
+    return mix_seed(seed, _STREAMS[stream], rank, step)
 
 
 def reshard_data_state(state: dict, *, batch_size: int, world_size: int, batches_per_epoch: int) -> dict:
