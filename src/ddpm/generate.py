@@ -18,6 +18,7 @@ from .distributed import resolve_device
 from .samplers import PerSampleNoise
 from .samplers import sample as run_sampler
 from .schedule import Schedule, make_schedule
+from .train import autocast_dtype
 from .unet import UNet
 
 __all__ = ["LoadedRun", "load_run", "sample_seed", "model_fn", "generate", "sample", "PRECISIONS"]
@@ -72,10 +73,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The trainer's mapping (:func:`ddpm.train.autocast_dtype`), limited to the sampling precisions."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.bfloat16 if bf16 else None
+    return autocast_dtype(device, precision)
 
 
 def model_fn(model: torch.nn.Module, device: torch.device, precision: str = "auto"):

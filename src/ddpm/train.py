@@ -34,7 +34,7 @@ from .diffusion import loss_simple, q_sample, sample_timesteps
 from .schedule import make_schedule
 from .unet import UNet
 
-__all__ = ["train", "Trainer", "resolve_device", "ema_decay_at", "lr_at", "read_metrics"]
+__all__ = ["train", "Trainer", "resolve_device", "autocast_dtype", "ema_decay_at", "lr_at", "read_metrics"]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -52,6 +52,17 @@ def read_metrics(path: Path) -> list[dict]:
 def ema_decay_at(step: int, max_decay: float) -> float:
     """EMA decay with warm-up, min(max_decay, (1 + n) / (10 + n)), so short runs still get a useful average."""
     return min(max_decay, (1 + step) / (10 + step))
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` setting on ``device``: "auto" is bf16 on CUDA and none (float32)
+    elsewhere; "fp32" none; "bf16" and "fp16" those dtypes on any device."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    return dtypes[precision]
 
 
 def lr_at(step: int, lr: float, warmup_steps: int, schedule: str = "constant", total_steps: int | None = None) -> float:
@@ -145,10 +156,7 @@ class Trainer:
         return value in (True, "on", "true", "yes")
 
     def _autocast_dtype(self):
-        p = self.config.precision
-        if p == "auto":
-            return torch.bfloat16 if self.device.type == "cuda" else None
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+        return autocast_dtype(self.device, self.config.precision)
 
     def _autocast(self):
         dtype = self._autocast_dtype()
