@@ -69,9 +69,6 @@ class PerSampleNoise:
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = tuple(shape)
-        if self.chunk == 1:
-            return torch.stack([torch.randn(shape, generator=g, device=self.device, dtype=dtype)
-                                for g in self.generators])
         buf = self._buffer
         if buf is None or self._next == self.chunk or buf.shape[2:] != shape or buf.dtype != dtype:
             buf = self._buffer = torch.stack([torch.randn((self.chunk, *shape), generator=g, device=self.device,
