@@ -196,7 +196,8 @@ def _run_sample(args) -> int:
         from .distributed import resolve_device
         if (device := resolve_device(args.device)).type != "cuda":
             raise _UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
-    steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 50
+    from .samplers import steps_or_default
+    steps = steps_or_default(args.sampler, args.steps)
     out = sample(args.run, args.num, args.out, which=args.weights, device=args.device,
                  individual=not args.no_individual, chain_samples=args.chain, seed=args.seed,
                  batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,

@@ -98,7 +98,8 @@ def _images_from(args):
     if src.is_dir() and (src / "config.json").is_file():
         from .generate import generate, load_run
         run = load_run(src, device=args.device)
-        steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 50
+        from .samplers import steps_or_default
+        steps = steps_or_default(args.sampler, args.steps)
         images = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                           steps=steps, progress=not args.no_progress)
         return images, src / "eval"

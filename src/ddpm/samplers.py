@@ -26,8 +26,9 @@ from .diffusion import VARIANCE_TYPES, p_mean_variance, split_model_output
 from .respace import SPACINGS, log_snr, respace, timestep_sequence
 from .schedule import Schedule
 
-__all__ = ["PerSampleNoise", "ModelFn", "SAMPLERS", "DEFAULT_SPACING", "ancestral_sample", "ddim_sample", "ddim_sigma",
-           "dpm_solver_2m_sample", "ddim_encode", "ddim_decode", "sample"]
+__all__ = ["PerSampleNoise", "ModelFn", "SAMPLERS", "DEFAULT_SPACING", "DEFAULT_FAST_STEPS", "steps_or_default",
+           "ancestral_sample", "ddim_sample", "ddim_sigma", "dpm_solver_2m_sample", "ddim_encode", "ddim_decode",
+           "sample"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -36,6 +37,17 @@ SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 #: schedule uniform-in-time steps leave its last interval with a lambda jump many times the previous one, which
 #: the two-step extrapolation amplifies (see :mod:`ddpm.respace`).
 DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpm++2m": "logsnr"}
+
+
+#: network calls of the fast samplers when the command line names none
+DEFAULT_FAST_STEPS = 50
+
+
+def steps_or_default(sampler: str, steps: int | None) -> int | None:
+    """``steps`` if given; otherwise None (all T) for "ddpm" and :data:`DEFAULT_FAST_STEPS` for the others."""
+    if steps is not None or sampler == "ddpm":
+        return steps
+    return DEFAULT_FAST_STEPS
 
 
 class PerSampleNoise:
