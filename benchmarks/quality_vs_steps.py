@@ -4,6 +4,7 @@ trained run, the same seeds and the same number of samples, against the real-vs-
 
     python benchmarks/quality_vs_steps.py runs/digits-10k -n 1000
     python benchmarks/quality_vs_steps.py runs/digits -n 200 --steps 10 20 --no-ddpm   # quicker look
+    python benchmarks/quality_vs_steps.py runs/gpu/digits -n 1000 --batch-size 1000 --device cuda
 
 Samplers (``--samplers``): ``ddim`` (eta = 0, the ODE), ``ddim-eta1`` (eta = 1), ``dpm++2m`` (DPM-Solver++(2M),
 log-SNR spacing) and ``ddpm`` (ancestral sampling on the respaced schedule, sigma_t^2 = respaced beta_t).
@@ -45,11 +46,14 @@ def main() -> None:
                    help="few-step samplers to compare (default: ddim dpm++2m ddpm)")
     p.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step ancestral reference")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                   help="sampling precision (default: fp32, so that every device measures the same network)")
     p.add_argument("--seed", type=int, default=0, help="base seed: sample k of every row gets seed sample_seed(seed, k)")
     p.add_argument("--out", default=None, help="JSON file for the table (default: RUN/eval/quality_vs_steps.json)")
     args = p.parse_args()
 
-    run = load_run(args.run)
+    run = load_run(args.run, device=args.device)
     classifier = load_classifier()
     settings = [] if args.no_ddpm else [("ddpm", None)]
     settings += [(name, k) for name in args.samplers for k in args.steps]
@@ -58,7 +62,7 @@ def main() -> None:
         sampler, eta = SETTINGS[name]
         t0 = time.perf_counter()
         images = generate(run, args.n, seed=args.seed, batch_size=args.batch_size, sampler=sampler, steps=steps,
-                          eta=eta, progress=False)
+                          eta=eta, precision=args.precision, progress=False)
         secs = time.perf_counter() - t0
         rep = quality_report(images, classifier=classifier, floor=not rows)
         row = {"sampler": name, "steps": steps or run.schedule.num_timesteps, "fd": rep["fd"],
