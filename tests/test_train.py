@@ -167,3 +167,12 @@ def test_ema_tracks_weights(tmp_path):
     for e, p, p0 in zip(tr.ema.parameters(), tr.model.parameters(), init):
         assert torch.allclose(e, 0.1 * p0 + 0.9 * p.detach(), atol=1e-9)
     assert any(not torch.equal(p0, p) for p0, p in zip(init, tr.model.parameters()))  # the step moved something
+
+
+def test_preset_that_cannot_take_the_image_size_is_refused_with_a_hint(tmp_path, capsys):
+    # the tiny preset attends at 4x4, which a 2-level network on 32x32 digits never reaches
+    rc = main(["train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "made for 8x8 images does not fit 32x32 data" in err and "choose another image size" in err
+    assert not (tmp_path / "run").exists()

@@ -74,7 +74,12 @@ class TrainConfig:
                 "out_channels": self.data.channels * (2 if self.variance == "learned-range" else 1)}
         have = self.model.to_dict()
         if any(have.get(k) != v for k, v in want.items()):
-            self.model = UNetConfig.from_dict({**have, **want})
+            try:
+                self.model = UNetConfig.from_dict({**have, **want})
+            except ValueError as e:
+                raise ValueError(f"the network made for {have['image_size']}x{have['image_size']} images does not fit "
+                                 f"{self.data.image_size}x{self.data.image_size} data: {e}; choose another image size "
+                                 f"or preset") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
