@@ -15,7 +15,7 @@ import torch
 from ddpm.diffusion import VARIANCE_TYPES
 from ddpm.respace import SPACINGS, log_snr, original_time_model, respace, timestep_sequence
 from ddpm.samplers import (SAMPLERS, PerSampleNoise, ancestral_sample, ddim_decode, ddim_encode, ddim_sample,
-                           ddim_sigma, dpm_solver_2m_sample, sample)
+                           ddim_sigma, sample)
 from ddpm.schedule import Schedule, ScheduleConfig, make_schedule
 
 

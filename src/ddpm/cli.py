@@ -53,10 +53,12 @@ def _add_train(sub):
     p.add_argument("--image-size", type=int, default=None, help="side of the square images (default: 32)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grey) or 3 (RGB) (default: 1)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps in total (default: 3000 for the digits preset, else 4000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps in total (default: 3000 for the digits preset, else 4000)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step per device (default: 64)")
     p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default: 1)")
-    p.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate (default: 1e-3 for the digits preset, else 2e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW peak learning rate (default: 1e-3 for the digits preset, else 2e-4)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                    help="after warm-up: constant, or cosine decay to 0 at --steps "

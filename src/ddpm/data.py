@@ -284,7 +284,8 @@ def _load_folder(folder: Path, config: DataConfig) -> np.ndarray:
                 img.load()
                 out[i] = _pil_to_chw(_fit_pil(img, s, mode))
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{p}: cannot read this image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'}); "
+            reason = str(e).splitlines()[0] if str(e) else "corrupt"
+            raise DataError(f"{p}: cannot read this image ({type(e).__name__}: {reason}); "
                             "delete or replace the file") from e
     return out
 

@@ -42,12 +42,14 @@ def q_posterior(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torc
 
 def predict_x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Invert eq. 4 for x_0: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-    return extract(schedule.sqrt_recip_alpha_bars, t, x_t) * x_t - extract(schedule.sqrt_recipm1_alpha_bars, t, x_t) * eps
+    return (extract(schedule.sqrt_recip_alpha_bars, t, x_t) * x_t
+            - extract(schedule.sqrt_recipm1_alpha_bars, t, x_t) * eps)
 
 
 def predict_eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """Invert eq. 4 for eps: eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1/abar_t - 1)."""
-    return (extract(schedule.sqrt_recip_alpha_bars, t, x_t) * x_t - x0) / extract(schedule.sqrt_recipm1_alpha_bars, t, x_t)
+    return ((extract(schedule.sqrt_recip_alpha_bars, t, x_t) * x_t - x0)
+            / extract(schedule.sqrt_recipm1_alpha_bars, t, x_t))
 
 
 def model_variance(schedule: Schedule, t: torch.Tensor, like: torch.Tensor, variance: str,
@@ -66,7 +68,8 @@ def model_variance(schedule: Schedule, t: torch.Tensor, like: torch.Tensor, vari
         if v is None:
             raise ValueError("learned-range variance needs the network's v output")
         frac = (v + 1) / 2
-        log_var = frac * extract(schedule.log_betas, t, like) + (1 - frac) * extract(schedule.posterior_log_variance_clipped, t, like)
+        log_var = (frac * extract(schedule.log_betas, t, like)
+                   + (1 - frac) * extract(schedule.posterior_log_variance_clipped, t, like))
     else:
         raise ValueError(f"variance must be one of {VARIANCE_TYPES}, got {variance!r}")
     if variance != "learned-range":
@@ -88,7 +91,8 @@ def split_model_output(model_output: torch.Tensor, x_t: torch.Tensor, variance: 
     """Split a network output into (eps, v): v is the second half of the channels for learned-range."""
     if variance == "learned-range":
         if model_output.shape[1] != 2 * x_t.shape[1]:
-            raise ValueError(f"learned-range variance needs {2 * x_t.shape[1]} output channels, got {model_output.shape[1]}")
+            raise ValueError(f"learned-range variance needs {2 * x_t.shape[1]} output channels, "
+                             f"got {model_output.shape[1]}")
         eps, v = model_output.chunk(2, dim=1)
         return eps, v
     if model_output.shape != x_t.shape:

@@ -193,7 +193,8 @@ def format_quality(report: dict) -> str:
         f"{report['n']} images vs {report['reference_n']} {report['reference']} digits "
         f"(classifier {report['classifier']['key']}, test accuracy {100 * report['classifier']['test_accuracy']:.1f}%)",
         f"  classifier FD  {report['fd']:10.3f}",
-        f"  KID            {report['kid_mean']:10.5f} +- {report['kid_std']:.5f} (subsets of {report['kid_subset_size']})",
+        f"  KID            {report['kid_mean']:10.5f} +- {report['kid_std']:.5f} "
+        f"(subsets of {report['kid_subset_size']})",
         f"  classes        {c['classes_present']}/10 with >= {100 * c['min_share']:.0f}% of the images, entropy "
         f"{c['entropy_bits']:.2f}/{c['max_entropy_bits']:.2f} bits, mean confidence {c['mean_confidence']:.3f}",
         f"  counts         {' '.join(f'{d}:{k}' for d, k in enumerate(c['counts']))}",

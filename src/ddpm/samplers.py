@@ -188,7 +188,8 @@ def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, 
 
 
 def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
-    """sigma_t(eta) = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1})  (Song et al. 2021, eq. 16).
+    """sigma_t(eta) = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1})
+    (Song et al. 2021, eq. 16).
 
     eta = 1 gives sigma^2 = beta~ of the (respaced) step, the DDPM posterior variance; eta = 0 the ODE.
     """
@@ -272,10 +273,10 @@ def dpm_solver_2m_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoi
     with D = x0_pred(s) for the first step (first order: DDIM) and otherwise
         D = (1 + 1 / (2 r)) x0_pred(s) - 1 / (2 r) x0_pred(s_prev),  r = h_prev / h.
     ``lower_order_final`` also takes the last step between two noisy levels to first order, which steadies
-    few-step sampling and step sequences whose last interval is much longer than the one before.  The final step to lambda = +inf (alpha = 1, sigma = 0) is first
-    order by necessity and returns x0_pred at t_0.  ``clip_denoised`` clamps x0_pred to [-1, 1] (the
-    data-prediction model is what makes such thresholding possible).  Deterministic: noise is drawn once,
-    for x_T.  Returns x_0, or (x_0, chain).
+    few-step sampling and step sequences whose last interval is much longer than the one before.  The final
+    step to lambda = +inf (alpha = 1, sigma = 0) is first order by necessity and returns x0_pred at t_0.
+    ``clip_denoised`` clamps x0_pred to [-1, 1] (the data-prediction model is what makes such thresholding
+    possible).  Deterministic: noise is drawn once, for x_T.  Returns x_0, or (x_0, chain).
     """
     timesteps = _plan(schedule, steps, spacing)
     abar = schedule.alpha_bars[timesteps]

@@ -106,7 +106,8 @@ class UNetConfig:
         return tuple(self.image_size // 2 ** i for i in range(len(self.channel_mult)))
 
     def validate_image_size(self, size) -> None:
-        """Raise ValueError unless every side in ``size`` (an int or an (H, W) pair) is a multiple of 2**num_downsamples."""
+        """Raise ValueError unless every side in ``size`` (an int or an (H, W) pair) is a multiple of
+        2**num_downsamples."""
         sides = (size,) if isinstance(size, int) else tuple(size)
         bad = [s for s in sides if s < 1 or s % self.size_divisor]
         if bad:
@@ -150,7 +151,8 @@ def preset(name: str, **overrides) -> UNetConfig:
 
 
 def group_count(channels: int, num_groups: int) -> int:
-    """The largest divisor of ``channels`` not above ``num_groups`` (32 in the paper), so any width can be normalised."""
+    """The largest divisor of ``channels`` not above ``num_groups`` (32 in the paper), so any width can be
+    normalised."""
     for g in range(min(num_groups, channels), 0, -1):
         if channels % g == 0:
             return g
