@@ -1,4 +1,5 @@
 """The trainer, checkpoints and the CLI end to end, on a tiny model and scikit-learn's 8x8 digits."""
+import importlib
 import json
 import math
 
@@ -176,3 +177,43 @@ def test_preset_that_cannot_take_the_image_size_is_refused_with_a_hint(tmp_path,
     assert rc != 0
     assert "made for 8x8 images does not fit 32x32 data" in err and "choose another image size" in err
     assert not (tmp_path / "run").exists()
+
+
+def _tiny_trainer(tmp_path, **kw):
+    from ddpm.config import TrainConfig
+    from ddpm.data import DataConfig
+    from ddpm.train import Trainer
+    from ddpm.unet import preset
+    cfg = TrainConfig(run_dir=str(tmp_path), model=preset("tiny"), data=DataConfig(source="sklearn-digits",
+                      image_size=8), batch_size=8, steps=2, progress=False, **kw)
+    return Trainer(cfg)
+
+
+def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, monkeypatch):
+    """compile=auto means "where it works": a compiler failure on the first step trains eagerly, with a warning;
+    compile=on keeps the failure."""
+    train_mod = importlib.import_module("ddpm.train")  # the package exports a function of that name
+    calls = []
+
+    def broken_compile(module):
+        def f(*args):
+            calls.append(1)
+            raise RuntimeError("no working compiler here")
+        return f
+
+    monkeypatch.setattr(train_mod, "auto_compile", lambda device: True)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    tr = _tiny_trainer(tmp_path / "auto")
+    with pytest.warns(RuntimeWarning, match="torch.compile failed on the first step"):
+        loss, _ = tr.train_step()
+    assert torch.isfinite(loss) and tr.step == 1 and len(calls) == 1
+    tr.train_step()  # eager from now on: the broken compiled function is not called again
+    assert len(calls) == 1 and tr.step == 2
+    tr_on = _tiny_trainer(tmp_path / "on", compile="on")
+    with pytest.raises(RuntimeError, match="no working compiler"):
+        tr_on.train_step()
+
+
+def test_auto_compile_only_on_cuda():
+    from ddpm.train import auto_compile
+    assert not auto_compile(torch.device("cpu"))

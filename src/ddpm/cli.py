@@ -83,7 +83,9 @@ def _add_train(sub):
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--compile", type=_on_off, default=None, help="torch.compile: auto (on for CUDA), on, off")
+    p.add_argument("--compile", type=_on_off, default=None,
+                   help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
+                        "fails to compile), on, off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 

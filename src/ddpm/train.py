@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from .diffusion import loss_simple, q_sample, sample_timesteps
 from .schedule import make_schedule
 from .unet import UNet
 
-__all__ = ["train", "Trainer", "resolve_device", "autocast_dtype", "ema_decay_at", "lr_at", "read_metrics"]
+__all__ = ["train", "Trainer", "resolve_device", "auto_compile", "autocast_dtype", "ema_decay_at", "lr_at", "read_metrics"]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -52,6 +53,18 @@ def read_metrics(path: Path) -> list[dict]:
 def ema_decay_at(step: int, max_decay: float) -> float:
     """EMA decay with warm-up, min(max_decay, (1 + n) / (10 + n)), so short runs still get a useful average."""
     return min(max_decay, (1 + step) / (10 + step))
+
+
+def auto_compile(device: torch.device) -> bool:
+    """What ``compile="auto"`` chooses: torch.compile on a CUDA device where Triton, its GPU code generator,
+    is installed (it is not on every platform, nor usable on GPUs older than compute capability 7.0)."""
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:  # a torch without the helper: let the first-step fallback decide
+        return True
+    return has_triton()
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -138,8 +151,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
-        module = self.ddp if self.ddp is not None else self.model
-        self.forward = torch.compile(module) if self._want("compile") else module
+        self._eager = self.ddp if self.ddp is not None else self.model
+        self.forward = torch.compile(self._eager) if self._want("compile") else self._eager
+        # compile="auto" means "where it works": a first compiled call that fails falls back to eager
+        self._compile_unproven = self.forward is not self._eager and config.compile == "auto"
 
     @property
     def global_batch_size(self) -> int:
@@ -149,11 +164,25 @@ class Trainer:
     # -- hardware choices -------------------------------------------------------------------------
     def _want(self, flag: str) -> bool:
         """``auto`` settings: channels_last everywhere (measured faster on CPU too, docs/performance.md);
-        torch.compile on CUDA only (on CPU its compile time outweighs a 10-minute run)."""
+        torch.compile on CUDA with Triton only (on CPU its compile time outweighs a 10-minute run)."""
         value = getattr(self.config, flag)
         if value == "auto":
-            return flag == "channels_last" or self.device.type == "cuda"
+            return flag == "channels_last" or auto_compile(self.device)
         return value in (True, "on", "true", "yes")
+
+    def _network(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not self._compile_unproven:
+            return self.forward(x_t, t)
+        try:
+            out = self.forward(x_t, t)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; a real error recurs in eager mode below
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile failed on the first step ({type(e).__name__}: {reason}); training "
+                          f"without it (--compile off skips the attempt)", RuntimeWarning, stacklevel=2)
+            self.forward = self._eager
+            out = self.forward(x_t, t)
+        self._compile_unproven = False
+        return out
 
     def _autocast_dtype(self):
         return autocast_dtype(self.device, self.config.precision)
@@ -269,7 +298,7 @@ class Trainer:
         if self._want("channels_last"):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self.forward(x_t, t)
+            out = self._network(x_t, t)
         if self.vlb is None:
             return loss_simple(out, noise, self.config.variance)
         return self.vlb.loss(out.float(), noise, x0, x_t, t, weights)
