@@ -217,3 +217,15 @@ def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, mo
 def test_auto_compile_only_on_cuda():
     from ddpm.train import auto_compile
     assert not auto_compile(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, native):
+    import warnings
+    train_mod = importlib.import_module("ddpm.train")
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_mod.autocast_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
+        assert train_mod.autocast_dtype(torch.device("cpu"), "auto") is None  # auto never picks bf16 on a CPU
+    assert [("no native bf16" in str(w.message)) for w in caught] == ([] if native else [True])
