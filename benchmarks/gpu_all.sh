@@ -48,7 +48,7 @@ if [ -z "${SKIP_QUALITY:-}" ]; then
   else
     python -m ddpm train --run-dir "$run" --no-progress "${train_args[@]}" 2>&1 | tee "$out/train.log"
   fi
-  python "$here/quality_vs_steps.py" "$run" "${quality_args[@]}" --samplers ddim dpm++2m ddim-eta1 \
+  python "$here/quality_vs_steps.py" "$run" "${quality_args[@]}" --samplers ddim ddim-quadratic dpm++2m dpm++2m-quadratic ddim-eta1 \
     --out "$out/quality_vs_steps.json" 2>&1 | tee "$out/quality_vs_steps.txt"
 fi
 stamp "done: $out"

@@ -7,7 +7,8 @@ trained run, the same seeds and the same number of samples, against the real-vs-
     python benchmarks/quality_vs_steps.py runs/gpu/digits -n 1000 --batch-size 1000 --device cuda
 
 Samplers (``--samplers``): ``ddim`` (eta = 0, the ODE), ``ddim-eta1`` (eta = 1), ``dpm++2m`` (DPM-Solver++(2M),
-log-SNR spacing) and ``ddpm`` (ancestral sampling on the respaced schedule, sigma_t^2 = respaced beta_t).
+log-SNR spacing), ``ddpm`` (ancestral sampling on the respaced schedule, sigma_t^2 = respaced beta_t), and
+``ddim-quadratic`` / ``dpm++2m-quadratic`` (the same two ODE solvers on the DDIM code's quadratic spacing).
 Targets of the project's speed issue: DDIM-50 within 15% of DDPM-1000, DPM-Solver++-20 within 25%.
 Not a test: DDPM-1000 costs n x 1000 network calls.
 """
@@ -24,8 +25,10 @@ from ddpm.generate import generate, load_run
 from ddpm.quality import load_classifier, quality_report
 
 
-#: name -> (sampler, eta)
-SETTINGS = {"ddim": ("ddim", 0.0), "ddim-eta1": ("ddim", 1.0), "dpm++2m": ("dpm++2m", 0.0), "ddpm": ("ddpm", 0.0)}
+#: name -> (sampler, eta, spacing); spacing None is the sampler's default (uniform; log-SNR for dpm++2m)
+SETTINGS = {"ddim": ("ddim", 0.0, None), "ddim-eta1": ("ddim", 1.0, None), "dpm++2m": ("dpm++2m", 0.0, None),
+            "ddpm": ("ddpm", 0.0, None), "ddim-quadratic": ("ddim", 0.0, "quadratic"),
+            "dpm++2m-quadratic": ("dpm++2m", 0.0, "quadratic")}
 
 
 def _verdict(rows, name: str, steps: int, ref: float, within: float) -> str | None:
@@ -59,10 +62,11 @@ def main() -> None:
     settings += [(name, k) for name in args.samplers for k in args.steps]
     rows = []
     for name, steps in settings:
-        sampler, eta = SETTINGS[name]
+        sampler, eta, spacing = SETTINGS[name]
+        extra = {} if spacing is None or steps is None else {"spacing": spacing}
         t0 = time.perf_counter()
         images = generate(run, args.n, seed=args.seed, batch_size=args.batch_size, sampler=sampler, steps=steps,
-                          eta=eta, precision=args.precision, progress=False)
+                          eta=eta, precision=args.precision, progress=False, **extra)
         secs = time.perf_counter() - t0
         rep = quality_report(images, classifier=classifier, floor=not rows)
         row = {"sampler": name, "steps": steps or run.schedule.num_timesteps, "fd": rep["fd"],
@@ -76,10 +80,10 @@ def main() -> None:
     T = run.schedule.num_timesteps
     ref = next((r["fd"] for r in rows if r["sampler"] == "ddpm" and r["steps"] == T), None)
     print(f"\nfloor (real test vs real train, n={args.n}): FD {floor['fd']:.2f}, KID {floor['kid_mean']:.4f}")
-    print(f"{'sampler':<10}{'steps':>6}{'FD':>9}{'vs DDPM-1000':>14}{'KID':>9}{'classes':>9}{'seconds':>9}")
+    print(f"{'sampler':<18}{'steps':>6}{'FD':>9}{'vs DDPM-1000':>14}{'KID':>9}{'classes':>9}{'seconds':>9}")
     for r in rows:
         rel = f"{100 * (r['fd'] / ref - 1):+.0f}%" if ref else "-"
-        print(f"{r['sampler']:<10}{r['steps']:>6}{r['fd']:>9.2f}{rel:>14}{r['kid']:>9.4f}"
+        print(f"{r['sampler']:<18}{r['steps']:>6}{r['fd']:>9.2f}{rel:>14}{r['kid']:>9.4f}"
               f"{r['classes_present']:>9}{r['seconds']:>9.1f}")
     if ref:
         for line in (_verdict(rows, "ddim", 50, ref, 0.15), _verdict(rows, "dpm++2m", 20, ref, 0.25)):
