@@ -520,6 +520,7 @@ def test_cuda_graphs_are_refused_off_cuda_before_any_work():
 
 
 
+@pytest.mark.filterwarnings("ignore:this CPU has no native bf16")  # bf16 on purpose
 def test_model_fn_precision():
     """auto is float32 on the CPU; bf16 runs the network under autocast (8 mantissa bits: relative errors of
     order 2^-8 per operation, so within 5% of the output's scale) and still returns float32."""

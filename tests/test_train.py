@@ -18,6 +18,7 @@ def _train(run_dir, steps, *extra):
     return main(["train", *TINY, "--run-dir", str(run_dir), "--steps", str(steps), *extra])
 
 
+@pytest.mark.filterwarnings("ignore:this CPU has no native bf16")  # bf16 on purpose
 def test_cli_train_then_sample_writes_every_artefact(tmp_path):
     run = tmp_path / "run"
     assert _train(run, 6, "--sample-every", "3", "--checkpoint-every", "2", "--keep-checkpoints", "2") == 0
