@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import sys
@@ -35,8 +36,8 @@ from .diffusion import loss_simple, q_sample, sample_timesteps
 from .schedule import make_schedule
 from .unet import UNet
 
-__all__ = ["train", "Trainer", "resolve_device", "auto_compile", "autocast_dtype", "cpu_has_native_bf16", "ema_decay_at",
-           "lr_at", "read_metrics"]
+__all__ = ["train", "Trainer", "resolve_device", "auto_compile", "autocast_dtype", "cpu_has_native_bf16",
+           "ema_decay_at", "lr_at", "read_metrics"]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -83,6 +84,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return dtypes[precision]
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN has bf16 kernels on this CPU (AVX-512 with avx512_bf16, or AMX); on AVX2-only CPUs bf16
     convolutions are emulated, measured 8-13x slower than fp32 for the digits preset."""
