@@ -63,10 +63,9 @@ def main() -> None:
     rows = []
     for name, steps in settings:
         sampler, eta, spacing = SETTINGS[name]
-        extra = {} if spacing is None or steps is None else {"spacing": spacing}
         t0 = time.perf_counter()
         images = generate(run, args.n, seed=args.seed, batch_size=args.batch_size, sampler=sampler, steps=steps,
-                          eta=eta, precision=args.precision, progress=False, **extra)
+                          eta=eta, spacing=spacing, precision=args.precision, progress=False)
         secs = time.perf_counter() - t0
         rep = quality_report(images, classifier=classifier, floor=not rows)
         row = {"sampler": name, "steps": steps or run.schedule.num_timesteps, "fd": rep["fd"],

@@ -155,15 +155,20 @@ def test_digits_recipe_decays_the_rate_and_flags_override_it():
     assert _train_config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"])).lr_schedule == "constant"
 
 
-def test_ema_tracks_weights(tmp_path):
-    """With decay d_n = (1+n)/(10+n), d_0 = 0.1: after one step the EMA is 0.1 * init + 0.9 * new weights."""
+def _tiny_trainer(tmp_path, steps=2, **kw):
+    """A Trainer of the tiny preset on scikit-learn's 8x8 digits, batch 8."""
     from ddpm.config import TrainConfig
     from ddpm.data import DataConfig
     from ddpm.train import Trainer
     from ddpm.unet import preset
     cfg = TrainConfig(run_dir=str(tmp_path), model=preset("tiny"), data=DataConfig(source="sklearn-digits",
-                      image_size=8), batch_size=8, steps=1, progress=False)
-    tr = Trainer(cfg)
+                      image_size=8), batch_size=8, steps=steps, progress=False, **kw)
+    return Trainer(cfg)
+
+
+def test_ema_tracks_weights(tmp_path):
+    """With decay d_n = (1+n)/(10+n), d_0 = 0.1: after one step the EMA is 0.1 * init + 0.9 * new weights."""
+    tr = _tiny_trainer(tmp_path, steps=1)
     init = [p.detach().clone() for p in tr.model.parameters()]
     tr.train_step()
     for e, p, p0 in zip(tr.ema.parameters(), tr.model.parameters(), init):
@@ -178,16 +183,6 @@ def test_preset_that_cannot_take_the_image_size_is_refused_with_a_hint(tmp_path,
     assert rc != 0
     assert "made for 8x8 images does not fit 32x32 data" in err and "choose another image size" in err
     assert not (tmp_path / "run").exists()
-
-
-def _tiny_trainer(tmp_path, **kw):
-    from ddpm.config import TrainConfig
-    from ddpm.data import DataConfig
-    from ddpm.train import Trainer
-    from ddpm.unet import preset
-    cfg = TrainConfig(run_dir=str(tmp_path), model=preset("tiny"), data=DataConfig(source="sklearn-digits",
-                      image_size=8), batch_size=8, steps=2, progress=False, **kw)
-    return Trainer(cfg)
 
 
 def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, monkeypatch):
