@@ -185,6 +185,25 @@ def test_preset_that_cannot_take_the_image_size_is_refused_with_a_hint(tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def test_network_shape_flags_override_the_preset_at_the_data_size(tmp_path, capsys):
+    from ddpm.cli import _train_config_from_args, build_parser
+    from ddpm.unet import preset
+    args = ["train", "--preset", "tiny", "--attention-resolutions", "8", "--base-channels", "8",
+            "--channel-mult", "1,2,2", "--num-res-blocks", "2"]
+    cfg = _train_config_from_args(build_parser().parse_args(args))
+    m = cfg.model
+    assert (m.image_size, m.base_channels, m.channel_mult, m.num_res_blocks, m.attention_resolutions) == \
+        (32, 8, (1, 2, 2), 2, (8,))
+    assert m.num_groups == preset("tiny").num_groups  # what no flag names stays the preset's
+    # a size the network never reaches is refused before anything is written, naming the sizes it has
+    rc = main(["train", "--attention-resolutions", "5", "--run-dir", str(tmp_path / "run"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "attention_resolutions [5]" in err and "(32, 16, 8, 4)" in err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--channel-mult", "1,two"])
+
+
 def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, monkeypatch):
     """compile=auto means "where it works": a compiler failure on the first step trains eagerly, with a warning;
     compile=on keeps the failure."""

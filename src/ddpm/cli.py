@@ -13,6 +13,7 @@ TRAIN_EXAMPLES = """examples:
   ddpm train --steps 20000 --run-dir runs/long
   ddpm train --data path/to/images --image-size 64 --channels 3 --preset cifar10 --hflip
   ddpm train --data faces.npz --loss hybrid --variance learned-range
+  ddpm train --preset tiny --attention-resolutions 8 --base-channels 8   # the tiny net, reshaped for 32x32
   ddpm train --resume runs/digits --steps 8000  # continue a run exactly where it stopped
   torchrun --standalone --nproc_per_node=8 -m ddpm train --batch-size 16   # 8 GPUs, global batch 128
 """
@@ -34,6 +35,16 @@ def _on_off(value: str) -> str:
     return v
 
 
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return out
+
+
 def _add_train(sub):
     from .diffusion import VARIANCE_TYPES
     from .unet import PRESETS
@@ -46,6 +57,12 @@ def _add_train(sub):
     p.add_argument("--run-dir", default="runs/digits", help="where config, metrics, previews and checkpoints go "
                    "(default: %(default)s)")
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS), help="U-Net size (default: %(default)s)")
+    p.add_argument("--base-channels", type=int, default=None, help="override the preset's width at full resolution")
+    p.add_argument("--channel-mult", type=_int_list, default=None, metavar="M1,M2,...",
+                   help="override the preset's width multiplier per level, e.g. 1,2,2,2 (one level per entry)")
+    p.add_argument("--num-res-blocks", type=int, default=None, help="override the preset's residual blocks per level")
+    p.add_argument("--attention-resolutions", type=_int_list, default=None, metavar="R1,R2,...",
+                   help="override the feature-map sizes (pixels) that get self-attention, e.g. 16 or 16,8")
     p.add_argument("--data", default="digits", help="'digits' (embedded MNIST, 4,500 train / 500 test), "
                    "'sklearn-digits', a folder of images, or a .npy/.npz file (default: %(default)s)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"],
@@ -96,13 +113,18 @@ def _train_config_from_args(args):
     from .config import TrainConfig
     from .data import DataConfig
     from .schedule import ScheduleConfig
-    from .unet import preset
+    from .unet import UNetConfig, preset
 
     defaults = TrainConfig()
-    model_over = {} if args.dropout is None else {"dropout": args.dropout}
-    model = preset(args.preset, **model_over)
+    model_over = {k: v for k, v in {"dropout": args.dropout, "base_channels": args.base_channels,
+                                    "channel_mult": args.channel_mult, "num_res_blocks": args.num_res_blocks,
+                                    "attention_resolutions": args.attention_resolutions}.items() if v is not None}
     data = DataConfig(source=args.data, image_size=args.image_size or defaults.data.image_size,
                       channels=args.channels or defaults.data.channels, split=args.split, hflip=args.hflip)
+    model = preset(args.preset)
+    if model_over:  # checked at the data's image size, where the network will run
+        model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
+                                      "in_channels": data.channels})
     sched = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps, "beta_start": args.beta_start,
                                "beta_end": args.beta_end}.items() if v is not None}
     schedule = replace(ScheduleConfig(), **sched)

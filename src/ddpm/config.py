@@ -78,8 +78,8 @@ class TrainConfig:
                 self.model = UNetConfig.from_dict({**have, **want})
             except ValueError as e:
                 raise ValueError(f"the network made for {have['image_size']}x{have['image_size']} images does not fit "
-                                 f"{self.data.image_size}x{self.data.image_size} data: {e}; choose another image size "
-                                 f"or preset") from None
+                                 f"{self.data.image_size}x{self.data.image_size} data: {e}; choose another image size, "
+                                 f"preset or attention resolutions") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
