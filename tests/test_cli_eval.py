@@ -71,6 +71,19 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, monkeypatch, c
     assert not (tmp_path / "r").exists()  # refused before any work: no run folder was made
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--sampler", "ddim", "--steps", "21"], "[1, 20]"),      # the tiny run has T = 20
+    (["--sampler", "dpm++2m", "--steps", "0"], "[1, 20]"),
+    (["--eta", "0.5"], "--sampler ddim"),                     # eta with the default ancestral sampler
+])
+def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert main(["sample", str(run), "-n", "1", "--no-progress", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_bad_data_files_are_refused_before_training(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

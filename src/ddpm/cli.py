@@ -222,9 +222,16 @@ def _run_sample(args) -> int:
         from .distributed import resolve_device
         if (device := resolve_device(args.device)).type != "cuda":
             raise _UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
+    if args.eta != 0.0 and args.sampler != "ddim":
+        raise _UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
+    from .generate import load_run
     from .samplers import steps_or_default
     steps = steps_or_default(args.sampler, args.steps)
-    out = sample(args.run, args.num, args.out, which=args.weights, device=args.device,
+    run = load_run(args.run, which=args.weights, device=args.device)
+    T = run.schedule.num_timesteps
+    if steps is not None and not 1 <= steps <= T:
+        raise _UserError(f"--steps must lie in [1, {T}] (the run's T), got {steps}")
+    out = sample(run, args.num, args.out, which=args.weights, device=args.device,
                  individual=not args.no_individual, chain_samples=args.chain, seed=args.seed,
                  batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
                  spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
