@@ -57,7 +57,7 @@ def test_eval_fid_says_what_is_missing_in_one_line(run, tmp_path, capsys, monkey
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--data", "MISSING_DIR"], "MISSING_DIR"),
     (["train", "--image-size", "30"], "30"),
-    (["train", "--steps", "0"], "steps"),
+    (["train", "--ema-decay", "1.5"], "ema_decay must lie in [0, 1]"),
     (["sample", "MISSING_RUN"], "MISSING_RUN"),
     (["sample", "MISSING_RUN", "--cuda-graph", "--device", "cpu"], "--cuda-graph"),
     (["eval", "nll", "MISSING_RUN"], "MISSING_RUN"),
@@ -73,7 +73,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("extra, needle", [
     (["--sampler", "ddim", "--steps", "21"], "[1, 20]"),      # the tiny run has T = 20
-    (["--sampler", "dpm++2m", "--steps", "0"], "[1, 20]"),
+    (["--sampler", "dpm++2m", "--steps", "25"], "[1, 20]"),
     (["--eta", "0.5"], "--sampler ddim"),                     # eta with the default ancestral sampler
 ])
 def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle, tmp_path, capsys):
@@ -82,6 +82,37 @@ def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sample", "RUN", "-n", "0"], "-n/--num: must be >= 1, got 0"),
+    (["sample", "RUN", "--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["sample", "RUN", "--chain", "-1"], "--chain: must be >= 0"),
+    (["eval", "nll", "RUN", "--quick", "0"], "--quick: must be >= 1"),
+    (["eval", "quality", "RUN", "-n", "0"], "-n/--num: must be >= 1"),
+    (["study", "noise", "RUN", "-n", "zero"], "expected a whole number, got 'zero'"),
+    (["train", "--lr", "-1"], "--lr: must be > 0"),
+    (["train", "--warmup-steps", "-1"], "--warmup-steps: must be >= 0"),
+    (["train", "--steps", "0"], "--steps: must be >= 1"),
+])
+def test_bad_numbers_are_refused_while_parsing(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_quick_beyond_the_runs_strata_is_one_line(run, capsys):
+    assert main(["eval", "nll", str(run), "--quick", "20", "--no-progress"]) == 2  # the tiny run has T = 20
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "1 to T - 1 = 19" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, value", [("lr", 0.0), ("ema_decay", 1.5), ("grad_clip", 0.0), ("warmup_steps", -1),
+                                          ("weight_decay", -0.1), ("keep_checkpoints", 0)])
+def test_train_config_refuses_out_of_range_settings(field, value):
+    from ddpm.config import TrainConfig
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
 
 
 def test_bad_data_files_are_refused_before_training(tmp_path, capsys):

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_args import at_least, int_list, positive_float
+
 __all__ = ["main", "build_parser"]
 
 TRAIN_EXAMPLES = """examples:
@@ -35,16 +37,6 @@ def _on_off(value: str) -> str:
     return v
 
 
-def _int_list(value: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return out
-
-
 def _add_train(sub):
     from .diffusion import VARIANCE_TYPES
     from .unet import PRESETS
@@ -57,11 +49,11 @@ def _add_train(sub):
     p.add_argument("--run-dir", default="runs/digits", help="where config, metrics, previews and checkpoints go "
                    "(default: %(default)s)")
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS), help="U-Net size (default: %(default)s)")
-    p.add_argument("--base-channels", type=int, default=None, help="override the preset's width at full resolution")
-    p.add_argument("--channel-mult", type=_int_list, default=None, metavar="M1,M2,...",
+    p.add_argument("--base-channels", type=at_least(1), default=None, help="override the preset's width at full resolution")
+    p.add_argument("--channel-mult", type=int_list, default=None, metavar="M1,M2,...",
                    help="override the preset's width multiplier per level, e.g. 1,2,2,2 (one level per entry)")
-    p.add_argument("--num-res-blocks", type=int, default=None, help="override the preset's residual blocks per level")
-    p.add_argument("--attention-resolutions", type=_int_list, default=None, metavar="R1,R2,...",
+    p.add_argument("--num-res-blocks", type=at_least(1), default=None, help="override the preset's residual blocks per level")
+    p.add_argument("--attention-resolutions", type=int_list, default=None, metavar="R1,R2,...",
                    help="override the feature-map sizes (pixels) that get self-attention, e.g. 16 or 16,8")
     p.add_argument("--data", default="digits", help="'digits' (embedded MNIST, 4,500 train / 500 test), "
                    "'sklearn-digits', a folder of images, or a .npy/.npz file (default: %(default)s)")
@@ -70,13 +62,13 @@ def _add_train(sub):
     p.add_argument("--image-size", type=int, default=None, help="side of the square images (default: 32)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grey) or 3 (RGB) (default: 1)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=at_least(1), default=None,
                    help="optimisation steps in total (default: 3000 for the digits preset, else 4000)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step per device (default: 64)")
-    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (default: 1)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--batch-size", type=at_least(1), default=None, help="images per step per device (default: 64)")
+    p.add_argument("--grad-accum", type=at_least(1), default=None, help="micro-batches per step (default: 1)")
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="AdamW peak learning rate (default: 1e-3 for the digits preset, else 2e-4)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up")
+    p.add_argument("--warmup-steps", type=at_least(0), default=None, help="linear learning-rate warm-up")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                    help="after warm-up: constant, or cosine decay to 0 at --steps "
                         "(default: cosine for the digits preset, else constant)")
@@ -89,14 +81,14 @@ def _add_train(sub):
                    help="sigma_t^2: beta_t, beta~_t or learned (default: fixed-large)")
     p.add_argument("--importance-sampling", action="store_true", help="sample t by the history of L_vlb terms")
     p.add_argument("--schedule", choices=["linear", "cosine"], default=None, help="beta schedule (default: linear)")
-    p.add_argument("--timesteps", type=int, default=None, help="T (default: 1000)")
+    p.add_argument("--timesteps", type=at_least(1), default=None, help="T (default: 1000)")
     p.add_argument("--beta-start", type=float, default=None, help="beta_1 of the linear schedule (default: 1e-4)")
     p.add_argument("--beta-end", type=float, default=None, help="beta_T of the linear schedule (default: 0.02)")
     p.add_argument("--seed", type=int, default=None, help="seed of init, data order and noise (default: 0)")
-    p.add_argument("--log-every", type=int, default=None, help="steps between metric rows (default: 50)")
-    p.add_argument("--sample-every", type=int, default=None, help="steps between preview grids (default: 1000)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 1000)")
-    p.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept (default: 3)")
+    p.add_argument("--log-every", type=at_least(1), default=None, help="steps between metric rows (default: 50)")
+    p.add_argument("--sample-every", type=at_least(1), default=None, help="steps between preview grids (default: 1000)")
+    p.add_argument("--checkpoint-every", type=at_least(1), default=None, help="steps between checkpoints (default: 1000)")
+    p.add_argument("--keep-checkpoints", type=at_least(1), default=None, help="checkpoints kept (default: 3)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU")
@@ -184,13 +176,13 @@ def _add_sample(sub):
                        description="Generate images from a run folder's latest checkpoint (EMA weights by default).",
                        epilog=SAMPLE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder (or one checkpoint folder inside it)")
-    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("-n", "--num", type=at_least(1), default=64, help="number of samples (default: %(default)s)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/SAMPLER)")
     p.add_argument("--seed", type=int, default=0, help="base seed; sample k has its own seed (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: %(default)s)")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm++2m"],
                    help="ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: all T for ddpm, 50 otherwise)")
+    p.add_argument("--steps", type=at_least(1), default=None, help="sampling steps (default: all T for ddpm, 50 otherwise)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
     p.add_argument("--spacing", choices=["uniform", "quadratic", "trailing", "logsnr"], default=None,
                    help="which timesteps a shortened sampler visits (default: logsnr for dpm++2m, else uniform)")
@@ -198,7 +190,7 @@ def _add_sample(sub):
                    help="sigma_t^2 for ddpm (default: the run's)")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default: ema)")
-    p.add_argument("--chain", type=int, default=0, metavar="K",
+    p.add_argument("--chain", type=at_least(0), default=0, metavar="K",
                    help="also save the denoising chain of the first K samples (strip PNG + GIF)")
     p.add_argument("--no-individual", action="store_true", help="skip the one-PNG-per-sample folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
@@ -214,8 +206,6 @@ def _add_sample(sub):
 def _run_sample(args) -> int:
     from .generate import sample
 
-    if args.num < 1:
-        raise _UserError(f"-n must be >= 1, got {args.num}")
     if not 0.0 <= args.eta <= 1.0:
         raise _UserError(f"--eta must lie in [0, 1], got {args.eta}")
     if args.cuda_graph:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .cli_args import at_least
+
 __all__ = ["register"]
 
 EVAL_EXAMPLES = """examples:
@@ -37,10 +39,10 @@ def register(sub) -> None:
     nll.add_argument("run", help="run folder")
     nll.add_argument("--split", default="test", choices=["test", "train", "all"],
                      help="split of the run's dataset (default: %(default)s, held out from training)")
-    nll.add_argument("-n", "--num", type=int, default=None, help="evaluate only the first N images")
-    nll.add_argument("--quick", type=int, default=None, metavar="K",
+    nll.add_argument("-n", "--num", type=at_least(1), default=None, help="evaluate only the first N images")
+    nll.add_argument("--quick", type=at_least(1), default=None, metavar="K",
                      help="estimate the sum from K stratified timesteps per image (unbiased, with its standard error)")
-    nll.add_argument("--batch-size", type=int, default=250, help="images per forward pass (default: %(default)s)")
+    nll.add_argument("--batch-size", type=at_least(1), default=250, help="images per forward pass (default: %(default)s)")
     nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
     nll.add_argument("--weights", choices=["ema", "model"], default="ema")
     nll.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
@@ -66,9 +68,9 @@ def register(sub) -> None:
     noise = stsub.add_parser("noise", help="sample with sigma^2 = beta_t, beta~_t and 0 from the same x_T",
                              epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     noise.add_argument("run", help="run folder")
-    noise.add_argument("-n", "--num", type=int, default=64, help="samples per variant (default: %(default)s)")
+    noise.add_argument("-n", "--num", type=at_least(1), default=64, help="samples per variant (default: %(default)s)")
     noise.add_argument("--seed", type=int, default=0)
-    noise.add_argument("--batch-size", type=int, default=64)
+    noise.add_argument("--batch-size", type=at_least(1), default=64)
     noise.add_argument("--no-quality", action="store_true", help="skip the classifier FD")
     noise.add_argument("--out", default=None, help="output folder (default: RUN/study)")
     noise.add_argument("--device", default="auto")
@@ -77,12 +79,12 @@ def register(sub) -> None:
 
 
 def _add_sampling_flags(p, default_n):
-    p.add_argument("-n", "--num", type=int, default=default_n, help="samples to draw from a run (default: %(default)s)")
+    p.add_argument("-n", "--num", type=at_least(1), default=default_n, help="samples to draw from a run (default: %(default)s)")
     p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"],
                    help="sampler when drawing from a run (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: all T for ddpm, 50 otherwise)")
+    p.add_argument("--steps", type=at_least(1), default=None, help="sampler steps (default: all T for ddpm, 50 otherwise)")
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=at_least(1), default=250)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -115,6 +117,9 @@ def _run_nll(args) -> int:
     from .generate import load_run
 
     run = load_run(args.run, which=args.weights, device=args.device)
+    T = run.schedule.num_timesteps
+    if args.quick is not None and args.quick > T - 1:
+        raise _user_error(f"--quick takes 1 to T - 1 = {T - 1} strata for this run, got {args.quick}")
     dcfg = DataConfig.from_dict({**run.config.data.to_dict(), "split": args.split, "hflip": False})
     x0 = load_images(dcfg)
     if args.num is not None:

@@ -1,0 +1,41 @@
+"""argparse value types shared by the ``ddpm`` subcommands: a bad number is refused while the command line
+is parsed, before any run is loaded or any file is written."""
+from __future__ import annotations
+
+import argparse
+
+
+def at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {n}")
+        return n
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+def int_list(value: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated whole numbers, e.g. ``1,2,2``."""
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return out
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return x
