@@ -75,6 +75,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, monkeypatch, c
     (["--sampler", "ddim", "--steps", "21"], "[1, 20]"),      # the tiny run has T = 20
     (["--sampler", "dpm++2m", "--steps", "25"], "[1, 20]"),
     (["--eta", "0.5"], "--sampler ddim"),                     # eta with the default ancestral sampler
+    (["--variance", "learned-range"], "cannot be sampled with --variance learned-range"),  # trained fixed-large
+    (["--device", "nodevice"], "not a device name"),
 ])
 def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle, tmp_path, capsys):
     out = tmp_path / "samples"

@@ -420,3 +420,11 @@ def test_torchrun_cli_end_to_end_then_resume_on_one_rank(tmp_path, clean_env):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["global_batch_size"] for r in rows] == [8, 8, 8, 4, 4]
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_here_is_refused_by_name():
+    for name, needle in [("cuda", "no CUDA GPU"), ("cuda:3", "no CUDA GPU"), ("tpu0", "not a device name")]:
+        with pytest.raises(distributed.DeviceError, match=needle):
+            distributed.resolve_device(name)
+    assert distributed.resolve_device("cpu") == torch.device("cpu")

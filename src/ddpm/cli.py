@@ -218,6 +218,10 @@ def _run_sample(args) -> int:
     from .samplers import steps_or_default
     steps = steps_or_default(args.sampler, args.steps)
     run = load_run(args.run, which=args.weights, device=args.device)
+    trained, mc = run.config.variance, run.config.model
+    if args.variance and (args.variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
+        raise _UserError(f"{args.run}: a network trained with --variance {trained} cannot be sampled with "
+                         f"--variance {args.variance} (learned-range needs the variance outputs); drop --variance")
     T = run.schedule.num_timesteps
     if steps is not None and not 1 <= steps <= T:
         raise _UserError(f"--steps must lie in [1, {T}] (the run's T), got {steps}")
@@ -262,13 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .distributed import DistributedError
+    from .distributed import DeviceError, DistributedError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, CheckpointError, _UserError) as e:
+    except (DataError, CheckpointError, DeviceError, _UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DistributedError as e:  # a lost rank or a timed-out collective

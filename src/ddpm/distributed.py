@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from .batches import mix_seed
 
-__all__ = ["World", "DistributedError", "setup", "teardown", "barrier", "mean_over_ranks", "gather_objects",
+__all__ = ["World", "DistributedError", "DeviceError", "setup", "teardown", "barrier", "mean_over_ranks", "gather_objects",
            "rank_seed", "reshard_data_state", "timeout_seconds", "is_communication_error", "failure_message",
            "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
 
@@ -113,11 +113,27 @@ def timeout_seconds() -> float:
     return seconds
 
 
+class DeviceError(ValueError):
+    """A device that does not exist here (``--device cuda`` without a GPU, a misspelt name)."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; any other name is taken as it is."""
+    """``auto`` picks CUDA when present, else CPU; any other name is taken as it is, and a CUDA device must
+    exist (:class:`DeviceError` otherwise, before any model is built)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"--device {name}: no CUDA GPU is visible to this torch build; use --device cpu "
+                              "(or auto)")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"--device {name}: only {count} CUDA GPU(s) are visible (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 def pick_device(name: str, local_rank: int, world_size: int) -> torch.device:
@@ -126,15 +142,13 @@ def pick_device(name: str, local_rank: int, world_size: int) -> torch.device:
     ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` when there are several processes (``cuda:0`` when each
     process sees a single GPU, as with ``CUDA_VISIBLE_DEVICES`` set per task); an explicit ``cuda:K`` is
     refused with several processes, since they would all share GPU K."""
+    if world_size > 1 and name.startswith("cuda:"):
+        raise DistributedError(f"--device {name} with {world_size} processes would put every rank on one GPU; "
+                               "use --device cuda (each rank then takes cuda:LOCAL_RANK)")
     device = resolve_device(name)
     if device.type != "cuda" or world_size == 1:
         return device
-    if device.index is not None:
-        raise DistributedError(f"--device {name} with {world_size} processes would put every rank on one GPU; "
-                               "use --device cuda (each rank then takes cuda:LOCAL_RANK)")
     count = torch.cuda.device_count()
-    if count == 0:
-        raise DistributedError("--device cuda, but this process sees no GPU")
     if count == 1:
         return torch.device("cuda", 0)
     if local_rank >= count:
