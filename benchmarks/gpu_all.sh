@@ -4,7 +4,8 @@
 #   1. benchmarks/gpu_speed.py: the cifar10 preset against diffusers' UNet2DModel, training img/s at batch 128
 #      (eager and compiled), sampling img-steps/s at batch 512, model-FLOP utilisation   (4-5 minutes)
 #   2. the digits preset trained for STEPS steps (default 30,000; the CPU tables stop at 10,000), then
-#      benchmarks/quality_vs_steps.py on it with 1,000 samples per row, in fp32       (a few minutes)
+#      benchmarks/quality_vs_steps.py on it with 1,000 samples per row, in fp32, and
+#      benchmarks/ode_artifacts.py (background haze and speckle of the ODE samplers)   (a few minutes)
 #
 #   bash benchmarks/gpu_all.sh runs/gpu                 # one GPU
 #   STEPS=50000 bash benchmarks/gpu_all.sh runs/gpu     # train longer
@@ -50,5 +51,9 @@ if [ -z "${SKIP_QUALITY:-}" ]; then
   fi
   python "$here/quality_vs_steps.py" "$run" "${quality_args[@]}" --samplers ddim ddim-quadratic dpm++2m dpm++2m-quadratic ddim-eta1 \
     --out "$out/quality_vs_steps.json" 2>&1 | tee "$out/quality_vs_steps.txt"
+  if [ -z "${DRY_RUN:-}" ]; then  # the background haze and speckle of the ODE samplers (32x32 digits only)
+    python "$here/ode_artifacts.py" "$run" -n 1000 --batch-size 1000 --device cuda \
+      --samplers ddim-50 dpm++2m-20 ddim-50-eta1 2>&1 | tee "$out/ode_artifacts.txt"
+  fi
 fi
 stamp "done: $out"

@@ -49,10 +49,12 @@ def _add_train(sub):
     p.add_argument("--run-dir", default="runs/digits", help="where config, metrics, previews and checkpoints go "
                    "(default: %(default)s)")
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS), help="U-Net size (default: %(default)s)")
-    p.add_argument("--base-channels", type=at_least(1), default=None, help="override the preset's width at full resolution")
+    p.add_argument("--base-channels", type=at_least(1), default=None,
+                   help="override the preset's width at full resolution")
     p.add_argument("--channel-mult", type=int_list, default=None, metavar="M1,M2,...",
                    help="override the preset's width multiplier per level, e.g. 1,2,2,2 (one level per entry)")
-    p.add_argument("--num-res-blocks", type=at_least(1), default=None, help="override the preset's residual blocks per level")
+    p.add_argument("--num-res-blocks", type=at_least(1), default=None,
+                   help="override the preset's residual blocks per level")
     p.add_argument("--attention-resolutions", type=int_list, default=None, metavar="R1,R2,...",
                    help="override the feature-map sizes (pixels) that get self-attention, e.g. 16 or 16,8")
     p.add_argument("--data", default="digits", help="'digits' (embedded MNIST, 4,500 train / 500 test), "
@@ -87,7 +89,8 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=None, help="seed of init, data order and noise (default: 0)")
     p.add_argument("--log-every", type=at_least(1), default=None, help="steps between metric rows (default: 50)")
     p.add_argument("--sample-every", type=at_least(1), default=None, help="steps between preview grids (default: 1000)")
-    p.add_argument("--checkpoint-every", type=at_least(1), default=None, help="steps between checkpoints (default: 1000)")
+    p.add_argument("--checkpoint-every", type=at_least(1), default=None,
+                   help="steps between checkpoints (default: 1000)")
     p.add_argument("--keep-checkpoints", type=at_least(1), default=None, help="checkpoints kept (default: 3)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
@@ -182,7 +185,8 @@ def _add_sample(sub):
     p.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: %(default)s)")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm++2m"],
                    help="ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
-    p.add_argument("--steps", type=at_least(1), default=None, help="sampling steps (default: all T for ddpm, 50 otherwise)")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help="sampling steps (default: all T for ddpm, 50 otherwise)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
     p.add_argument("--spacing", choices=["uniform", "quadratic", "trailing", "logsnr"], default=None,
                    help="which timesteps a shortened sampler visits (default: logsnr for dpm++2m, else uniform)")
@@ -204,7 +208,8 @@ def _add_sample(sub):
 
 
 def _run_sample(args) -> int:
-    from .generate import sample
+    from .generate import load_run, sample
+    from .samplers import steps_or_default
 
     if not 0.0 <= args.eta <= 1.0:
         raise _UserError(f"--eta must lie in [0, 1], got {args.eta}")
@@ -214,8 +219,6 @@ def _run_sample(args) -> int:
             raise _UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
     if args.eta != 0.0 and args.sampler != "ddim":
         raise _UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
-    from .generate import load_run
-    from .samplers import steps_or_default
     steps = steps_or_default(args.sampler, args.steps)
     run = load_run(args.run, which=args.weights, device=args.device)
     trained, mc = run.config.variance, run.config.model
@@ -225,9 +228,8 @@ def _run_sample(args) -> int:
     T = run.schedule.num_timesteps
     if steps is not None and not 1 <= steps <= T:
         raise _UserError(f"--steps must lie in [1, {T}] (the run's T), got {steps}")
-    out = sample(run, args.num, args.out, which=args.weights, device=args.device,
-                 individual=not args.no_individual, chain_samples=args.chain, seed=args.seed,
-                 batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
+    out = sample(run, args.num, args.out, individual=not args.no_individual, chain_samples=args.chain,
+                 seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
                  spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
                  cuda_graph=args.cuda_graph, precision=args.precision, progress=not args.no_progress)
     print(f"samples written to {out} (grid.png, samples.npz{', images/' if not args.no_individual else ''}"

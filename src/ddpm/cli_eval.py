@@ -42,7 +42,8 @@ def register(sub) -> None:
     nll.add_argument("-n", "--num", type=at_least(1), default=None, help="evaluate only the first N images")
     nll.add_argument("--quick", type=at_least(1), default=None, metavar="K",
                      help="estimate the sum from K stratified timesteps per image (unbiased, with its standard error)")
-    nll.add_argument("--batch-size", type=at_least(1), default=250, help="images per forward pass (default: %(default)s)")
+    nll.add_argument("--batch-size", type=at_least(1), default=250,
+                     help="images per forward pass (default: %(default)s)")
     nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
     nll.add_argument("--weights", choices=["ema", "model"], default="ema")
     nll.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
@@ -79,10 +80,12 @@ def register(sub) -> None:
 
 
 def _add_sampling_flags(p, default_n):
-    p.add_argument("-n", "--num", type=at_least(1), default=default_n, help="samples to draw from a run (default: %(default)s)")
+    p.add_argument("-n", "--num", type=at_least(1), default=default_n,
+                   help="samples to draw from a run (default: %(default)s)")
     p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"],
                    help="sampler when drawing from a run (default: %(default)s)")
-    p.add_argument("--steps", type=at_least(1), default=None, help="sampler steps (default: all T for ddpm, 50 otherwise)")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help="sampler steps (default: all T for ddpm, 50 otherwise)")
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250)
     p.add_argument("--device", default="auto")

@@ -32,7 +32,8 @@ import torch.distributed as dist
 
 from .batches import mix_seed
 
-__all__ = ["World", "DistributedError", "DeviceError", "setup", "teardown", "barrier", "mean_over_ranks", "gather_objects",
+__all__ = ["World", "DistributedError", "DeviceError",
+           "setup", "teardown", "barrier", "mean_over_ranks", "gather_objects",
            "rank_seed", "reshard_data_state", "timeout_seconds", "is_communication_error", "failure_message",
            "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
 
