@@ -130,6 +130,7 @@ def main() -> None:
     p.add_argument("--speckle-threshold", type=float, default=6.0, help="grey levels (default: 6)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x_0 to [-1, 1] while sampling")
     p.add_argument("--fd", action="store_true", help="also classifier FD: as drawn, background cleaned, clean seeds")
     p.add_argument("--dark", type=int, default=32, help="--fd: grey level below which a pixel is set to black")
     p.add_argument("--picture", default=None, help="save a contrast-boosted picture of the last run's samples")
@@ -153,7 +154,7 @@ def main() -> None:
         for name in names:
             t0 = time.perf_counter()
             images = generate(run, args.n, seed=args.seed, batch_size=args.batch_size, progress=False,
-                              precision="fp32", **SAMPLERS[name])
+                              precision="fp32", clip_denoised=not args.no_clip, **SAMPLERS[name])
             row = _row(f"{path}: {name}", images, norms, args)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
