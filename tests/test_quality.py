@@ -197,20 +197,10 @@ def test_quality_report_real_collapsed_and_floor(tiny):
     assert "classifier FD" in text and "KID" in text and "1/10" in text and "real floor" in text
 
 
-def _ode_artifacts():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ode_artifacts.py"
-    spec = importlib.util.spec_from_file_location("ode_artifacts", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_background_frame_statistics_of_known_images():
+def test_background_frame_statistics_of_known_images(load_benchmark):
     """benchmarks/ode_artifacts.py: haze is the frame's mean grey level, speckle the mean |difference| of
     horizontal neighbours in its top and bottom bands; the centre of the image never counts."""
-    m = _ode_artifacts()
+    m = load_benchmark("ode_artifacts")
     x = torch.zeros(3, 1, 32, 32, dtype=torch.uint8)
     x[:, :, 8:24, 8:24] = 255                      # a "digit" well inside the 4-pixel frame
     x[1] += (x[1] == 0).to(torch.uint8) * 10       # uniform haze of 10 levels

@@ -214,23 +214,12 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(y, model(x, t))
 
 
-def _load_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "unet_speed.py"
-    spec = importlib.util.spec_from_file_location("unet_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["tiny", "digits"])
-def test_same_parameter_shapes_as_diffusers_ddpm_layout(name):
+def test_same_parameter_shapes_as_diffusers_ddpm_layout(name, load_benchmark):
     pytest.importorskip("diffusers")
     cfg = preset(name)
     ours = UNet(cfg)
-    ref = _load_benchmark().diffusers_equivalent(cfg)
+    ref = load_benchmark("unet_speed").diffusers_equivalent(cfg)
     # Attention packs q, k, v into one 1x1 conv here and three linears there, so compare the 3x3 convs
     # (which fix every width and the block layout) shape by shape, and the rest by total count.
     conv3 = lambda m: sorted(tuple(p.shape) for p in m.parameters() if p.ndim == 4 and p.shape[-1] == 3)
@@ -238,9 +227,9 @@ def test_same_parameter_shapes_as_diffusers_ddpm_layout(name):
     assert count_parameters(ours) == count_parameters(ref)
 
 
-def test_benchmark_script_runs(capsys):
-    _load_benchmark().main(["--preset", "tiny", "--batch-size", "2", "--seconds", "0.01", "--warmup", "0",
-                            "--no-diffusers", "--channels-last"])
+def test_benchmark_script_runs(capsys, load_benchmark):
+    load_benchmark("unet_speed").main(["--preset", "tiny", "--batch-size", "2", "--seconds", "0.01", "--warmup", "0",
+                                       "--no-diffusers", "--channels-last"])
     out = capsys.readouterr().out
     assert "ddpm.unet.UNet" in out and "4,877" in out
 
