@@ -3,7 +3,7 @@ and how both follow the norm of the starting noise x_T.
 
     python benchmarks/ode_artifacts.py runs/digits -n 256
     python benchmarks/ode_artifacts.py runs/digits/checkpoints/step_0001000 runs/digits -n 256 --samplers ddim-50
-    python benchmarks/ode_artifacts.py runs/digits -n 256 --with-ddpm --picture docs/img/ode_artifacts.png
+    python benchmarks/ode_artifacts.py runs/digits -n 256 --with-ddpm --fd --picture docs/img/ode_artifacts.png
 
 Every real digit has a black frame: the 28x28 MNIST digit is padded by 2 pixels to 32x32 and sits inside its
 own 4-pixel margin, so the outer ``--frame`` pixels (default 4) of a real image are 0 in all but a few of the
@@ -26,6 +26,7 @@ with the grey levels multiplied by ``--boost`` (default 6), which makes a haze o
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 
@@ -83,16 +84,18 @@ def _row(name: str, images: torch.Tensor, norms: torch.Tensor | None, args) -> d
     return row
 
 
-_CLASSIFIER = []
+@functools.lru_cache(maxsize=1)
+def _classifier():
+    from ddpm.quality import load_classifier
+    return load_classifier()
 
 
 def _fd_row(name: str, images: torch.Tensor, args, previous: list[dict]) -> dict:
     """Classifier FD as drawn, with the dark pixels blacked out, and on the clean seeds (fixed by the first row)."""
-    from ddpm.quality import load_classifier, quality_report
-    if not _CLASSIFIER:
-        _CLASSIFIER.append(load_classifier())
-    fd = lambda x, floor=False: quality_report(x, classifier=_CLASSIFIER[0], floor=floor,  # noqa: E731
-                                               kid_subset_size=min(1000, len(x)))
+    from ddpm.quality import quality_report
+
+    def fd(x: torch.Tensor, floor: bool = False) -> dict:
+        return quality_report(x, classifier=_classifier(), floor=floor, kid_subset_size=min(1000, len(x)))
     first = fd(images, floor=not previous)
     keep = previous[0]["clean"] if previous else frame_stats(images, args.frame)[1] <= args.speckle_threshold
     dark = torch.where(images < args.dark, torch.zeros_like(images), images)
@@ -140,7 +143,6 @@ def main() -> None:
     names = args.samplers + (["ddpm-1000"] if args.with_ddpm and "ddpm-1000" not in args.samplers else [])
     real = torch.as_tensor(digits_split("train")[0])
     real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[: args.n]]  # all classes
-    real = real[:, None] if real.ndim == 3 else real
     real = F.pad(real, (2, 2, 2, 2)) if real.shape[-1] == 28 else real  # padded as ddpm.data pads the digits
     rows, panels = [_row("real train digits", real, None, args)], [("real", real)]
     fd_rows = []
@@ -166,11 +168,12 @@ def main() -> None:
               + " / ".join(f"{q:.3f}" for q in norms.quantile(torch.tensor([0.1, 0.5, 0.9])).tolist()))
     print()
     print("| samples | haze (grey levels) | speckle (grey levels) | speckled | r(abs x_T, speckle) "
-          "| r(abs x_T, haze) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+          "| r(abs x_T, haze) | seconds |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         corr = (f"{r['r_norm_speckle']:.2f} | {r['r_norm_haze']:.2f}" if "r_norm_speckle" in r else "- | -")
-        print(f"| {r['samples']} | {r['haze']:.2f} | {r['speckle']:.2f} | {100 * r['speckled']:.0f}% | {corr} |")
+        print(f"| {r['samples']} | {r['haze']:.2f} | {r['speckle']:.2f} | {100 * r['speckled']:.0f}% | {corr} "
+              f"| {r.get('seconds', '')} |")
     if fd_rows:
         clean = fd_rows[0]["clean_n"]
         print(f"\nclassifier FD, {args.n} samples (real-vs-real floor at that n: {fd_rows[0]['floor']:.2f}); "
