@@ -204,6 +204,18 @@ def test_network_shape_flags_override_the_preset_at_the_data_size(tmp_path, caps
         build_parser().parse_args(["train", "--channel-mult", "1,two"])
 
 
+def test_every_train_example_in_the_help_builds_a_config():
+    """The --help examples are commands people copy: each must at least parse and build its TrainConfig."""
+    import shlex
+
+    from ddpm.cli import TRAIN_EXAMPLES, _train_config_from_args, build_parser
+    lines = [ln.split("#")[0].strip() for ln in TRAIN_EXAMPLES.splitlines()]
+    commands = [ln for ln in lines if ln.startswith("ddpm train") and "--resume" not in ln]
+    assert len(commands) >= 4
+    for line in commands:
+        _train_config_from_args(build_parser().parse_args(shlex.split(line)[1:]))
+
+
 def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, monkeypatch):
     """compile=auto means "where it works": a compiler failure on the first step trains eagerly, with a warning;
     compile=on keeps the failure."""

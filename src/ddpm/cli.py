@@ -15,7 +15,7 @@ TRAIN_EXAMPLES = """examples:
   ddpm train --steps 20000 --run-dir runs/long
   ddpm train --data path/to/images --image-size 64 --channels 3 --preset cifar10 --hflip
   ddpm train --data faces.npz --loss hybrid --variance learned-range
-  ddpm train --preset tiny --attention-resolutions 8 --base-channels 8   # the tiny net, reshaped for 32x32
+  ddpm train --preset tiny --attention-resolutions 16 --base-channels 8  # the tiny net, reshaped for 32x32
   ddpm train --resume runs/digits --steps 8000  # continue a run exactly where it stopped
   torchrun --standalone --nproc_per_node=8 -m ddpm train --batch-size 16   # 8 GPUs, global batch 128
 """
