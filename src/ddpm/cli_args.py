@@ -15,7 +15,6 @@ def at_least(minimum: int):
         if n < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {n}")
         return n
-    parse.__name__ = f"whole number >= {minimum}"
     return parse
 
 

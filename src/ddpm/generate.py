@@ -145,9 +145,9 @@ def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which=which, device=device)
     sampler = kw.get("sampler", "ddpm")
     out = Path(out_dir) if out_dir else Path(loaded.checkpoint).parent.parent / "samples" / sampler
-    out.mkdir(parents=True, exist_ok=True)
     res = generate(loaded, n, chain_samples=chain_samples, **kw)
     images, chain = res if chain_samples > 0 else (res, None)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     save_grid(out / "grid.png", images)
     save_npz(out / "samples.npz", images)
     if individual:
