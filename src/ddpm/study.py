@@ -12,7 +12,8 @@ removes the variation the reverse process needs; the samples come out smooth, fa
 * ``sigma = 0`` for t > 1   (the mean-only path),
 
 and reports per-image pixel variance (how much contrast a sample has) and, for digits, the classifier
-Frechet distance to real test images.
+Frechet distance to real test images.  A run trained with a learned variance (``learned-range``) is sampled the
+same three ways from the eps half of its output, and a fourth way with its learned sigma_t.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NOISE_VARIANTS", "noise_study"]
+__all__ = ["NOISE_VARIANTS", "LEARNED_VARIANT", "noise_study"]
 
 #: name -> (variance type, sigma scale)
 NOISE_VARIANTS = {
@@ -28,6 +29,8 @@ NOISE_VARIANTS = {
     "sigma^2 = beta~_t": ("fixed-small", 1.0),
     "sigma = 0 (mean only)": ("fixed-large", 0.0),
 }
+#: the extra variant of a run that learned its variance (Nichol & Dhariwal 2021, eq. 15)
+LEARNED_VARIANT = {"sigma^2 learned": ("learned-range", 1.0)}
 
 
 def pixel_variance(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -49,11 +52,12 @@ def noise_study(run, out_dir, *, n: int = 64, seed: int = 0, batch_size: int = 6
     loaded = load_run(run) if not hasattr(run, "model") else run
     cfg = loaded.config
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-    f = model_fn(loaded.model, loaded.device)
+    f_full = model_fn(loaded.model, loaded.device)
+    learned = cfg.variance == "learned-range"
+    variants = {**NOISE_VARIANTS, **LEARNED_VARIANT} if learned else NOISE_VARIANTS
     results, grids = {}, {}
-    for name, (variance, scale) in NOISE_VARIANTS.items():
-        if cfg.variance == "learned-range" and variance != "fixed-large":
-            variance = "learned-range"
+    for name, (variance, scale) in variants.items():
+        f = _eps_half(f_full, shape[0]) if learned and variance != "learned-range" else f_full
         chunks = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
@@ -77,6 +81,11 @@ def noise_study(run, out_dir, *, n: int = 64, seed: int = 0, batch_size: int = 6
     _plot(grids, results, out / "noise_study.png", make_grid)
     write_json_atomic(out / "noise_study.json", results)
     return results
+
+
+def _eps_half(f, channels: int):
+    """The network ``f`` with the v half of a learned-range output dropped, for the fixed-variance samplers."""
+    return lambda x, t: f(x, t)[:, :channels]
 
 
 def _plot(grids, results, path, make_grid):
