@@ -80,6 +80,36 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_a_run(tmp_path, capsys):
     assert "nope" in err and len(err.strip().splitlines()) == 1
 
 
+def test_python_api_refuses_to_start_over_a_run(tmp_path):
+    from ddpm.config import TrainConfig
+    from ddpm.train import train
+    run = tmp_path / "run"
+    assert _train(run, 2, "--checkpoint-every", "2") == 0
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(config)
+    assert latest_checkpoint(run).name == "step_0000002"
+
+
+def test_fresh_start_drops_the_rows_and_previews_of_a_run_that_died_before_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    (run / "previews").mkdir(parents=True)
+    (run / "previews" / "step_0000001.png").write_bytes(b"stale")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 123.0, "lr": 1e30}) + "\n")
+    assert _train(run, 2, "--sample-every", "100") == 0
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] != 123.0 for r in rows)
+    assert not (run / "previews" / "step_0000001.png").exists()
+
+
+def test_diverged_training_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, 4, "--lr", "1e30", "--checkpoint-every", "1", "--sample-every", "100") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: loss became") and "lower --lr" in err and len(err.splitlines()) == 1
+    assert latest_checkpoint(run).name == "step_0000001"
+
+
 def test_checkpoint_from_incompatible_config_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     assert _train(run, 2, "--checkpoint-every", "2") == 0

@@ -161,6 +161,8 @@ class Trainer:
                                    config.importance_sampling)
         if resume:
             self._restore()
+        else:
+            self._start_fresh()
         # wrap after restoring, so DDP's broadcast of rank 0's weights at construction changes nothing
         self.ddp = None
         if self.world.enabled:
@@ -274,6 +276,20 @@ class Trainer:
                 self.vlb.load_state_dict(tr["vlb"])
         if world.is_main:
             self._truncate_metrics()
+
+    def _start_fresh(self):
+        """Refuse to start over a folder that holds checkpoints (they would be rotated away).  A folder left by a
+        run that died before its first checkpoint is reused: that run's metric rows and previews would read as
+        this one's, so they go."""
+        if any((self.run_dir / "checkpoints").glob("step_*")):
+            raise CheckpointError(f"{self.run_dir}: already holds a run; resume it (ddpm train --resume "
+                                  f"{self.run_dir}) or pick another run folder")
+        if self.world.is_main:
+            self._truncate_metrics()
+            previews = self.run_dir / "previews"
+            if previews.is_dir():
+                for old in previews.glob("step_*.png"):
+                    old.unlink()
 
     def _truncate_metrics(self):
         """Drop metric rows logged after the restored checkpoint, so the log reads as one uninterrupted run."""
