@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddpm.cli import main
-from ddpm.study import pixel_variance
+from ddpm.study import LEARNED_VARIANT, NOISE_VARIANTS, pixel_variance
 
 TINY = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
         "--batch-size", "8", "--no-progress", "--sample-every", "100"]
@@ -29,11 +29,12 @@ def test_eval_nll_full_and_quick(run, capsys):
     assert "bits/dim" in capsys.readouterr().out
 
 
-def test_study_noise_writes_picture_and_orders_variance(run, capsys):
+def test_study_noise_writes_picture_and_one_row_per_variant(run, capsys):
     out = run / "study"
     assert main(["study", "noise", str(run), "-n", "4", "--no-progress", "--out", str(out)]) == 0
     res = json.loads((out / "noise_study.json").read_text())
-    assert len(res) == 3 and (out / "noise_study.png").is_file()
+    assert {k: (r["variance"], r["sigma_scale"]) for k, r in res.items()} == NOISE_VARIANTS
+    assert all(r["pixel_variance_mean"] >= 0 for r in res.values()) and (out / "noise_study.png").is_file()
     assert "pixel var" in capsys.readouterr().out
 
 
@@ -91,7 +92,7 @@ def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle,
     (["sample", "RUN", "--batch-size", "0"], "--batch-size: must be >= 1"),
     (["sample", "RUN", "--chain", "-1"], "--chain: must be >= 0"),
     (["eval", "nll", "RUN", "--quick", "0"], "--quick: must be >= 1"),
-    (["eval", "quality", "RUN", "-n", "0"], "-n/--num: must be >= 1"),
+    (["eval", "quality", "RUN", "-n", "1"], "-n/--num: must be >= 2"),
     (["study", "noise", "RUN", "-n", "zero"], "expected a whole number, got 'zero'"),
     (["train", "--lr", "-1"], "--lr: must be > 0"),
     (["train", "--warmup-steps", "-1"], "--warmup-steps: must be >= 0"),
@@ -101,6 +102,20 @@ def test_bad_numbers_are_refused_while_parsing(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["eval", "quality", "RUN"], "--steps must lie in [1, 20]"),  # ddim's default 50 steps on a T = 20 run
+    (["eval", "quality", "RUN", "--sampler", "ddpm", "--steps", "21"], "--steps must lie in [1, 20]"),
+    (["eval", "quality", "ONE.npz"], "holds 1 image"),
+    (["study", "noise", "RUN", "-n", "1"], "--no-quality"),
+])
+def test_eval_and_study_refuse_what_they_cannot_measure_in_one_line(run, argv, needle, tmp_path, capsys):
+    np.savez(tmp_path / "ONE.npz", images=np.zeros((1, 32, 32), dtype=np.uint8))
+    argv = [str(run) if a == "RUN" else str(tmp_path / a) if a.endswith(".npz") else a for a in argv]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
 
 
 def test_quick_beyond_the_runs_strata_is_one_line(run, capsys):
@@ -172,3 +187,7 @@ def test_hybrid_learned_range_run_trains_samples_and_evaluates(tmp_path):
     assert cfg["model"]["out_channels"] == 2 and cfg["variance"] == "learned-range"
     assert main(["sample", str(run), "-n", "2", "--no-progress", "--out", str(tmp_path / "s")]) == 0
     assert main(["eval", "nll", str(run), "-n", "4", "--quick", "4", "--no-progress"]) == 0
+    # the noise study samples the eps half with each fixed variance, and the learned variance besides
+    assert main(["study", "noise", str(run), "-n", "2", "--no-progress", "--out", str(tmp_path / "st")]) == 0
+    res = json.loads((tmp_path / "st" / "noise_study.json").read_text())
+    assert {k: (r["variance"], r["sigma_scale"]) for k, r in res.items()} == {**NOISE_VARIANTS, **LEARNED_VARIANT}

@@ -65,3 +65,19 @@ def test_load_samples_reads_an_npz(tmp_path):
     x = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     save_npz(tmp_path / "samples.npz", x)
     assert torch.equal(E.load_samples(tmp_path / "samples.npz"), x)
+
+
+def test_load_samples_keeps_the_files_own_shape_when_asked(tmp_path):
+    """Inception FID reads colour samples at their own size; the digit yardstick makes them grey 32x32."""
+    from ddpm.data import native_shape
+    from ddpm.images import save_npz
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    save_npz(tmp_path / "samples.npz", x)
+    assert native_shape(tmp_path / "samples.npz") == (3, 16)
+    assert torch.equal(E.load_samples(tmp_path / "samples.npz", None, None), x)
+    assert E.load_samples(tmp_path / "samples.npz").shape == (3, 1, 32, 32)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    from PIL import Image
+    Image.fromarray(x[0].permute(1, 2, 0).numpy()).save(folder / "a.png")
+    assert native_shape(folder) == (3, 16)

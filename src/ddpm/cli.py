@@ -164,11 +164,7 @@ def _run_train(args) -> int:
         out = train(config, resume=True)
     else:
         config = _checked(lambda: _train_config_from_args(args), "arguments")
-        run_dir = Path(config.run_dir)
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*")):
-            raise _UserError(f"{run_dir}: already holds a run; use --resume {run_dir} to continue it "
-                             "or --run-dir to start a new one")
-        out = train(config)
+        out = train(config)  # refuses a folder that already holds checkpoints
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
         print(f"run saved in {out}")
     return 0
@@ -225,9 +221,7 @@ def _run_sample(args) -> int:
     if args.variance and (args.variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
         raise _UserError(f"{args.run}: a network trained with --variance {trained} cannot be sampled with "
                          f"--variance {args.variance} (learned-range needs the variance outputs); drop --variance")
-    T = run.schedule.num_timesteps
-    if steps is not None and not 1 <= steps <= T:
-        raise _UserError(f"--steps must lie in [1, {T}] (the run's T), got {steps}")
+    check_steps(steps, run)
     out = sample(run, args.num, args.out, individual=not args.no_individual, chain_samples=args.chain,
                  seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
                  spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
@@ -239,6 +233,13 @@ def _run_sample(args) -> int:
 
 class _UserError(Exception):
     """A mistake in the command line; printed as one line."""
+
+
+def check_steps(steps: int | None, run) -> None:
+    """Refuse sampler ``steps`` outside [1, T] of the loaded ``run`` before any sampling starts."""
+    T = run.schedule.num_timesteps
+    if steps is not None and not 1 <= steps <= T:
+        raise _UserError(f"--steps must lie in [1, {T}] (the run's T), got {steps}")
 
 
 def _checked(build, where):
@@ -278,6 +279,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DistributedError as e:  # a lost rank or a timed-out collective
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except FloatingPointError as e:  # training diverged; the checkpoints written before are intact
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -80,7 +80,7 @@ def register(sub) -> None:
 
 
 def _add_sampling_flags(p, default_n):
-    p.add_argument("-n", "--num", type=at_least(1), default=default_n,
+    p.add_argument("-n", "--num", type=at_least(2), default=default_n,
                    help="samples to draw from a run (default: %(default)s)")
     p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"],
                    help="sampler when drawing from a run (default: %(default)s)")
@@ -97,20 +97,26 @@ def _user_error(msg):
     return _UserError(msg)
 
 
-def _images_from(args):
-    """uint8 (N, C, H, W) images: drawn from a run folder, or read from saved samples; plus where to write."""
+def _images_from(args, native: bool = False):
+    """uint8 (N, C, H, W) images: drawn from a run folder, or read from saved samples; plus where to write.
+    Saved samples become grey 32x32 digits for the classifier, or keep their own shape with ``native``."""
     src = Path(args.source)
     if src.is_dir() and (src / "config.json").is_file():
+        from .cli import check_steps
         from .generate import generate, load_run
-        run = load_run(src, device=args.device)
         from .samplers import steps_or_default
+        run = load_run(src, device=args.device)
         steps = steps_or_default(args.sampler, args.steps)
+        check_steps(steps, run)
         images = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                           steps=steps, progress=not args.no_progress)
         return images, src / "eval"
     if src.exists():
         from .evaluate import load_samples
-        return load_samples(src), (src if src.is_dir() else src.parent)
+        images = load_samples(src, None, None) if native else load_samples(src)
+        if len(images) < 2:
+            raise _user_error(f"{src}: holds {len(images)} image; the metrics need at least 2")
+        return images, (src if src.is_dir() else src.parent)
     raise _user_error(f"{src}: no such run folder or samples file")
 
 
@@ -154,7 +160,7 @@ def _run_quality(args) -> int:
 def _run_fid(args) -> int:
     from .fid import FidUnavailable, run_fid
 
-    images, _ = _images_from(args)
+    images, _ = _images_from(args, native=True)
     try:
         result = run_fid(images, args.ref)
     except FidUnavailable as e:
@@ -167,6 +173,9 @@ def _run_noise_study(args) -> int:
     from .study import noise_study
     from .generate import load_run
 
+    if args.num < 2 and not args.no_quality:
+        raise _user_error(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
+                          "or --no-quality")
     run = load_run(args.run, device=args.device)
     out = Path(args.out) if args.out else Path(args.run) / "study"
     results = noise_study(run, out, n=args.num, seed=args.seed, batch_size=args.batch_size,

@@ -51,7 +51,7 @@ import torch
 
 __all__ = [
     "DataError", "DataConfig", "load_images", "digits_split", "digits_split_indices", "sklearn_digits_split",
-    "check_image_size", "to_model_range", "to_uint8", "IMAGE_EXTENSIONS", "DIGITS_SPLIT_SEED",
+    "check_image_size", "to_model_range", "to_uint8", "native_shape", "IMAGE_EXTENSIONS", "DIGITS_SPLIT_SEED",
     "SKLEARN_SPLIT_SEED", "DIGITS_TEST_PER_CLASS", "SKLEARN_TEST_PER_CLASS",
 ]
 
@@ -351,6 +351,27 @@ def _load_array(path: Path, config: DataConfig) -> np.ndarray:
     if a.shape[0] == 0 or a.shape[2] == 0 or a.shape[3] == 0:
         raise DataError(f"{path}: array of shape {a.shape} holds no images; save at least one image")
     return _conform(np.ascontiguousarray(a), config.image_size, config.channels)
+
+
+def native_shape(source) -> tuple[int, int]:
+    """(channels, size) of the images in an array file or image folder as stored: 1 for grey, 3 for colour; size
+    is the short side (what :func:`load_images` would keep without resizing).  For a folder, its first image."""
+    path = Path(source)
+    if path.is_dir():
+        from PIL import Image, UnidentifiedImageError
+
+        paths = _list_images(path)
+        if not paths:
+            raise DataError(f"{path}: no images found (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        try:
+            with Image.open(paths[0]) as img:
+                return (1 if img.mode in ("1", "L", "I", "I;16", "F") else 3), min(img.size)
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{paths[0]}: cannot read this image ({type(e).__name__}); delete or replace it") from e
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or folder")
+    a = _array_to_nchw(_read_array(path), path)
+    return a.shape[1], min(a.shape[2], a.shape[3])
 
 
 # ------------------------------------------------------------------------------------------- load_images

@@ -129,9 +129,13 @@ def quality_summary(report: dict) -> str:
     return format_quality(report)
 
 
-def load_samples(path, image_size: int = 32) -> torch.Tensor:
+def load_samples(path, image_size: int | None = 32, channels: int | None = 1) -> torch.Tensor:
     """Generated images saved by ``ddpm sample`` (``samples.npz``, any .npy/.npz, or a folder of PNGs) as a
-    uint8 (N, 1, image_size, image_size) tensor, read by :func:`ddpm.data.load_images`."""
-    from .data import DataConfig, load_images
+    uint8 (N, channels, image_size, image_size) tensor, read by :func:`ddpm.data.load_images`.  The defaults
+    give the grey 32x32 digits of the quality yardstick; None keeps what the file holds (for Inception FID)."""
+    from .data import DataConfig, load_images, native_shape
 
-    return load_images(DataConfig(source=str(path), image_size=image_size, channels=1, split="all"))
+    if image_size is None or channels is None:
+        c, s = native_shape(path)
+        image_size, channels = image_size or s, channels or c
+    return load_images(DataConfig(source=str(path), image_size=image_size, channels=channels, split="all"))
