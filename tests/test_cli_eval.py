@@ -132,6 +132,26 @@ def test_train_config_refuses_out_of_range_settings(field, value):
         TrainConfig(**{field: value})
 
 
+def test_learned_variance_needs_a_loss_that_trains_it(tmp_path, capsys):
+    from ddpm.config import TrainConfig
+    with pytest.raises(ValueError, match="pass --loss hybrid"):
+        TrainConfig(variance="learned-range", loss="simple")
+    assert TrainConfig(variance="learned-range", loss="vlb").model.out_channels == 2
+    assert main(["train", *TINY, "--run-dir", str(tmp_path / "r"), "--variance", "learned-range"]) == 2
+    assert "--loss hybrid" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_no_preview_samples_trains_without_preview_grids(tmp_path):
+    from ddpm.config import TrainConfig
+    from ddpm.data import DataConfig
+    from ddpm.train import train
+    from ddpm.unet import preset
+    cfg = TrainConfig(run_dir=str(tmp_path / "r"), model=preset("tiny"), steps=2, batch_size=4, sample_every=1,
+                      preview_samples=0, progress=False, data=DataConfig(source="sklearn-digits", image_size=8))
+    run = train(cfg)
+    assert (run / "loss.png").is_file() and not (run / "previews").exists()
+
+
 def test_bad_data_files_are_refused_before_training(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -76,6 +76,9 @@ class TrainConfig:
         for name in ("warmup_steps", "weight_decay", "hybrid_lambda", "preview_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.variance == "learned-range" and self.loss == "simple":
+            raise ValueError("variance learned-range needs loss hybrid or vlb: L_simple never trains the variance "
+                             "outputs (Nichol & Dhariwal 2021, Sec. 3.1); pass --loss hybrid")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

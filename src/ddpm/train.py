@@ -421,7 +421,8 @@ class Trainer:
                     loss_sum.zero_()
                     n_logged, t_last, img_last = 0, time.perf_counter(), 0
                 if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
-                    write_preview(self)
+                    if cfg.preview_samples:  # 0: no preview grids, only the loss curve
+                        write_preview(self)
                     plot_loss_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
                     t_last = time.perf_counter()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
