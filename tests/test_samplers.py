@@ -73,6 +73,7 @@ def test_timestep_sequence_is_valid_for_every_step_count(spacing):
         assert ts.dtype == torch.long and len(ts) == steps
         assert int(ts[0]) >= 0 and int(ts[-1]) <= 39 and bool((ts[1:] > ts[:-1]).all())
     assert torch.equal(timestep_sequence(sched, 40, spacing), torch.arange(40))
+    assert timestep_sequence(sched, 1, spacing).tolist() == [39]  # one step starts from pure noise
     with pytest.raises(ValueError):
         timestep_sequence(sched, 41, spacing)
 

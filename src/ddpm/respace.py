@@ -7,7 +7,9 @@ abar values are the kept ones, with betas recomputed as beta_k = 1 - abar_{t_k} 
 steps.  Respaced index k stands for original index ``timesteps[k]``; the network must always be called
 with the original index, which :func:`original_time_model` arranges.
 
-Spacings (all return exactly S distinct indices for any 1 <= S <= T):
+Spacings (all return exactly S distinct indices for any 1 <= S <= T; with S = 1 every spacing gives the one
+index T - 1, so that a single step starts from pure noise rather than from index 0, where the formulas below
+would put it):
 
 * ``"uniform"``   t_k = floor(k T / S): the DDIM code's ``range(0, T, T // S)`` extended to any S
   (Song et al. 2021, App. D.2).  Starts at index 0, stops T/S short of T - 1.
@@ -65,6 +67,8 @@ def timestep_sequence(schedule: Schedule, steps: int, spacing: str = "uniform") 
         raise ValueError(f"steps must be in [1, T={T}], got {steps}")
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if steps == 1:  # one step: from pure noise (uniform and quadratic would start at index 0)
+        return torch.tensor([T - 1], dtype=torch.long)
     k = torch.arange(steps, dtype=torch.float64)
     if spacing == "uniform":
         targets = torch.arange(steps, dtype=torch.long) * T // steps
@@ -75,8 +79,7 @@ def timestep_sequence(schedule: Schedule, steps: int, spacing: str = "uniform") 
         targets = torch.round(T - (steps - 1 - k) * T / steps) - 1
     else:  # logsnr: lambda decreases with t, so walk from lambda(index 0) down to lambda(index T - 1)
         lam = log_snr(schedule.alpha_bars)
-        start = lam[0].item() if steps > 1 else lam[-1].item()  # one step: start from pure noise
-        goal = torch.linspace(start, lam[-1].item(), steps, dtype=torch.float64)
+        goal = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
         # index of the nearest lambda: first index whose lambda is <= goal, or the one before it
         above = torch.searchsorted(-lam, -goal).clamp(max=T - 1)
         below = (above - 1).clamp(min=0)
