@@ -177,3 +177,14 @@ def test_schedule_config_validation_and_linear():
     assert torch.allclose(linear_betas(3, 0.1, 0.3), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64))
     again = Schedule.from_alpha_bars(make_schedule().alpha_bars)
     assert torch.allclose(again.betas, make_schedule().betas, rtol=1e-9)
+
+
+def test_schedules_that_destroy_x0_completely_are_refused():
+    """beta = 1 makes abar_T = 0: x_0 could not be recovered from any x_t and every 1/sqrt(abar) is infinite."""
+    from ddpm.schedule import Schedule
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        Schedule(torch.tensor([0.1, 1.0]))
+    with pytest.raises(ValueError, match="max_beta"):
+        ScheduleConfig(kind="cosine", max_beta=1.0)
+    with pytest.raises(ValueError, match="cosine_s"):
+        ScheduleConfig(kind="cosine", cosine_s=-0.1)

@@ -115,8 +115,7 @@ def p_mean_variance(schedule: Schedule, model_output: torch.Tensor, x_t: torch.T
         pred_x0 = pred_x0.clamp(-1, 1)
         mean, _, _ = q_posterior(schedule, pred_x0, x_t, t)
     else:
-        coef = extract(schedule.betas / schedule.sqrt_one_minus_alpha_bars, t, x_t)
-        mean = (x_t - coef * eps) / extract(schedule.alphas.sqrt(), t, x_t)  # eq. 11
+        mean = extract(schedule.sqrt_recip_alphas, t, x_t) * (x_t - extract(schedule.eps_coef, t, x_t) * eps)  # eq. 11
     return PMeanVariance(mean, var, log_var, pred_x0, eps)
 
 

@@ -174,6 +174,8 @@ def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, 
     else:
         timesteps = torch.as_tensor(timesteps, dtype=torch.long)
         reverse = respace(schedule, timesteps)
+    if noise is None:
+        raise ValueError("ancestral sampling draws z at every step: pass noise (x_T alone is not enough)")
     x = _start(noise, shape, x_T)
     chain = _Chain(chain_every, timesteps, x)
     for k in _progress(range(len(timesteps) - 1, -1, -1), progress, "ddpm", len(timesteps)):

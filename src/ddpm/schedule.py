@@ -43,6 +43,10 @@ class ScheduleConfig:
             raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
         if not (0 < self.beta_start <= self.beta_end < 1):
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if not 0 < self.max_beta < 1:
+            raise ValueError(f"max_beta must lie in (0, 1), got {self.max_beta}")
+        if not self.cosine_s >= 0:
+            raise ValueError(f"cosine_s must be >= 0, got {self.cosine_s}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,14 +89,15 @@ class Schedule:
       posterior_mean_coef1  sqrt(abar_{t-1}) beta_t / (1 - abar_t)   (multiplies x0)   [eq. 7]
       posterior_mean_coef2  sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)  (multiplies x_t)  [eq. 7]
       log_betas        log beta_t (the "fixed-large" log-variance)
+      eps_coef, sqrt_recip_alphas  beta_t / sqrt(1 - abar_t) and 1 / sqrt(alpha_t), the coefficients of eq. 11
     """
 
     def __init__(self, betas: torch.Tensor):
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().clone()
         if betas.ndim != 1 or len(betas) < 1:
             raise ValueError("betas must be a non-empty 1-D tensor")
-        if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError("every beta must lie in (0, 1]")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("every beta must lie in (0, 1) (beta = 1 makes abar_T = 0 and x_0 unrecoverable)")
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
@@ -110,6 +115,8 @@ class Schedule:
         self.posterior_mean_coef1 = betas * self.alpha_bars_prev.sqrt() / (1.0 - self.alpha_bars)
         self.posterior_mean_coef2 = (1.0 - self.alpha_bars_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bars)
         self.log_betas = betas.log()
+        self.eps_coef = betas / self.sqrt_one_minus_alpha_bars    # eq. 11: beta_t / sqrt(1 - abar_t)
+        self.sqrt_recip_alphas = 1.0 / self.alphas.sqrt()           # eq. 11: 1 / sqrt(alpha_t)
 
     @property
     def num_timesteps(self) -> int:
