@@ -26,6 +26,13 @@ def test_eval_nll_full_and_quick(run, capsys):
     assert main(["eval", "nll", str(run), "-n", "6", "--quick", "5", "--no-progress", "--out", str(run / "q")]) == 0
     quick = json.loads((run / "q" / "nll.json").read_text())
     assert full["num_images"] == quick["num_images"] == 6 and full["mode"] == "full" and quick["mode"] == "quick"
+    # eq. 5: the bound is L_T + the T - 1 KL terms + L_0, and the per-term table adds up to the two last parts
+    assert full["bpd"] == pytest.approx(full["prior_bpd"] + full["kl_bpd"] + full["decoder_bpd"], rel=1e-9)
+    assert len(full["terms_mean_bpd"]) == 20
+    assert sum(full["terms_mean_bpd"]) == pytest.approx(full["kl_bpd"] + full["decoder_bpd"], rel=1e-6)
+    # the stratified estimate lands on the full sum within its standard errors (5 SE)
+    se = (full["bpd_stderr"] ** 2 + quick["bpd_stderr"] ** 2) ** 0.5
+    assert abs(quick["bpd"] - full["bpd"]) < 5 * se and quick["prior_bpd"] == pytest.approx(full["prior_bpd"])
     assert "bits/dim" in capsys.readouterr().out
 
 

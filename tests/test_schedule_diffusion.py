@@ -130,9 +130,18 @@ def test_x0_eps_inversions_and_eq11_mean():
     # eq. 11 written out by hand
     b, a, ab = [c[t].view(-1, 1, 1, 1) for c in (s.betas, s.alphas, s.alpha_bars)]
     assert torch.allclose(out.mean, (xt - b / (1 - ab).sqrt() * eps) / a.sqrt(), atol=1e-10)
-    # clipping leaves in-range predictions alone and bounds the rest
+    # clipping leaves in-range predictions alone ...
+    x0_in = x0.clamp(-0.9, 0.9)
+    xt_in = q_sample(s, x0_in, t, eps)
+    kept = p_mean_variance(s, eps, xt_in, t, clip_denoised=True)
+    assert torch.allclose(kept.mean, p_mean_variance(s, eps, xt_in, t).mean, atol=1e-10)
+    # ... and otherwise takes eq. 7's posterior mean at the clamped x0, written out by hand here
     big = p_mean_variance(s, eps * 50, xt, t, clip_denoised=True)
-    assert big.pred_x0.abs().max() <= 1
+    x0_c = ((xt - (1 - ab).sqrt() * eps * 50) / ab.sqrt()).clamp(-1, 1)
+    ab_prev = torch.where(t.view(-1, 1, 1, 1) > 0, s.alpha_bars[(t - 1).clamp(min=0)].view(-1, 1, 1, 1), 1.0)
+    mean7 = (ab_prev.sqrt() * b / (1 - ab)) * x0_c + (a.sqrt() * (1 - ab_prev) / (1 - ab)) * xt
+    assert torch.allclose(big.pred_x0, x0_c, atol=1e-12)
+    assert big.pred_x0.abs().max() == 1 and torch.allclose(big.mean, mean7, atol=1e-10)
 
 
 def test_model_variance_choices():

@@ -286,3 +286,32 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, native):
         assert train_mod.autocast_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
         assert train_mod.autocast_dtype(torch.device("cpu"), "auto") is None  # auto never picks bf16 on a CPU
     assert [("no native bf16" in str(w.message)) for w in caught] == ([] if native else [True])
+
+
+def test_algorithm_1_draws_every_timestep_uniformly():
+    """Line 3: t ~ Uniform{1..T}, i.e. the 0-based indices 0..T-1 and nothing else (5 binomial SE per index)."""
+    from ddpm.diffusion import sample_timesteps
+    T, n = 7, 70_000
+    t = sample_timesteps(n, T, torch.Generator().manual_seed(0))
+    assert int(t.min()) == 0 and int(t.max()) == T - 1
+    freq = torch.bincount(t, minlength=T).double() / n
+    assert (freq - 1 / T).abs().max().item() < 5 * math.sqrt((1 / T) * (1 - 1 / T) / n)
+
+
+def test_algorithm_1_step_pairs_the_network_input_with_its_own_t_and_eps(tmp_path):
+    """Lines 4-5: the network sees x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the t it is told, and the loss
+    is the MSE against that eps.  eps is recovered here from the recorded (x_t, t) with abar from the betas."""
+    tr = _tiny_trainer(tmp_path)
+    seen = {}
+
+    def recorder(x_t, t):
+        seen["x_t"], seen["t"] = x_t.detach().clone(), t.clone()
+        return torch.full_like(x_t, 0.3)
+    tr._network = recorder
+    x0 = torch.rand(64, 1, 8, 8) * 2 - 1
+    loss = tr._loss(x0)
+    abar = torch.cumprod(1 - tr.schedule.betas, 0)[seen["t"]].view(-1, 1, 1, 1).float()
+    eps = (seen["x_t"] - abar.sqrt() * x0) / (1 - abar).sqrt()
+    assert loss.item() == pytest.approx(((0.3 - eps) ** 2).mean().item(), rel=1e-4)
+    # and that eps is standard normal noise (4096 values: mean within 5 SE, variance within 15%)
+    assert abs(eps.mean().item()) < 5 / 64 and 0.85 < eps.var().item() < 1.15
