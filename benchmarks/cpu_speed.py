@@ -189,7 +189,8 @@ def candidate_unet(path: str | None):
         train_mod.UNet = original
 
 
-def main(argv=None):
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="digits", help="ddpm.unet preset (default digits)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -215,7 +216,11 @@ def main(argv=None):
                    help="also time a modified copy of src/ddpm/unet.py side by side (rows 'candidate'), to "
                         "measure a proposed change before making it")
     p.add_argument("--json", help="also write the raw samples and rates to this file")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare_threads:

@@ -115,7 +115,8 @@ class Budget:
         self.observed.append(seconds)
 
 
-def main(argv=None):
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="cifar10")
     p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
@@ -132,7 +133,11 @@ def main(argv=None):
                    help="skip further compilations once they would overrun this many seconds (default 290)")
     p.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: known GPUs)")
     p.add_argument("--json", help="also write the results to this file")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     budget = Budget(args.budget_s)
 
     if args.dry_run:

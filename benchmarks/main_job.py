@@ -22,13 +22,18 @@ from ddpm.generate import sample
 from ddpm.train import read_metrics, train
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="runs/bench_main_job")
     p.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--keep", action="store_true", help="keep an existing run folder instead of starting afresh")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = make_parser().parse_args(argv)
 
     run_dir = Path(args.run_dir)
     if run_dir.exists() and not args.keep:

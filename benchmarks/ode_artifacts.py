@@ -121,7 +121,8 @@ def _picture(path: str, panels: list[tuple[str, torch.Tensor]], boost: float) ->
     print(f"wrote {path}")
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders or checkpoint folders (one block of rows each)")
     p.add_argument("-n", type=int, default=256, help="samples per sampler (default: 256)")
@@ -138,7 +139,11 @@ def main() -> None:
     p.add_argument("--dark", type=int, default=32, help="--fd: grey level below which a pixel is set to black")
     p.add_argument("--picture", default=None, help="save a contrast-boosted picture of the last run's samples")
     p.add_argument("--boost", type=float, default=6.0, help="grey-level multiplier of the picture (default: 6)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = make_parser().parse_args(argv)
 
     names = args.samplers + (["ddpm-1000"] if args.with_ddpm and "ddpm-1000" not in args.samplers else [])
     real = torch.as_tensor(digits_split("train")[0])

@@ -40,7 +40,8 @@ def _verdict(rows, name: str, steps: int, ref: float, within: float) -> str | No
             f"{100 * within:.0f}%: {'met' if rel <= within else 'NOT met'}")
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
     p.add_argument("-n", type=int, default=500, help="samples per sampler setting")
@@ -54,7 +55,11 @@ def main() -> None:
                    help="sampling precision (default: fp32, so that every device measures the same network)")
     p.add_argument("--seed", type=int, default=0, help="base seed: sample k of every row gets seed sample_seed(seed, k)")
     p.add_argument("--out", default=None, help="JSON file for the table (default: RUN/eval/quality_vs_steps.json)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = make_parser().parse_args(argv)
 
     run = load_run(args.run, device=args.device)
     classifier = load_classifier()

@@ -19,13 +19,18 @@ ROWS = [("DDPM-1000", dict(sampler="ddpm")), ("DDIM-50, eta=0", dict(sampler="dd
         ("DDIM-50, eta=1", dict(sampler="ddim", steps=50, eta=1.0))]
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
     p.add_argument("--out", default="samplers.png")
     p.add_argument("-n", type=int, default=16, help="samples per row (default: 16, in rows of 8)")
     p.add_argument("--scale", type=int, default=2, help="pixel magnification (default: 2)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = make_parser().parse_args(argv)
 
     run = load_run(args.run)
     panels = []

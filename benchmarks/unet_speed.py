@@ -104,7 +104,8 @@ def measure(model: torch.nn.Module, call, cfg: UNetConfig, args) -> dict:
             "infer": b / infer[len(infer) // 2], "infer_best": b / infer[0]}
 
 
-def main(argv=None):
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="digits")
     p.add_argument("--batch-size", type=int, default=64)
@@ -122,7 +123,11 @@ def main(argv=None):
     p.add_argument("--num-groups", type=int)
     p.add_argument("--num-heads", type=int)
     p.add_argument("--dropout", type=float)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

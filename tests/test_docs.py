@@ -1,4 +1,5 @@
-"""Every `ddpm ...` command written in the README and docs/ still parses: a renamed or dropped flag fails here."""
+"""Every `ddpm ...` and `python benchmarks/NAME.py ...` command written in a code block of the README or docs/
+still parses: a renamed or dropped flag fails here."""
 import re
 import shlex
 from pathlib import Path
@@ -9,39 +10,52 @@ from ddpm.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# "ddpm train ...", "python -m ddpm train ...", "torchrun ... -m ddpm train ...", with leading VAR=value allowed
-COMMAND = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:ddpm|python -m ddpm|torchrun\s.*?-m ddpm)\s+(?P<args>.*)$")
+ENV = r"^(?:[A-Z_]+=\S+\s+)*"   # leading VAR=value settings
+# "ddpm train ...", "python -m ddpm train ...", "torchrun ... -m ddpm train ..."
+DDPM = re.compile(ENV + r"(?:ddpm|python -m ddpm|torchrun\s.*?-m ddpm)\s+(?P<args>.*)$")
+BENCHMARK = re.compile(ENV + r"python benchmarks/(?P<script>\w+)\.py(?:\s+(?P<args>.*))?$")
 
 
-def _documented_commands():
+def _code_lines(path: Path):
+    """(line number, command) of each line in a fenced or indented code block, continued lines joined."""
+    fenced, held, start = False, "", 0
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not (fenced or line.startswith("    ")):  # not commands quoted in prose
+            continue
+        if line.rstrip().endswith("\\"):
+            held, start = held + line.rstrip()[:-1] + " ", start or n
+            continue
+        yield start or n, (held + line).strip()
+        held, start = "", 0
+
+
+def _documented(pattern):
     found = []
     for path in DOCS:
-        fenced, held, start = False, "", 0
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.lstrip().startswith("```"):
-                fenced = not fenced
-                continue
-            if not (fenced or line.startswith("    ")):  # code blocks only, not commands quoted in prose
-                continue
-            if line.rstrip().endswith("\\"):             # a command continued on the next line
-                held, start = held + line.rstrip()[:-1] + " ", start or n
-                continue
-            line, n, held, start = held + line, start or n, "", 0
-            m = COMMAND.match(line.strip())
-            if not m or "..." in line or "$" in line or "<" in line:
-                continue
-            args = shlex.split(m.group("args"), comments=True)
-            found.append(pytest.param(args, id=f"{path.name}:{n}"))
+        for n, line in _code_lines(path):
+            m = pattern.match(line)
+            if m and not any(mark in line for mark in ("...", "$", "<")):  # placeholders are not commands
+                found.append(pytest.param(m.groupdict(), shlex.split(m.group("args") or "", comments=True),
+                                          id=f"{path.name}:{n}"))
     return found
 
 
-COMMANDS = _documented_commands()
+DDPM_COMMANDS = _documented(DDPM)
+BENCHMARK_COMMANDS = _documented(BENCHMARK)
 
 
 def test_the_docs_hold_commands_to_check():
-    assert len(COMMANDS) >= 20
+    assert len(DDPM_COMMANDS) >= 20 and len(BENCHMARK_COMMANDS) >= 10
 
 
-@pytest.mark.parametrize("args", COMMANDS)
-def test_documented_command_parses(args):
+@pytest.mark.parametrize("match, args", DDPM_COMMANDS)
+def test_documented_ddpm_command_parses(match, args):
     build_parser().parse_args(args)  # argparse exits (SystemExit 2) on an unknown flag or a bad value
+
+
+@pytest.mark.parametrize("match, args", BENCHMARK_COMMANDS)
+def test_documented_benchmark_command_parses(match, args, load_benchmark):
+    load_benchmark(match["script"]).make_parser().parse_args(args)
