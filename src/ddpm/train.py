@@ -125,6 +125,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, world: distributed.World | None = None):
         self.config = config
         self.run_dir = Path(config.run_dir)
+        if not resume and any((self.run_dir / "checkpoints").glob("step_*")):  # before any work
+            raise CheckpointError(f"{self.run_dir}: already holds a run; resume it (ddpm train --resume "
+                                  f"{self.run_dir}) or pick another run folder")
         self.world = world if world is not None else distributed.setup(config.device)
         self.device = self.world.device
         self.schedule = make_schedule(config.schedule)
@@ -161,8 +164,8 @@ class Trainer:
                                    config.importance_sampling)
         if resume:
             self._restore()
-        else:
-            self._start_fresh()
+        elif self.world.is_main:
+            self._forget_unfinished_start()
         # wrap after restoring, so DDP's broadcast of rank 0's weights at construction changes nothing
         self.ddp = None
         if self.world.enabled:
@@ -277,19 +280,15 @@ class Trainer:
         if world.is_main:
             self._truncate_metrics()
 
-    def _start_fresh(self):
-        """Refuse to start over a folder that holds checkpoints (they would be rotated away).  A folder left by a
-        run that died before its first checkpoint is reused: that run's metric rows and previews would read as
-        this one's, so they go."""
-        if any((self.run_dir / "checkpoints").glob("step_*")):
-            raise CheckpointError(f"{self.run_dir}: already holds a run; resume it (ddpm train --resume "
-                                  f"{self.run_dir}) or pick another run folder")
-        if self.world.is_main:
-            self._truncate_metrics()
-            previews = self.run_dir / "previews"
-            if previews.is_dir():
-                for old in previews.glob("step_*.png"):
-                    old.unlink()
+    def _forget_unfinished_start(self):
+        """A fresh start in a folder left by a run that died before its first checkpoint (one with checkpoints
+        was refused at the top of ``__init__``): that run's metric rows and previews would read as this one's,
+        so they go."""
+        self._truncate_metrics()
+        previews = self.run_dir / "previews"
+        if previews.is_dir():
+            for old in previews.glob("step_*.png"):
+                old.unlink()
 
     def _truncate_metrics(self):
         """Drop metric rows logged after the restored checkpoint, so the log reads as one uninterrupted run."""
