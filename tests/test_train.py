@@ -51,6 +51,11 @@ def test_cli_train_then_sample_writes_every_artefact(tmp_path):
     assert main(["sample", str(run), "-n", "5", "--seed", "1", "--precision", "bf16", "--out", str(out3),
                  "--no-progress", "--no-individual"]) == 0
     assert not (np.load(out3 / "samples.npz")["images"] == arr).all()
+    # sampling again into the first folder replaces that call's files instead of mixing with them
+    (out / "notes.txt").write_text("mine")
+    assert main(["sample", str(run), "-n", "2", "--out", str(out), "--no-progress"]) == 0
+    assert len(list((out / "images").glob("*.png"))) == 2 and len(np.load(out / "samples.npz")["images"]) == 2
+    assert not (out / "chain.png").exists() and (out / "notes.txt").read_text() == "mine"
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
@@ -315,3 +320,47 @@ def test_algorithm_1_step_pairs_the_network_input_with_its_own_t_and_eps(tmp_pat
     assert loss.item() == pytest.approx(((0.3 - eps) ** 2).mean().item(), rel=1e-4)
     # and that eps is standard normal noise (4096 values: mean within 5 SE, variance within 15%)
     assert abs(eps.mean().item()) < 5 / 64 and 0.85 < eps.var().item() < 1.15
+
+
+def test_latest_is_the_newest_complete_checkpoint_by_step_number(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for step in (9_999_999, 10_000_000):  # 8 digits sort before 7 by name, not by number
+        save_checkpoint(tmp_path, step, model=model, ema=model, trainer_state={"step": step}, config={}, keep=1)
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*")] == ["step_10000000"]
+    root = tmp_path / "checkpoints"
+    (root / "step_20000000").mkdir()            # a folder without its files is not a checkpoint
+    (root / "latest").write_text("step_0000001\n")  # nor does a stale pointer matter
+    assert latest_checkpoint(tmp_path).name == "step_10000000"
+    save_checkpoint(tmp_path, 10_000_000, model=model, ema=model, trainer_state={"step": 7}, config={"again": 1})
+    assert load_checkpoint(tmp_path)["config"] == {"again": 1}  # saving a step again replaces it
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint_and_tidies_the_folder(tmp_path):
+    run = tmp_path / "run"
+    assert _train(run, 4, "--checkpoint-every", "2", "--sample-every", "100") == 0
+    (run / "checkpoints" / "step_0000004" / "model.safetensors").write_bytes(b"truncated")
+    (run / "checkpoints" / ".tmp_step_0000006_x").mkdir()      # a save killed midway
+    with pytest.warns(UserWarning, match="using the older .*step_0000002"):
+        assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]             # steps 3-4 were redone, not logged twice
+    assert latest_checkpoint(run).name == "step_0000004" and load_checkpoint(run)["trainer"]["step"] == 4
+    assert not (run / "checkpoints" / ".tmp_step_0000006_x").exists()
+
+
+def test_a_trainer_state_without_its_keys_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, 2, "--checkpoint-every", "2") == 0
+    torch.save({"step": 2}, run / "checkpoints" / "step_0000002" / "trainer.pt")
+    assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trainer.pt: no optimizer, data" in err and len(err.splitlines()) == 1
+
+
+def test_a_failed_write_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert _train(blocker / "run", 1) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {blocker}") and "Not a directory" in err and len(err.splitlines()) == 1

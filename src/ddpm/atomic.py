@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_write_path", "write_json_atomic", "default_mode"]
+__all__ = ["atomic_write_path", "write_json_atomic", "default_mode", "fsync_path"]
 
 
 def default_mode(directory: bool = False) -> int:
@@ -20,6 +20,21 @@ def default_mode(directory: bool = False) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return (0o777 if directory else 0o666) & ~mask
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries (a rename into it), to disk.  Folders cannot be opened for
+    this on every system (Windows); there the rename is left to the file system."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -37,10 +52,10 @@ def atomic_write_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp)
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
+        fsync_path(path.parent)  # the rename itself survives a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

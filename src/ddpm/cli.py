@@ -284,6 +284,10 @@ def main(argv=None) -> int:
     except FloatingPointError as e:  # training diverged; the checkpoints written before are intact
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a path through a file, no permission: every write is atomic
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; files written before are intact", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; the latest checkpoint is intact (resume with ddpm train --resume RUN_DIR)",
               file=sys.stderr)

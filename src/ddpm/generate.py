@@ -139,7 +139,9 @@ def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = 
            chain_samples: int = 0, **kw) -> Path:
     """Sample ``n`` images from a run folder and write ``grid.png``, ``samples.npz`` (uint8 N x H x W x C),
     one PNG per sample under ``images/``, and with ``chain_samples`` the chain strip PNG and GIF.
-    Returns the output folder (default ``RUN/samples/<sampler>``)."""
+    Returns the output folder (default ``RUN/samples/<sampler>``).  What an earlier call wrote there (its
+    ``images/sample_*.png``, its chain) is replaced, so the folder never mixes two calls' samples; other files
+    are left alone."""
     from .images import save_chain_gif, save_chain_strip, save_grid, save_individual, save_npz
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which=which, device=device)
@@ -148,6 +150,8 @@ def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = 
     res = generate(loaded, n, chain_samples=chain_samples, **kw)
     images, chain = res if chain_samples > 0 else (res, None)
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+    for stale in [*(out / "images").glob("sample_*.png"), out / "chain.png", out / "chain.gif"]:
+        stale.unlink(missing_ok=True)
     save_grid(out / "grid.png", images)
     save_npz(out / "samples.npz", images)
     if individual:

@@ -18,6 +18,7 @@ import copy
 import functools
 import json
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -28,7 +29,7 @@ import torch
 from . import data as data_mod
 from . import distributed
 from .distributed import resolve_device
-from .atomic import write_json_atomic
+from .atomic import atomic_write_path, write_json_atomic
 from .batches import Batches
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -164,8 +165,8 @@ class Trainer:
                                    config.importance_sampling)
         if resume:
             self._restore()
-        elif self.world.is_main:
-            self._forget_unfinished_start()
+        if self.world.is_main:
+            self._tidy_run_dir()
         # wrap after restoring, so DDP's broadcast of rank 0's weights at construction changes nothing
         self.ddp = None
         if self.world.enabled:
@@ -218,10 +219,8 @@ class Trainer:
     def _rank_state(self) -> dict:
         """This rank's own random state: its t/eps generator, the torch RNG (dropout), and the VLB history."""
         state = {"generator": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda" and self.world.enabled:
+        if self.device.type == "cuda":  # the training GPU's only: a run resumes on a machine with fewer GPUs
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        elif torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         if self.vlb is not None:
             state["vlb"] = self.vlb.state_dict()
         return state
@@ -237,7 +236,7 @@ class Trainer:
         return state
 
     def _restore(self):
-        ck = load_checkpoint(self.run_dir)
+        ck = load_checkpoint(self.run_dir, fallback=True)
         saved = ck["config"]
         for key in ("model", "schedule", "variance", "loss"):
             if json.dumps(saved.get(key), sort_keys=True) != json.dumps(self.config.to_dict()[key], sort_keys=True):
@@ -249,7 +248,14 @@ class Trainer:
         except RuntimeError as e:
             raise CheckpointError(f"{ck['path']}: weights do not fit this model ({str(e).splitlines()[0]})") from None
         tr = ck["trainer"]
-        self.optimizer.load_state_dict(tr["optimizer"])
+        missing = [k for k in ("step", "optimizer", "data") if k not in tr]
+        if missing:
+            raise CheckpointError(f"{ck['path']}/trainer.pt: no {', '.join(missing)} in the trainer state; not a "
+                                  "checkpoint ddpm train wrote")
+        try:
+            self.optimizer.load_state_dict(tr["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{ck['path']}: optimizer state does not fit this model ({e})") from None
         self.step = int(tr["step"])
         world, seed = self.world, self.config.seed
         data_state = tr["data"]
@@ -264,10 +270,11 @@ class Trainer:
             self.gen.set_state(mine["generator"])
             torch.set_rng_state(mine["torch_rng"])
             if "cuda_rng" in mine and self.device.type == "cuda":
-                if world.enabled:
-                    torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
-                else:
-                    torch.cuda.set_rng_state_all(mine["cuda_rng"])
+                rng, index = mine["cuda_rng"], self.device.index or 0
+                if isinstance(rng, (list, tuple)):  # saved by an older version: one state per visible GPU
+                    rng = rng[index] if index < len(rng) else None
+                if rng is not None:
+                    torch.cuda.set_rng_state(rng, self.device)
             if self.vlb is not None and "vlb" in mine:
                 self.vlb.load_state_dict(mine["vlb"])
         else:
@@ -277,27 +284,34 @@ class Trainer:
             torch.manual_seed(distributed.rank_seed(seed, world.rank, "dropout", self.step))
             if self.vlb is not None and "vlb" in tr:
                 self.vlb.load_state_dict(tr["vlb"])
-        if world.is_main:
-            self._truncate_metrics()
 
-    def _forget_unfinished_start(self):
-        """A fresh start in a folder left by a run that died before its first checkpoint (one with checkpoints
-        was refused at the top of ``__init__``): that run's metric rows and previews would read as this one's,
-        so they go."""
+    def _tidy_run_dir(self):
+        """Make the folder read as one run up to ``self.step``: metric rows and previews logged after it go (a
+        resume repeats those steps; a fresh start in a folder left by a run that died before its first
+        checkpoint is at step 0), and so do the temporary folders of saves that were killed midway."""
         self._truncate_metrics()
-        previews = self.run_dir / "previews"
-        if previews.is_dir():
-            for old in previews.glob("step_*.png"):
+        for old in (self.run_dir / "previews").glob("step_*.png"):
+            if old.stem[5:].isdigit() and int(old.stem[5:]) > self.step:
                 old.unlink()
+        for pattern in (".tmp_step_*", ".old_step_*"):
+            for leftover in (self.run_dir / "checkpoints").glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
+        loss_png = self.run_dir / "loss.png"
+        if loss_png.is_file():
+            from .report import plot_loss_curve
+            rows = read_metrics(self.run_dir / "metrics.jsonl") if self.step else []
+            if rows:
+                plot_loss_curve(rows, loss_png)
+            else:
+                loss_png.unlink()
 
     def _truncate_metrics(self):
         """Drop metric rows logged after the restored checkpoint, so the log reads as one uninterrupted run."""
         path = self.run_dir / "metrics.jsonl"
         if path.is_file():
             rows = [r for r in read_metrics(path) if r["step"] <= self.step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            tmp.replace(path)
+            with atomic_write_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def config_record(self) -> dict:
         """The config as saved in ``config.json``, plus how the run is spread over processes (for reading only;
