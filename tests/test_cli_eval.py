@@ -159,6 +159,19 @@ def test_no_preview_samples_trains_without_preview_grids(tmp_path):
     assert (run / "loss.png").is_file() and not (run / "previews").exists()
 
 
+def test_a_misspelt_setting_in_a_saved_config_is_named():
+    import warnings
+    from ddpm.config import TrainConfig
+    saved = {**TrainConfig().to_dict(), "distributed": {"world_size": 1}}  # as config.json holds it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TrainConfig.from_dict(saved) == TrainConfig()
+    with pytest.warns(UserWarning, match="config: ignoring unknown setting lr_shedule"):
+        TrainConfig.from_dict({**saved, "lr_shedule": "cosine"})
+    with pytest.warns(UserWarning, match="model: ignoring unknown setting dropuot"):
+        TrainConfig.from_dict({**saved, "model": {**saved["model"], "dropuot": 0.1}})
+
+
 def test_bad_data_files_are_refused_before_training(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -184,7 +184,8 @@ def test_bad_config_values():
 def test_config_round_trip():
     c = DataConfig(source="x.npz", image_size=16, channels=3, split="all", hflip=True)
     d = json.loads(json.dumps(c.to_dict()))
-    assert DataConfig.from_dict({**d, "unknown": 1}) == c
+    with pytest.warns(UserWarning, match="data: ignoring unknown setting unknown"):
+        assert DataConfig.from_dict({**d, "unknown": 1}) == c
 
 
 # ---------------------------------------------------------------------------------------------- arrays

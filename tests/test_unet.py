@@ -152,7 +152,8 @@ def test_config_json_round_trip():
     back = UNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg
     assert isinstance(back.channel_mult, tuple) and isinstance(back.attention_resolutions, tuple)
-    assert UNetConfig.from_dict({**cfg.to_dict(), "future_field": 1}) == cfg
+    with pytest.warns(UserWarning, match="model: ignoring unknown setting future_field"):
+        assert UNetConfig.from_dict({**cfg.to_dict(), "future_field": 1}) == cfg
 
 
 def test_invalid_image_size_raises_helpful_error():

@@ -5,9 +5,10 @@ they need from the JSON saved beside every checkpoint.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from .data import DataConfig
+from .fields import from_known_fields
 from .diffusion import VARIANCE_TYPES
 from .schedule import ScheduleConfig
 from .unet import UNetConfig, preset
@@ -104,9 +105,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw["model"] = UNetConfig.from_dict(d.get("model", {}))
-        kw["schedule"] = ScheduleConfig.from_dict(d.get("schedule", {}))
-        kw["data"] = DataConfig.from_dict(d.get("data", {}))
-        return cls(**kw)
+        parts = {"model": UNetConfig.from_dict(d.get("model", {})),
+                 "schedule": ScheduleConfig.from_dict(d.get("schedule", {})),
+                 "data": DataConfig.from_dict(d.get("data", {}))}
+        return from_known_fields(cls, {**d, **parts}, "config", extra=("distributed",))

@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .fields import from_known_fields
 
 __all__ = [
     "DataError", "DataConfig", "load_images", "digits_split", "digits_split_indices", "sklearn_digits_split",
@@ -99,8 +101,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return from_known_fields(cls, d, "data")
 
 
 # ----------------------------------------------------------------------------------------------- scaling

@@ -12,9 +12,11 @@ digits in float32) and cast to the working dtype when gathered by :func:`extract
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
+
+from .fields import from_known_fields
 
 __all__ = ["ScheduleConfig", "Schedule", "linear_betas", "cosine_betas", "make_schedule", "extract"]
 
@@ -53,8 +55,7 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScheduleConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return from_known_fields(cls, d, "schedule")
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

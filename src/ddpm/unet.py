@@ -25,11 +25,13 @@ The whole batch goes through every layer at once (no Python loop over samples), 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fields import from_known_fields
 
 __all__ = ["UNetConfig", "PRESETS", "preset", "UNet", "timestep_embedding", "count_parameters", "group_count"]
 
@@ -124,9 +126,8 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Inverse of :meth:`to_dict`; unknown keys are ignored with a warning."""
+        return from_known_fields(cls, d, "model")
 
 
 PRESETS: dict[str, UNetConfig] = {
