@@ -255,3 +255,20 @@ def test_bad_npz_files(tmp_path):
     np.save(r, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="obj.npy"):
         load_images(DataConfig(source=str(r)))
+
+
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
+    """Pillow's own 16 -> 8 bit conversion clips to 255; a 0..65535 ramp must come out as a 0..255 ramp."""
+    from PIL import Image
+    ramp = (np.arange(64, dtype=np.float64).reshape(8, 8) * 65535 / 63).round().astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as img:
+        assert img.mode.startswith("I")  # really stored with 16 bits
+    got = load_images(DataConfig(source=str(tmp_path), image_size=8, split="all"))[0, 0].numpy()
+    assert np.array_equal(got, np.rint(ramp / 257.0).astype(np.uint8)) and got.max() == 255 and got.min() == 0
+
+
+def test_an_npz_of_several_unnamed_arrays_is_refused_with_its_keys(tmp_path):
+    np.savez(tmp_path / "tv.npz", val=np.zeros((10, 8, 8), np.uint8), train=np.zeros((100, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="holds the arrays val, train .*key 'images'"):
+        load_images(DataConfig(source=str(tmp_path / "tv.npz"), image_size=8, split="all"))

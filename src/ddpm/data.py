@@ -211,6 +211,8 @@ def _fit_pil(img, size: int, mode: str):
     """Convert a PIL image to ``mode``, resize its short side to ``size`` and centre-crop to size x size."""
     from PIL import Image
 
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        img = _high_depth_to_8bit(img)
     if img.mode != mode:
         img = img.convert(mode)
     w, h = img.size
@@ -222,6 +224,21 @@ def _fit_pil(img, size: int, mode: str):
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return img
+
+
+def _high_depth_to_8bit(img):
+    """A 16-bit grey image (Pillow mode "I;16" or "I") scaled to 8 bits (v / 257, so 65535 -> 255); Pillow's
+    own conversion clips everything above 255 to white.  Float images ("F") must lie in [0, 1]."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    if img.mode == "F":
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError(f"a float image must lie in [0, 1], this one spans [{a.min()}, {a.max()}]")
+        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+    if a.min() < 0 or a.max() > 65535:
+        raise ValueError(f"a {img.mode} image must hold 16-bit values 0..65535, this one spans {a.min()}..{a.max()}")
+    return Image.fromarray(np.rint(a.astype(np.float64) / 257.0).astype(np.uint8))
 
 
 def _pil_to_chw(img) -> np.ndarray:
@@ -305,7 +322,10 @@ def _read_array(path: Path) -> np.ndarray:
         names = list(loaded.files)
         if not names:
             raise DataError(f"{path}: the .npz file holds no arrays; save the images under the key 'images'")
-        key = next((k for k in _NPZ_KEYS if k in names), names[0])
+        key = next((k for k in _NPZ_KEYS if k in names), names[0] if len(names) == 1 else None)
+        if key is None:
+            raise DataError(f"{path}: holds the arrays {', '.join(names)} and none is named "
+                            f"{' or '.join(map(repr, _NPZ_KEYS))}; save the images under the key 'images'")
         try:
             return loaded[key]
         except (OSError, ValueError) as e:
