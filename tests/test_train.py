@@ -342,10 +342,10 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_tidies_the_folder(tmp_p
     (run / "checkpoints" / "step_0000004" / "model.safetensors").write_bytes(b"truncated")
     (run / "checkpoints" / ".tmp_step_0000006_x").mkdir()      # a save killed midway
     with pytest.warns(UserWarning, match="using the older .*step_0000002"):
-        assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
+        assert main(["train", "--resume", str(run), "--steps", "5", "--no-progress"]) == 0
     rows = read_metrics(run / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]             # steps 3-4 were redone, not logged twice
-    assert latest_checkpoint(run).name == "step_0000004" and load_checkpoint(run)["trainer"]["step"] == 4
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]          # steps 3-4 were redone, not logged twice
+    assert latest_checkpoint(run).name == "step_0000005" and load_checkpoint(run)["trainer"]["step"] == 5
     assert not (run / "checkpoints" / ".tmp_step_0000006_x").exists()
 
 
@@ -364,3 +364,31 @@ def test_a_failed_write_is_one_line(tmp_path, capsys):
     assert _train(blocker / "run", 1) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {blocker}") and "Not a directory" in err and len(err.splitlines()) == 1
+
+
+def test_resume_takes_only_its_own_flags_and_a_larger_step_count(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, 2, "--checkpoint-every", "2", "--lr-schedule", "cosine") == 0
+    assert main(["train", "--resume", str(run), "--steps", "4", "--lr", "5", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--batch-size, --lr: --resume continues" in err and len(err.splitlines()) == 1
+    assert main(["train", "--resume", str(run), "--steps", "2"]) == 2
+    assert "already at step 2" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--steps", "3", "--no-progress"]) == 0
+    assert "cosine learning-rate schedule now ends at step 3 instead of 2" in capsys.readouterr().err
+
+
+def test_a_relative_data_path_is_saved_absolute_and_outputs_must_be_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np_images = torch.randint(0, 256, (16, 8, 8), dtype=torch.uint8).numpy()
+    import numpy as np
+    np.save(tmp_path / "mine.npy", np_images)
+    assert main(["train", "--preset", "tiny", "--data", "mine.npy", "--image-size", "8", "--batch-size", "8",
+                 "--steps", "1", "--run-dir", "run", "--no-progress", "--timesteps", "20"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["source"] == str(tmp_path / "mine.npy")
+    (tmp_path / "afile").write_text("x")
+    for argv in (["sample", "run", "--out", "afile"], ["eval", "nll", "run", "--out", "afile"],
+                 ["train", "--run-dir", "afile"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "afile: is a file; pass a folder" in err and len(err.splitlines()) == 1

@@ -61,7 +61,7 @@ def _add_train(sub):
                    "'sklearn-digits', a folder of images, or a .npy/.npz file (default: %(default)s)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"],
                    help="split of the embedded datasets to train on (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=None, help="side of the square images (default: 32)")
+    p.add_argument("--image-size", type=at_least(1), default=None, help="side of the square images (default: 32)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grey) or 3 (RGB) (default: 1)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
     p.add_argument("--steps", type=at_least(1), default=None,
@@ -114,7 +114,10 @@ def _train_config_from_args(args):
     model_over = {k: v for k, v in {"dropout": args.dropout, "base_channels": args.base_channels,
                                     "channel_mult": args.channel_mult, "num_res_blocks": args.num_res_blocks,
                                     "attention_resolutions": args.attention_resolutions}.items() if v is not None}
-    data = DataConfig(source=args.data, image_size=args.image_size or defaults.data.image_size,
+    from .data import EMBEDDED
+    # a path is saved absolute, so that the run can be resumed or evaluated from any folder
+    source = args.data if args.data in EMBEDDED or not Path(args.data).exists() else str(Path(args.data).resolve())
+    data = DataConfig(source=source, image_size=args.image_size or defaults.data.image_size,
                       channels=args.channels or defaults.data.channels, split=args.split, hflip=args.hflip)
     model = preset(args.preset)
     if model_over:  # checked at the data's image size, where the network will run
@@ -155,6 +158,7 @@ def _run_train(args) -> int:
             saved = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise _UserError(f"{cfg_path}: unreadable JSON ({e})") from None
+        _check_resume_flags(args, saved)
         saved["run_dir"] = str(args.resume)
         for key, value in (("steps", args.steps), ("device", args.device)):
             if value is not None:
@@ -163,11 +167,50 @@ def _run_train(args) -> int:
         config = _checked(lambda: TrainConfig.from_dict(saved), cfg_path)
         out = train(config, resume=True)
     else:
+        refuse_file_as_folder(args.run_dir, "--run-dir")
         config = _checked(lambda: _train_config_from_args(args), "arguments")
         out = train(config)  # refuses a folder that already holds checkpoints
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
         print(f"run saved in {out}")
     return 0
+
+
+#: the flags that ``ddpm train --resume`` takes; the run's other settings come from its config.json
+RESUME_FLAGS = ("resume", "steps", "device", "no_progress")
+
+
+def _check_resume_flags(args, saved: dict) -> None:
+    """Refuse flags a resume would ignore and a --steps the run has already reached; say when --steps stretches a
+    cosine learning-rate schedule (it is a function of the total steps, so the rate at the current step moves)."""
+    from .checkpoint import CheckpointError, latest_checkpoint
+
+    defaults = vars(build_parser().parse_args(["train"]))
+    ignored = [k for k, v in vars(args).items() if k not in RESUME_FLAGS and k != "func" and v != defaults.get(k)]
+    if ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        raise _UserError(f"{flags}: --resume continues {args.resume} with the settings in its config.json and takes "
+                         "only --steps, --device and --no-progress; drop the others or start a new run")
+    if args.steps is None:
+        return
+    try:
+        done = int(latest_checkpoint(args.resume).name[5:])
+    except (CheckpointError, ValueError):
+        return  # the trainer says what is wrong with the folder
+    if args.steps <= done:
+        raise _UserError(f"--steps {args.steps}: {args.resume} is already at step {done}; pass a larger total")
+    if saved.get("lr_schedule") == "cosine" and args.steps != saved.get("steps"):
+        from .train import lr_at
+        lr, warm = saved.get("lr", 0.0), saved.get("warmup_steps", 0)
+        before = lr_at(done, lr, warm, "cosine", saved.get("steps"))
+        after = lr_at(done, lr, warm, "cosine", args.steps)
+        print(f"note: the cosine learning-rate schedule now ends at step {args.steps} instead of {saved.get('steps')}; "
+              f"the rate at step {done} goes from {before:.3g} to {after:.3g}", file=sys.stderr)
+
+
+def refuse_file_as_folder(path, flag: str) -> None:
+    """Refuse an output folder argument that names an existing file, before any work."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise _UserError(f"{flag} {path}: is a file; pass a folder")
 
 
 def _add_sample(sub):
@@ -215,6 +258,7 @@ def _run_sample(args) -> int:
             raise _UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
     if args.eta != 0.0 and args.sampler != "ddim":
         raise _UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
+    refuse_file_as_folder(args.out, "--out")
     steps = steps_or_default(args.sampler, args.steps)
     run = load_run(args.run, which=args.weights, device=args.device)
     trained, mc = run.config.variance, run.config.model

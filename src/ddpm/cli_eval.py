@@ -121,10 +121,12 @@ def _images_from(args, native: bool = False):
 
 
 def _run_nll(args) -> int:
+    from .cli import refuse_file_as_folder
     from .data import DataConfig, load_images
     from .evaluate import nll_summary, run_nll
     from .generate import load_run
 
+    refuse_file_as_folder(args.out, "--out")
     run = load_run(args.run, which=args.weights, device=args.device)
     T = run.schedule.num_timesteps
     if args.quick is not None and args.quick > T - 1:
@@ -147,8 +149,10 @@ def _run_nll(args) -> int:
 
 
 def _run_quality(args) -> int:
+    from .cli import refuse_file_as_folder
     from .evaluate import quality_summary, run_quality
 
+    refuse_file_as_folder(args.out, "--out")
     images, default_out = _images_from(args)
     out = Path(args.out) if args.out else default_out
     result = run_quality(images, out)
@@ -173,6 +177,8 @@ def _run_noise_study(args) -> int:
     from .study import noise_study
     from .generate import load_run
 
+    from .cli import refuse_file_as_folder
+    refuse_file_as_folder(args.out, "--out")
     if args.num < 2 and not args.no_quality:
         raise _user_error(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
                           "or --no-quality")
