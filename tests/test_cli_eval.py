@@ -62,6 +62,15 @@ def test_eval_fid_says_what_is_missing_in_one_line(run, tmp_path, capsys, monkey
     assert "torch-fidelity" in err or "absent.pth" in err
 
 
+def test_eval_fid_checks_what_it_needs_before_drawing_samples(run, tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setattr(sys.modules["ddpm.generate"], "generate", lambda *a, **k: pytest.fail("sampled before the checks"))
+    monkeypatch.setenv("DDPM_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
+    assert main(["eval", "fid", str(run), "--ref", "digits", "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--data", "MISSING_DIR"], "MISSING_DIR"),
     (["train", "--image-size", "30"], "30"),
@@ -112,7 +121,7 @@ def test_bad_numbers_are_refused_while_parsing(argv, needle, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["eval", "quality", "RUN"], "--steps must lie in [1, 20]"),  # ddim's default 50 steps on a T = 20 run
+    (["eval", "quality", "RUN"], "the sampler's default is 50; pass --steps 20 or fewer"),  # T = 20 run
     (["eval", "quality", "RUN", "--sampler", "ddpm", "--steps", "21"], "--steps must lie in [1, 20]"),
     (["eval", "quality", "ONE.npz"], "holds 1 image"),
     (["study", "noise", "RUN", "-n", "1"], "--no-quality"),

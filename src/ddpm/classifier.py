@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -241,6 +242,8 @@ def load_classifier(recipe: ClassifierRecipe = ClassifierRecipe(), cache: str | 
             return model.eval().requires_grad_(False), info
         except Exception:  # corrupt or from another version: retrain below and replace it
             pass
+    print(f"training the digit classifier of the quality yardstick (once; about a minute on 2 CPU cores), "
+          f"cached as {path}", file=sys.stderr, flush=True)
     model = _train_prepared(recipe, x_train, y_train, progress)
     x_test, y_test = prepared_digits("test")
     acc = _accuracy(model, x_test, y_test)

@@ -265,7 +265,7 @@ def _run_sample(args) -> int:
     if args.variance and (args.variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
         raise _UserError(f"{args.run}: a network trained with --variance {trained} cannot be sampled with "
                          f"--variance {args.variance} (learned-range needs the variance outputs); drop --variance")
-    check_steps(steps, run)
+    check_steps(steps, run, given=args.steps is not None)
     out = sample(run, args.num, args.out, individual=not args.no_individual, chain_samples=args.chain,
                  seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
                  spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
@@ -279,11 +279,13 @@ class _UserError(Exception):
     """A mistake in the command line; printed as one line."""
 
 
-def check_steps(steps: int | None, run) -> None:
-    """Refuse sampler ``steps`` outside [1, T] of the loaded ``run`` before any sampling starts."""
+def check_steps(steps: int | None, run, given: bool = True) -> None:
+    """Refuse sampler ``steps`` outside [1, T] of the loaded ``run`` before any sampling starts.  ``given``: the
+    user passed them (otherwise they are the sampler's default, and the message says so)."""
     T = run.schedule.num_timesteps
     if steps is not None and not 1 <= steps <= T:
-        raise _UserError(f"--steps must lie in [1, {T}] (the run's T), got {steps}")
+        what = f"got {steps}" if given else f"the sampler's default is {steps}; pass --steps {T} or fewer"
+        raise _UserError(f"--steps must lie in [1, {T}] (the run's T), {what}")
 
 
 def _checked(build, where):

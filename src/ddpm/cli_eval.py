@@ -107,7 +107,7 @@ def _images_from(args, native: bool = False):
         from .samplers import steps_or_default
         run = load_run(src, device=args.device)
         steps = steps_or_default(args.sampler, args.steps)
-        check_steps(steps, run)
+        check_steps(steps, run, given=args.steps is not None)
         images = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                           steps=steps, progress=not args.no_progress)
         return images, src / "eval"
@@ -162,8 +162,12 @@ def _run_quality(args) -> int:
 
 
 def _run_fid(args) -> int:
-    from .fid import FidUnavailable, run_fid
+    from .fid import FidUnavailable, check_fid_available, run_fid
 
+    try:
+        check_fid_available(args.ref)  # before drawing any sample
+    except FidUnavailable as e:
+        raise _user_error(str(e)) from None
     images, _ = _images_from(args, native=True)
     try:
         result = run_fid(images, args.ref)

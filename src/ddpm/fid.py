@@ -52,9 +52,9 @@ def _reference_images(ref: str, like: torch.Tensor) -> torch.Tensor:
     return load_images(DataConfig(source=ref, image_size=size, channels=channels, split="all"))
 
 
-def run_fid(images: torch.Tensor, ref: str) -> dict:
-    """Inception FID between uint8 (N, C, H, W) ``images`` and the real images ``ref`` (a folder, an array file, or
-    ``digits`` for the embedded test split)."""
+def check_fid_available(ref: str | None = None):
+    """Import torch-fidelity and find the Inception weights (and ``ref``, when given), or raise
+    :class:`FidUnavailable` saying what is missing: called before any sampling.  Returns the module."""
     try:
         import torch_fidelity
     except Exception as e:  # missing, or its torchvision dependency does not import beside this torch
@@ -66,6 +66,16 @@ def run_fid(images: torch.Tensor, ref: str) -> dict:
         raise FidUnavailable(f"{weights}: Inception weights not found; FID needs them offline (copy "
                              f"{INCEPTION_WEIGHTS_FILE} there or set DDPM_INCEPTION_WEIGHTS); "
                              "for digits use 'ddpm eval quality'")
+    if ref is not None and ref != "digits" and not Path(ref).exists():
+        raise FidUnavailable(f"{ref}: no such reference folder or array file; pass real images or 'digits'")
+    return torch_fidelity
+
+
+def run_fid(images: torch.Tensor, ref: str) -> dict:
+    """Inception FID between uint8 (N, C, H, W) ``images`` and the real images ``ref`` (a folder, an array file, or
+    ``digits`` for the embedded test split)."""
+    torch_fidelity = check_fid_available(ref)
+    weights = inception_weights_path()
     real = _reference_images(ref, images)
     metrics = torch_fidelity.calculate_metrics(input1=_UInt8RGB(images), input2=_UInt8RGB(real), fid=True,
                                                feature_extractor_weights_path=str(weights),
