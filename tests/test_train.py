@@ -386,6 +386,11 @@ def test_a_relative_data_path_is_saved_absolute_and_outputs_must_be_folders(tmp_
     assert main(["train", "--preset", "tiny", "--data", "mine.npy", "--image-size", "8", "--batch-size", "8",
                  "--steps", "1", "--run-dir", "run", "--no-progress", "--timesteps", "20"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["source"] == str(tmp_path / "mine.npy")
+    np.save(tmp_path / "rgb.npy", torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8).numpy())
+    assert main(["train", "--preset", "tiny", "--data", "rgb.npy", "--image-size", "8", "--batch-size", "8",
+                 "--steps", "1", "--run-dir", "rgb", "--no-progress", "--timesteps", "20"]) == 0
+    cfg = json.loads((tmp_path / "rgb" / "config.json").read_text())
+    assert cfg["data"]["channels"] == 3 and cfg["model"]["in_channels"] == 3  # colour data trains in colour
     (tmp_path / "afile").write_text("x")
     for argv in (["sample", "run", "--out", "afile"], ["eval", "nll", "run", "--out", "afile"],
                  ["train", "--run-dir", "afile"]):

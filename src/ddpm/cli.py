@@ -62,7 +62,8 @@ def _add_train(sub):
     p.add_argument("--split", default="train", choices=["train", "test", "all"],
                    help="split of the embedded datasets to train on (default: %(default)s)")
     p.add_argument("--image-size", type=at_least(1), default=None, help="side of the square images (default: 32)")
-    p.add_argument("--channels", type=int, choices=[1, 3], default=None, help="1 (grey) or 3 (RGB) (default: 1)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="1 (grey) or 3 (RGB) (default: what --data holds; 1 for the embedded digits)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
     p.add_argument("--steps", type=at_least(1), default=None,
                    help="optimisation steps in total (default: 3000 for the digits preset, else 4000)")
@@ -114,11 +115,15 @@ def _train_config_from_args(args):
     model_over = {k: v for k, v in {"dropout": args.dropout, "base_channels": args.base_channels,
                                     "channel_mult": args.channel_mult, "num_res_blocks": args.num_res_blocks,
                                     "attention_resolutions": args.attention_resolutions}.items() if v is not None}
-    from .data import EMBEDDED
+    from .data import EMBEDDED, native_shape
     # a path is saved absolute, so that the run can be resumed or evaluated from any folder
     source = args.data if args.data in EMBEDDED or not Path(args.data).exists() else str(Path(args.data).resolve())
+    channels = args.channels
+    if channels is None:  # colour data trains in colour unless told otherwise
+        on_disk = source not in EMBEDDED and Path(source).exists()
+        channels = native_shape(source)[0] if on_disk else defaults.data.channels
     data = DataConfig(source=source, image_size=args.image_size or defaults.data.image_size,
-                      channels=args.channels or defaults.data.channels, split=args.split, hflip=args.hflip)
+                      channels=channels, split=args.split, hflip=args.hflip)
     model = preset(args.preset)
     if model_over:  # checked at the data's image size, where the network will run
         model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
