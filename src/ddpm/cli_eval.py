@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .cli_args import at_least
@@ -108,16 +109,27 @@ def _images_from(args, native: bool = False):
         run = load_run(src, device=args.device)
         steps = steps_or_default(args.sampler, args.steps)
         check_steps(steps, run, given=args.steps is not None)
+        if not native and run.config.data.source != "digits":
+            _note_not_digits(f"{src} was trained on {run.config.data.source}")
         images = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                           steps=steps, progress=not args.no_progress)
         return images, src / "eval"
     if src.exists():
+        from .data import native_shape
         from .evaluate import load_samples
+        if not native and native_shape(src) != (1, 32):
+            _note_not_digits(f"{src} holds {'colour' if native_shape(src)[0] == 3 else 'grey'} "
+                             f"{native_shape(src)[1]}-pixel images")
         images = load_samples(src, None, None) if native else load_samples(src)
         if len(images) < 2:
             raise _user_error(f"{src}: holds {len(images)} image; the metrics need at least 2")
         return images, (src if src.is_dir() else src.parent)
     raise _user_error(f"{src}: no such run folder or samples file")
+
+
+def _note_not_digits(what: str) -> None:
+    print(f"note: {what}; the classifier FD and KID compare grey 32x32 images with the embedded MNIST test digits, "
+          "so they measure closeness to those digits", file=sys.stderr)
 
 
 def _run_nll(args) -> int:
