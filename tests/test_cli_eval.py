@@ -124,7 +124,6 @@ def test_bad_numbers_are_refused_while_parsing(argv, needle, capsys):
     (["eval", "quality", "RUN"], "the sampler's default is 50; pass --steps 20 or fewer"),  # T = 20 run
     (["eval", "quality", "RUN", "--sampler", "ddpm", "--steps", "21"], "--steps must lie in [1, 20]"),
     (["eval", "quality", "ONE.npz"], "holds 1 image"),
-    (["study", "noise", "RUN", "-n", "1"], "--no-quality"),
 ])
 def test_eval_and_study_refuse_what_they_cannot_measure_in_one_line(run, argv, needle, tmp_path, capsys):
     np.savez(tmp_path / "ONE.npz", images=np.zeros((1, 32, 32), dtype=np.uint8))
@@ -132,6 +131,16 @@ def test_eval_and_study_refuse_what_they_cannot_measure_in_one_line(run, argv, n
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+
+
+def test_study_noise_needs_two_samples_only_where_it_measures_fd(run, tmp_path):
+    from dataclasses import replace
+    from ddpm.config import TrainConfig
+    from ddpm.study import measures_quality
+    assert measures_quality(TrainConfig()) and not measures_quality(replace(TrainConfig(), data=replace(
+        TrainConfig().data, source="sklearn-digits")))
+    # the tiny run is 8x8 scikit-learn digits: no FD, so one sample per variant is fine
+    assert main(["study", "noise", str(run), "-n", "1", "--no-progress", "--out", str(tmp_path / "s")]) == 0
 
 
 def test_quick_beyond_the_runs_strata_is_one_line(run, capsys):

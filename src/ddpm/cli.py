@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .cli_args import at_least, int_list, positive_float
@@ -324,6 +325,8 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown_as = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except (DataError, CheckpointError, DeviceError, _UserError) as e:
@@ -343,6 +346,13 @@ def main(argv=None) -> int:
         print("interrupted; the latest checkpoint is intact (resume with ddpm train --resume RUN_DIR)",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown_as
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line read like its errors: one line, no source location."""
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":

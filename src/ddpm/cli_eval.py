@@ -190,15 +190,15 @@ def _run_fid(args) -> int:
 
 
 def _run_noise_study(args) -> int:
-    from .study import noise_study
+    from .study import measures_quality, noise_study
     from .generate import load_run
 
     from .cli import refuse_file_as_folder
     refuse_file_as_folder(args.out, "--out")
-    if args.num < 2 and not args.no_quality:
+    run = load_run(args.run, device=args.device)
+    if args.num < 2 and not args.no_quality and measures_quality(run.config):
         raise _user_error(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
                           "or --no-quality")
-    run = load_run(args.run, device=args.device)
     out = Path(args.out) if args.out else Path(args.run) / "study"
     results = noise_study(run, out, n=args.num, seed=args.seed, batch_size=args.batch_size,
                           quality=not args.no_quality, progress=not args.no_progress)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NOISE_VARIANTS", "LEARNED_VARIANT", "noise_study"]
+__all__ = ["NOISE_VARIANTS", "LEARNED_VARIANT", "noise_study", "measures_quality"]
 
 #: name -> (variance type, sigma scale)
 NOISE_VARIANTS = {
@@ -69,7 +69,7 @@ def noise_study(run, out_dir, *, n: int = 64, seed: int = 0, batch_size: int = 6
         var = pixel_variance(images)
         row = {"variance": variance, "sigma_scale": scale, "pixel_variance_mean": float(var.mean()),
                "pixel_variance_std": float(var.std()) if len(var) > 1 else 0.0}
-        if quality and cfg.data.source == "digits" and shape == (1, 32, 32):
+        if quality and measures_quality(cfg):
             from .quality import quality_report
             q = quality_report(images, floor=False)
             row.update({"classifier_fd": q["fd"], "kid": q["kid_mean"],
@@ -81,6 +81,12 @@ def noise_study(run, out_dir, *, n: int = 64, seed: int = 0, batch_size: int = 6
     _plot(grids, results, out / "noise_study.png", make_grid)
     write_json_atomic(out / "noise_study.json", results)
     return results
+
+
+def measures_quality(cfg) -> bool:
+    """Whether the study adds the classifier FD for a run of this config: grey 32x32 embedded digits only."""
+    m = cfg.model
+    return cfg.data.source == "digits" and (m.in_channels, m.image_size) == (1, 32)
 
 
 def _eps_half(f, channels: int):

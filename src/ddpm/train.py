@@ -79,10 +79,16 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision not in dtypes:
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("this CPU has no native bf16 (no avx512_bf16 or AMX): bf16 autocast emulates it and runs about "
-                      "10x slower than fp32 here (docs/performance.md); use precision fp32", RuntimeWarning,
-                      stacklevel=2)
+        _warn_emulated_bf16()
     return dtypes[precision]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_emulated_bf16() -> None:
+    """Once per process: asked at every training step, the warning would otherwise repeat per call site."""
+    warnings.warn("this CPU has no native bf16 (no avx512_bf16 or AMX): bf16 autocast emulates it and runs about "
+                  "10x slower than fp32 here (docs/performance.md); use --precision fp32", RuntimeWarning,
+                  stacklevel=3)
 
 
 @functools.lru_cache(maxsize=None)
