@@ -133,6 +133,22 @@ def test_eval_and_study_refuse_what_they_cannot_measure_in_one_line(run, argv, n
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
 
 
+def test_eval_nll_of_a_folder_run_needs_held_out_images(tmp_path, capsys):
+    imgs = np.random.default_rng(0).integers(0, 256, (16, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "train.npy", imgs[:12])
+    np.save(tmp_path / "held.npy", imgs[12:])
+    run = tmp_path / "run"
+    assert main(["train", *TINY[4:], "--preset", "tiny", "--data", str(tmp_path / "train.npy"), "--run-dir", str(run),
+                 "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "nll", str(run), "--no-progress", "--quick", "2"]) == 2
+    assert "--data HELD_OUT_IMAGES" in capsys.readouterr().err
+    assert main(["eval", "nll", str(run), "--no-progress", "--quick", "2", "--data", str(tmp_path / "held.npy"),
+                 "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "on 4 images: " in out and "held.npy, all split" in out
+
+
 def test_study_noise_needs_two_samples_only_where_it_measures_fd(run, tmp_path):
     from dataclasses import replace
     from ddpm.config import TrainConfig

@@ -12,6 +12,7 @@ __all__ = ["register"]
 EVAL_EXAMPLES = """examples:
   ddpm eval nll runs/digits                     # exact bound over all T terms on the 500 held-out digits
   ddpm eval nll runs/digits --quick 50 -n 100   # stratified estimate from 50 timesteps per image
+  ddpm eval nll runs/faces --data faces_test.npz --quick 50   # a run trained on a folder: its held-out images
   ddpm eval quality runs/digits -n 1000 --sampler ddim --steps 50
   ddpm eval quality runs/digits/samples/ddpm/samples.npz
   ddpm eval fid runs/faces/samples/ddpm/samples.npz --ref path/to/real/images
@@ -40,6 +41,9 @@ def register(sub) -> None:
     nll.add_argument("run", help="run folder")
     nll.add_argument("--split", default="test", choices=["test", "train", "all"],
                      help="split of the run's dataset (default: %(default)s, held out from training)")
+    nll.add_argument("--data", default=None,
+                     help="other images to bound (a folder or .npy/.npz, all of it), e.g. the held-out images of a run "
+                          "trained on a folder (default: the run's own data, --split)")
     nll.add_argument("-n", "--num", type=at_least(1), default=None, help="evaluate only the first N images")
     nll.add_argument("--quick", type=at_least(1), default=None, metavar="K",
                      help="estimate the sum from K stratified timesteps per image (unbiased, with its standard error)")
@@ -134,7 +138,7 @@ def _note_not_digits(what: str) -> None:
 
 def _run_nll(args) -> int:
     from .cli import refuse_file_as_folder
-    from .data import DataConfig, load_images
+    from .data import EMBEDDED, DataConfig, load_images
     from .evaluate import nll_summary, run_nll
     from .generate import load_run
 
@@ -143,7 +147,18 @@ def _run_nll(args) -> int:
     T = run.schedule.num_timesteps
     if args.quick is not None and args.quick > T - 1:
         raise _user_error(f"--quick takes 1 to T - 1 = {T - 1} strata for this run, got {args.quick}")
-    dcfg = DataConfig.from_dict({**run.config.data.to_dict(), "split": args.split, "hflip": False})
+    trained = run.config.data
+    if args.data is not None:
+        split = args.split if args.data in EMBEDDED else "all"  # a folder or file has no splits
+        dcfg = DataConfig.from_dict({**trained.to_dict(), "source": args.data, "split": split, "hflip": False})
+    elif trained.source not in EMBEDDED and args.split == "test":
+        raise _user_error(f"{args.run} was trained on {trained.source}, which has no held-out split; pass "
+                          "--data HELD_OUT_IMAGES, or --split all for the bound on the training images")
+    else:
+        dcfg = DataConfig.from_dict({**trained.to_dict(), "split": args.split, "hflip": False})
+        if args.split != "train" and trained.split != "train":
+            print(f"note: {args.run} was trained on the {trained.split} split of {trained.source}, so the "
+                  f"{args.split} images are not held out", file=sys.stderr)
     x0 = load_images(dcfg)
     if args.num is not None:
         x0 = x0[: args.num]
@@ -156,6 +171,7 @@ def _run_nll(args) -> int:
     result = run_nll(f, run.schedule, x0, out, variance=run.config.variance, quick_k=args.quick,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device)
     print(nll_summary(result))
+    print(f"  on {len(x0)} images: {dcfg.source}, {dcfg.split} split")
     print(f"written: {out / 'nll.json'}, {out / 'nll_terms.png'}")
     return 0
 
