@@ -125,6 +125,7 @@ def test_checkpoint_from_incompatible_config_is_refused(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "do not fit" in err and "Traceback" not in err
+    assert "size mismatch for" in err and len(err.strip().splitlines()) == 1  # names what differs
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import default_mode, fsync_path
 
 __all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints", "load_checkpoint",
-           "load_weights", "state_dict_for_saving"]
+           "load_weights", "state_dict_for_saving", "mismatch_summary"]
 
 
 class CheckpointError(Exception):
@@ -118,6 +118,14 @@ def latest_checkpoint(path: Path) -> Path:
         raise CheckpointError(f"{path}: holds no checkpoint (expected checkpoints/step_*/model.safetensors); "
                               "train first or point at a run folder")
     return found[0]
+
+
+def mismatch_summary(error: RuntimeError) -> str:
+    """The first concrete line of a ``load_state_dict`` error (a missing key, an unexpected one, a shape that
+    differs), not its "Error(s) in loading state_dict" header."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if not ln.startswith("Error(s) in loading")), lines[0] if lines else "")
+    return detail if len(detail) <= 240 else detail[:237] + "..."
 
 
 def load_weights(ckpt: Path, which: str = "ema") -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, mismatch_summary
 from .config import TrainConfig
 from .data import to_uint8
 from .distributed import resolve_device
@@ -47,7 +47,7 @@ def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
     try:
         model.load_state_dict(ck[which])
     except RuntimeError as e:
-        raise CheckpointError(f"{ck['path']}: weights do not fit the saved config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{ck['path']}: weights do not fit the saved config ({mismatch_summary(e)})") from None
     model = model.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     return LoadedRun(model, make_schedule(config.schedule), config, ck["path"], dev)
 

@@ -31,7 +31,7 @@ from . import distributed
 from .distributed import resolve_device
 from .atomic import atomic_write_path, write_json_atomic
 from .batches import Batches
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, mismatch_summary, save_checkpoint
 from .config import TrainConfig
 from .diffusion import loss_simple, q_sample, sample_timesteps
 from .schedule import make_schedule
@@ -252,7 +252,7 @@ class Trainer:
             self.model.load_state_dict(ck["model"])
             self.ema.load_state_dict(ck["ema"])
         except RuntimeError as e:
-            raise CheckpointError(f"{ck['path']}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(f"{ck['path']}: weights do not fit this model ({mismatch_summary(e)})") from None
         tr = ck["trainer"]
         missing = [k for k in ("step", "optimizer", "data") if k not in tr]
         if missing:
