@@ -75,6 +75,7 @@ def test_eval_fid_checks_what_it_needs_before_drawing_samples(run, tmp_path, cap
     (["train", "--data", "MISSING_DIR"], "MISSING_DIR"),
     (["train", "--image-size", "30"], "30"),
     (["train", "--ema-decay", "1.5"], "ema_decay must lie in [0, 1]"),
+    (["train", "--schedule", "cosine", "--beta-end", "0.01"], "the cosine one has no such ends"),
     (["sample", "MISSING_RUN"], "MISSING_RUN"),
     (["sample", "MISSING_RUN", "--cuda-graph", "--device", "cpu"], "--cuda-graph"),
     (["eval", "nll", "MISSING_RUN"], "MISSING_RUN"),
@@ -94,6 +95,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, monkeypatch, c
     (["--eta", "0.5"], "--sampler ddim"),                     # eta with the default ancestral sampler
     (["--variance", "learned-range"], "cannot be sampled with --variance learned-range"),  # trained fixed-large
     (["--device", "nodevice"], "not a device name"),
+    (["--sampler", "ddim", "--steps", "5", "--variance", "fixed-small"], "for --sampler ddpm only"),
+    (["--chain", "2"], "--chain 2: only -n 1 samples are drawn"),
 ])
 def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle, tmp_path, capsys):
     out = tmp_path / "samples"

@@ -129,6 +129,8 @@ def _train_config_from_args(args):
     if model_over:  # checked at the data's image size, where the network will run
         model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
                                       "in_channels": data.channels})
+    if args.schedule == "cosine" and (args.beta_start is not None or args.beta_end is not None):
+        raise ValueError("--beta-start and --beta-end set the linear schedule; the cosine one has no such ends")
     sched = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps, "beta_start": args.beta_start,
                                "beta_end": args.beta_end}.items() if v is not None}
     schedule = replace(ScheduleConfig(), **sched)
@@ -264,6 +266,12 @@ def _run_sample(args) -> int:
             raise _UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
     if args.eta != 0.0 and args.sampler != "ddim":
         raise _UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
+    if args.variance in ("fixed-large", "fixed-small") and args.sampler != "ddpm":
+        how = "takes its noise from --eta" if args.sampler == "ddim" else "adds no noise"
+        raise _UserError(f"--variance {args.variance} sets Algorithm 2's sigma_t, for --sampler ddpm only; "
+                         f"{args.sampler} {how}")
+    if args.chain > args.num:
+        raise _UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
     refuse_file_as_folder(args.out, "--out")
     steps = steps_or_default(args.sampler, args.steps)
     run = load_run(args.run, which=args.weights, device=args.device)
