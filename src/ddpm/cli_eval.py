@@ -37,6 +37,8 @@ def register(sub) -> None:
                    EVAL_EXAMPLES)
 
     nll = evsub.add_parser("nll", help="negative log-likelihood bound in bits/dim on held-out images",
+                           description="The variational bound of eq. 5 (L_T + KL terms + L_0) in bits/dim, exact over "
+                                       "all T terms or estimated from K stratified timesteps per image.",
                            epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     nll.add_argument("run", help="run folder")
     nll.add_argument("--split", default="test", choices=["test", "train", "all"],
@@ -57,6 +59,9 @@ def register(sub) -> None:
     nll.set_defaults(func=_run_nll)
 
     qual = evsub.add_parser("quality", help="classifier Frechet distance, KID and class histogram (digits)",
+                            description="Offline sample quality of grey 32x32 digits: Frechet distance and KID in the "
+                                        "features of a small digit classifier, its class histogram, and the same "
+                                        "numbers for real digits (the floor).",
                             epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     qual.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
     _add_sampling_flags(qual, default_n=1000)
@@ -64,6 +69,8 @@ def register(sub) -> None:
     qual.set_defaults(func=_run_quality)
 
     fid = evsub.add_parser("fid", help="standard Inception FID through torch-fidelity (optional extra)",
+                           description="Inception FID through torch-fidelity (pip install 'ddpm[fid]'), with the "
+                                       "Inception weights on disk.",
                            epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     fid.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
     fid.add_argument("--ref", required=True, help="real images: a folder, .npy/.npz, or 'digits' (test split)")
@@ -72,6 +79,8 @@ def register(sub) -> None:
 
     stsub = _group(sub, "study", "studies: why Algorithm 2 adds noise", STUDY_EXAMPLES)
     noise = stsub.add_parser("noise", help="sample with sigma^2 = beta_t, beta~_t and 0 from the same x_T",
+                             description="Why Algorithm 2 adds sigma_t z: the same network and the same x_T sampled "
+                                         "with sigma^2 = beta_t, beta~_t and without the noise term.",
                              epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     noise.add_argument("run", help="run folder")
     noise.add_argument("-n", "--num", type=at_least(1), default=64, help="samples per variant (default: %(default)s)")
