@@ -272,3 +272,15 @@ def test_an_npz_of_several_unnamed_arrays_is_refused_with_its_keys(tmp_path):
     np.savez(tmp_path / "tv.npz", val=np.zeros((10, 8, 8), np.uint8), train=np.zeros((100, 8, 8), np.uint8))
     with pytest.raises(DataError, match="holds the arrays val, train .*key 'images'"):
         load_images(DataConfig(source=str(tmp_path / "tv.npz"), image_size=8, split="all"))
+
+
+def test_enlarging_small_images_is_said(tmp_path):
+    np.save(tmp_path / "small.npy", np.zeros((3, 8, 8), np.uint8))
+    with pytest.warns(UserWarning, match="3 of 3 images are smaller than 16x16 and were enlarged"):
+        assert load_images(DataConfig(source=str(tmp_path / "small.npy"), image_size=16, split="all")).shape == (
+            3, 1, 16, 16)
+    (tmp_path / "f").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "f" / "a.png")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "f" / "b.png")
+    with pytest.warns(UserWarning, match="1 of 2 images are smaller than 16x16"):
+        load_images(DataConfig(source=str(tmp_path / "f"), image_size=16, split="all"))

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -286,8 +287,15 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _load_folder(folder: Path, config: DataConfig) -> np.ndarray:
+def _note_enlarged(source, count: int, total: int, size: int) -> None:
+    if count:
+        warnings.warn(f"{source}: {count} of {total} images are smaller than {size}x{size} and were enlarged to it "
+                      "(bicubic); pass a smaller --image-size to train at their own size", stacklevel=3)
+
+
+def _load_folder(folder: Path, config: DataConfig, progress: bool = False) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
 
     paths = _list_images(folder)
     if not paths:
@@ -296,15 +304,19 @@ def _load_folder(folder: Path, config: DataConfig) -> np.ndarray:
     mode = "L" if config.channels == 1 else "RGB"
     s = config.image_size
     out = np.empty((len(paths), config.channels, s, s), dtype=np.uint8)
-    for i, p in enumerate(paths):
+    enlarged = 0
+    shown = tqdm(paths, desc=f"loading {folder}", unit="image", leave=False, disable=not progress or len(paths) < 1000)
+    for i, p in enumerate(shown):
         try:
             with Image.open(p) as img:
                 img.load()
+                enlarged += min(img.size) < s
                 out[i] = _pil_to_chw(_fit_pil(img, s, mode))
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             reason = str(e).splitlines()[0] if str(e) else "corrupt"
             raise DataError(f"{p}: cannot read this image ({type(e).__name__}: {reason}); "
                             "delete or replace the file") from e
+    _note_enlarged(folder, enlarged, len(paths), s)
     return out
 
 
@@ -371,6 +383,8 @@ def _load_array(path: Path, config: DataConfig) -> np.ndarray:
     a = _array_to_nchw(_array_to_uint8(a, path), path)
     if a.shape[0] == 0 or a.shape[2] == 0 or a.shape[3] == 0:
         raise DataError(f"{path}: array of shape {a.shape} holds no images; save at least one image")
+    if min(a.shape[2], a.shape[3]) < config.image_size:
+        _note_enlarged(path, len(a), len(a), config.image_size)
     return _conform(np.ascontiguousarray(a), config.image_size, config.channels)
 
 
@@ -397,8 +411,9 @@ def native_shape(source) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------- load_images
 
-def load_images(config: DataConfig) -> torch.Tensor:
-    """All images the config names, as a uint8 tensor (N, channels, image_size, image_size) on the CPU."""
+def load_images(config: DataConfig, progress: bool = False) -> torch.Tensor:
+    """All images the config names, as a uint8 tensor (N, channels, image_size, image_size) on the CPU.
+    ``progress``: a progress bar while reading a folder of 1,000 images or more."""
     source = config.source
     if source in EMBEDDED:
         images = _embedded(config)
@@ -411,7 +426,7 @@ def load_images(config: DataConfig) -> torch.Tensor:
             raise DataError(f"{path}: a folder or array file has no test split; pass a separate source "
                             "holding the test images with split 'all'")
         if path.is_dir():
-            images = _load_folder(path, config)
+            images = _load_folder(path, config, progress)
         elif path.is_file():
             suffix = path.suffix.lower()
             if suffix not in (".npy", ".npz"):
