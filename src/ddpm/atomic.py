@@ -15,11 +15,18 @@ from typing import Iterator
 __all__ = ["atomic_write_path", "write_json_atomic", "default_mode", "fsync_path"]
 
 
-def default_mode(directory: bool = False) -> int:
-    """The mode a new file (0666) or folder (0777) gets under the current umask."""
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; done once, at import, not from every writer thread
     os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a new file (0666) or folder (0777) gets under the process umask (as read at import)."""
+    return (0o777 if directory else 0o666) & ~_UMASK
 
 
 def fsync_path(path: str | os.PathLike) -> None:
