@@ -259,10 +259,20 @@ def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, mo
     calls = []
 
     def broken_compile(module):
-        def f(*args):
+        def f(*args):  # a forward that runs, and a backward that does not (compiled lazily in real life)
             calls.append(1)
-            raise RuntimeError("no working compiler here")
+            out = module(*args)
+            return out + out.detach() * 0 + _BrokenBackward.apply(out)
         return f
+
+    class _BrokenBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return torch.zeros_like(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("no working compiler here")
 
     monkeypatch.setattr(train_mod, "auto_compile", lambda device: True)
     monkeypatch.setattr(torch, "compile", broken_compile)

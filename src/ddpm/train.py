@@ -199,18 +199,22 @@ class Trainer:
         return value in (True, "on", "true", "yes")
 
     def _network(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not self._compile_unproven:
-            return self.forward(x_t, t)
+        return self.forward(x_t, t)
+
+    def _first_compiled_gradients(self) -> torch.Tensor:
+        """:meth:`accumulate_gradients` on the first step of compile="auto": if the compiled forward or its
+        backward (compiled lazily, at the first ``backward()``) fails, warn and redo the step eagerly."""
         try:
-            out = self.forward(x_t, t)
+            return self.accumulate_gradients()
         except Exception as e:  # noqa: BLE001 - any compiler failure; a real error recurs in eager mode below
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             warnings.warn(f"torch.compile failed on the first step ({type(e).__name__}: {reason}); training "
-                          f"without it (--compile off skips the attempt)", RuntimeWarning, stacklevel=2)
+                          f"without it (--compile off skips the attempt)", RuntimeWarning, stacklevel=3)
             self.forward = self._eager
-            out = self.forward(x_t, t)
-        self._compile_unproven = False
-        return out
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.accumulate_gradients()
+        finally:
+            self._compile_unproven = False
 
     def _autocast_dtype(self):
         return autocast_dtype(self.device, self.config.precision)
@@ -374,7 +378,7 @@ class Trainer:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps)
-        total = self.accumulate_gradients()
+        total = self._first_compiled_gradients() if self._compile_unproven else self.accumulate_gradients()
         return total, self.apply_gradients()
 
     def apply_gradients(self) -> torch.Tensor:
