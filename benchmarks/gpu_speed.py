@@ -206,10 +206,15 @@ def main(argv=None):
     theirs = None
     if with_diffusers:
         torch.manual_seed(0)
-        theirs = diffusers_unet(cfg)
-        n_ours, n_theirs = check_same_size(eager.model, theirs)
-        print(f"  parameters: ours {n_ours:,}, diffusers {n_theirs:,}")
-        step = their_training_step(copy.deepcopy(theirs), eager, s_eager, images)
+        try:  # one unit of the run: if diffusers cannot be built here, the rows of ours still come out
+            theirs = diffusers_unet(cfg)
+            n_ours, n_theirs = check_same_size(eager.model, theirs)
+            print(f"  parameters: ours {n_ours:,}, diffusers {n_theirs:,}")
+            step = their_training_step(copy.deepcopy(theirs), eager, s_eager, images)
+        except Exception as e:  # noqa: BLE001
+            print(f"  diffusers could not be set up ({type(e).__name__}: {str(e).splitlines()[0][:160]}): ours only")
+            theirs, with_diffusers = None, False
+    if theirs is not None:
         if first_call("diffusers train eager", step, False):
             train_cases["diffusers train eager"] = step
             rows.append(("train", "diffusers", s_eager.describe, args.batch_size, "diffusers train eager"))
@@ -272,10 +277,25 @@ def main(argv=None):
     # -- timing and report -------------------------------------------------------------------------------------
     print(f"timing: {args.repeats} interleaved rounds of {args.calls} steps per case", flush=True)
     res = {}
+
+    def timed(cases):
+        """Interleaved rounds; if one case fails there, time the others one by one and drop that one."""
+        try:
+            return interleaved(cases, repeats=args.repeats, warmup=1, sync=sync, calls=args.calls)
+        except Exception as e:  # noqa: BLE001
+            print(f"  interleaved timing failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); case by case")
+        out = {}
+        for label, fn in cases.items():
+            try:
+                out.update(interleaved({label: fn}, repeats=args.repeats, warmup=1, sync=sync, calls=args.calls))
+            except Exception as e:  # noqa: BLE001
+                print(f"  {label}: timing failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); row dropped")
+        return out
     if train_cases:
-        res.update(interleaved(train_cases, repeats=args.repeats, warmup=1, sync=sync, calls=args.calls))
+        res.update(timed(train_cases))
     if sample_cases:
-        res.update(interleaved(sample_cases, repeats=args.repeats, warmup=1, sync=sync, calls=args.calls))
+        res.update(timed(sample_cases))
+    rows = [row for row in rows if row[-1] in res]
     header = ["what", "implementation", "setting", "img/s", "TFLOP/s", "MFU", "first call s"]
     table, raw = [], []
     titles = {"train": "train (batch %d)" % args.batch_size, "network": "network (batch %d)" % b,
@@ -301,7 +321,16 @@ def main(argv=None):
         print("dry run / CPU: the logic ran end to end; the numbers mean nothing for a GPU")
     print(f"total {time.perf_counter() - budget.start:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "preset": args.preset,
+        import importlib.metadata as md
+        versions = {}
+        for name in ("torch", "diffusers"):
+            try:
+                versions[name] = md.version(name)
+            except md.PackageNotFoundError:
+                versions[name] = None
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        Path(args.json).write_text(json.dumps({"device": str(device), "gpu": gpu, "versions": versions,
+                                               "preset": args.preset,
                                                "forward_flops_per_image": fwd, "peak_flops": peak,
                                                "rows": raw, "skipped": budget.skipped}, indent=1))
     tmp.cleanup()

@@ -62,6 +62,9 @@ def main(argv=None) -> None:
     args = make_parser().parse_args(argv)
 
     run = load_run(args.run, device=args.device)
+    if args.precision == "fp32" and run.device.type == "cuda":  # fp32 means fp32: no TF32 convolutions either
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     classifier = load_classifier()
     settings = [] if args.no_ddpm else [("ddpm", None)]
     settings += [(name, k) for name in args.samplers for k in args.steps]
@@ -95,8 +98,8 @@ def main(argv=None) -> None:
                 print(line)
     out = Path(args.out) if args.out else Path(args.run) / "eval" / "quality_vs_steps.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"n": args.n, "floor": floor, "rows": rows, "torch_threads": torch.get_num_threads()},
-                              indent=2) + "\n")
+    out.write_text(json.dumps({"n": args.n, "floor": floor, "rows": rows, "torch_threads": torch.get_num_threads(),
+                               "checkpoint": str(run.checkpoint), "device": str(run.device)}, indent=2) + "\n")
     print(f"written: {out}")
 
 
