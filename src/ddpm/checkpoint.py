@@ -148,11 +148,11 @@ def load_checkpoint(path: Path, *, with_trainer_state: bool = True, fallback: bo
     with a warning naming the ones skipped; the error of the newest is raised if none can.
     """
     path = Path(path)
-    if not fallback or (path / "model.safetensors").is_file():
-        return _load_one(latest_checkpoint(path), with_trainer_state)
-    latest_checkpoint(path)  # the usual error when there is none at all
+    candidates = complete_checkpoints(path) if fallback and path.is_dir() else []
+    if len(candidates) < 2 or (path / "model.safetensors").is_file():
+        return _load_one(latest_checkpoint(path), with_trainer_state)  # (with the usual error when there is none)
     skipped = []
-    for ckpt in complete_checkpoints(path):
+    for ckpt in candidates:
         try:
             out = _load_one(ckpt, with_trainer_state)
         except CheckpointError as e:

@@ -130,9 +130,9 @@ def _images_from(args, native: bool = False):
     if src.exists():
         from .data import native_shape
         from .evaluate import load_samples
-        if not native and native_shape(src) != (1, 32):
-            _note_not_digits(f"{src} holds {'colour' if native_shape(src)[0] == 3 else 'grey'} "
-                             f"{native_shape(src)[1]}-pixel images")
+        channels, size = native_shape(src)
+        if not native and (channels, size) != (1, 32):
+            _note_not_digits(f"{src} holds {'colour' if channels == 3 else 'grey'} {size}-pixel images")
         images = load_samples(src, None, None) if native else load_samples(src)
         if len(images) < 2:
             raise _user_error(f"{src}: holds {len(images)} image; the metrics need at least 2")
@@ -215,10 +215,10 @@ def _run_fid(args) -> int:
 
 
 def _run_noise_study(args) -> int:
-    from .study import measures_quality, noise_study
-    from .generate import load_run
-
     from .cli import refuse_file_as_folder
+    from .generate import load_run
+    from .study import measures_quality, noise_study
+
     refuse_file_as_folder(args.out, "--out")
     run = load_run(args.run, device=args.device)
     if args.num < 2 and not args.no_quality and measures_quality(run.config):
