@@ -212,7 +212,7 @@ def _fit_pil(img, size: int, mode: str):
     """Convert a PIL image to ``mode``, resize its short side to ``size`` and centre-crop to size x size."""
     from PIL import Image
 
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if img.mode in _HIGH_DEPTH_MODES:
         img = _high_depth_to_8bit(img)
     if img.mode != mode:
         img = img.convert(mode)
@@ -225,6 +225,11 @@ def _fit_pil(img, size: int, mode: str):
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return img
+
+
+#: Pillow modes of grey images with more than 8 bits per pixel, and of grey images in general
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
+_GREY_MODES = ("1", "L", "LA", *_HIGH_DEPTH_MODES)
 
 
 def _high_depth_to_8bit(img):
@@ -400,7 +405,7 @@ def native_shape(source) -> tuple[int, int]:
             raise DataError(f"{path}: no images found (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
         try:
             with Image.open(paths[0]) as img:
-                return (1 if img.mode in ("1", "L", "I", "I;16", "F") else 3), min(img.size)
+                return (1 if img.mode in _GREY_MODES else 3), min(img.size)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"{paths[0]}: cannot read this image ({type(e).__name__}); delete or replace it") from e
     if not path.is_file():
