@@ -97,6 +97,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, monkeypatch, c
     (["--device", "nodevice"], "not a device name"),
     (["--sampler", "ddim", "--steps", "5", "--variance", "fixed-small"], "for --sampler ddpm only"),
     (["--chain", "2"], "--chain 2: only -n 1 samples are drawn"),
+    (["--spacing", "quadratic"], "ddpm without --steps runs all T"),
 ])
 def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle, tmp_path, capsys):
     out = tmp_path / "samples"

@@ -270,6 +270,9 @@ def _run_sample(args) -> int:
         how = "takes its noise from --eta" if args.sampler == "ddim" else "adds no noise"
         raise _UserError(f"--variance {args.variance} sets Algorithm 2's sigma_t, for --sampler ddpm only; "
                          f"{args.sampler} {how}")
+    if args.spacing is not None and args.sampler == "ddpm" and args.steps is None:
+        raise _UserError(f"--spacing {args.spacing} picks the steps a shortened sampler keeps; ddpm without --steps "
+                         "runs all T of them; add --steps or drop --spacing")
     if args.chain > args.num:
         raise _UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
     refuse_file_as_folder(args.out, "--out")
