@@ -269,3 +269,16 @@ def test_hybrid_learned_range_run_trains_samples_and_evaluates(tmp_path):
     assert main(["study", "noise", str(run), "-n", "2", "--no-progress", "--out", str(tmp_path / "st")]) == 0
     res = json.loads((tmp_path / "st" / "noise_study.json").read_text())
     assert {k: (r["variance"], r["sigma_scale"]) for k, r in res.items()} == {**NOISE_VARIANTS, **LEARNED_VARIANT}
+
+
+def test_eval_quality_of_an_image_folder_writes_beside_it(tmp_path, capsys):
+    from PIL import Image
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), mode="L").save(folder / f"{i}.png")
+    assert main(["eval", "quality", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == [f"{i}.png" for i in range(4)]  # nothing added
+    saved = json.loads((tmp_path / "mine_eval" / "quality.json").read_text())
+    assert saved["n"] == 4 and "mine_eval" in capsys.readouterr().out

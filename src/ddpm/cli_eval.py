@@ -65,7 +65,9 @@ def register(sub) -> None:
                             epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     qual.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
     _add_sampling_flags(qual, default_n=1000)
-    qual.add_argument("--out", default=None, help="output folder (default: beside the samples, or RUN/eval)")
+    qual.add_argument("--out", default=None,
+                      help="output folder (default: RUN/eval for a run, the folder of a samples file, "
+                           "FOLDER_eval beside a folder of images)")
     qual.set_defaults(func=_run_quality)
 
     fid = evsub.add_parser("fid", help="standard Inception FID through torch-fidelity (optional extra)",
@@ -136,7 +138,8 @@ def _images_from(args, native: bool = False):
         images = load_samples(src, None, None) if native else load_samples(src)
         if len(images) < 2:
             raise _user_error(f"{src}: holds {len(images)} image; the metrics need at least 2")
-        return images, (src if src.is_dir() else src.parent)
+        # a samples file's results go beside it; a folder's beside the folder, so that it holds only images
+        return images, (src.with_name(src.name + "_eval") if src.is_dir() else src.parent)
     raise _user_error(f"{src}: no such run folder or samples file")
 
 
