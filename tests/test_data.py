@@ -284,3 +284,16 @@ def test_enlarging_small_images_is_said(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "f" / "b.png")
     with pytest.warns(UserWarning, match="1 of 2 images are smaller than 16x16"):
         load_images(DataConfig(source=str(tmp_path / "f"), image_size=16, split="all"))
+
+
+@pytest.mark.parametrize("shape, expected", [((5, 28, 28), (1, 28)), ((5, 28, 30, 3), (3, 28)),
+                                             ((5, 3, 16, 20), (3, 16)), ((5, 32, 32, 1), (1, 32))])
+@pytest.mark.parametrize("save", ["npy", "npz", "npz_compressed"])
+def test_native_shape_of_array_files_from_their_header(tmp_path, shape, expected, save, monkeypatch):
+    a = np.zeros(shape, np.uint8)
+    path = tmp_path / f"a.{save[:3]}"
+    {"npy": np.save, "npz": lambda p, x: np.savez(p, images=x), "npz_compressed": np.savez_compressed}[save](path, a)
+    from ddpm import data
+    # the shape comes from the header: the data itself is read once, later, by load_images
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda *a: pytest.fail("read the array"))
+    assert data.native_shape(path) == expected

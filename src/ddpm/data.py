@@ -327,14 +327,15 @@ def _load_folder(folder: Path, config: DataConfig, progress: bool = False) -> np
 
 # ------------------------------------------------------------------------------------------ array files
 
-def _read_array(path: Path) -> np.ndarray:
+def _read_array(path: Path, header_only: bool = False):
+    """The image array of a .npy/.npz file; with ``header_only`` just its shape, without reading the data."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if header_only else None)
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: cannot read this array file ({type(e).__name__}: {e}); "
                         "save it with numpy.save / numpy.savez of a plain numeric array") from e
     if isinstance(loaded, np.ndarray):
-        return loaded
+        return loaded.shape if header_only else loaded
     with loaded:
         names = list(loaded.files)
         if not names:
@@ -344,7 +345,13 @@ def _read_array(path: Path) -> np.ndarray:
             raise DataError(f"{path}: holds the arrays {', '.join(names)} and none is named "
                             f"{' or '.join(map(repr, _NPZ_KEYS))}; save the images under the key 'images'")
         try:
-            return loaded[key]
+            if header_only:
+                with loaded.zip.open(f"{key}.npy") as f:
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+                    if read_header is not None:
+                        return read_header(f)[0]
+            return loaded[key].shape if header_only else loaded[key]
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: cannot read array {key!r} ({e}); save a plain numeric array") from e
 
@@ -368,19 +375,25 @@ def _array_to_uint8(a: np.ndarray, path: Path) -> np.ndarray:
     return np.rint(a.astype(np.float64) * 255.0).astype(np.uint8)
 
 
-def _array_to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
-    if a.ndim == 3:
-        return a[:, None]
-    if a.ndim != 4:
-        raise DataError(f"{path}: array of shape {a.shape} has {a.ndim} dims; need (N, H, W), (N, H, W, C) "
+def _channel_axis(shape: tuple[int, ...], path: Path) -> int | None:
+    """Which axis of an image array of this shape holds the channels: None for (N, H, W), 3 or 1."""
+    if len(shape) == 3:
+        return None
+    if len(shape) != 4:
+        raise DataError(f"{path}: array of shape {shape} has {len(shape)} dims; need (N, H, W), (N, H, W, C) "
                         "or (N, C, H, W) with C = 1 or 3")
-    last, second = a.shape[3] in (1, 3), a.shape[1] in (1, 3)
-    if last and (not second or a.shape[1] == a.shape[2]):
-        return a.transpose(0, 3, 1, 2)
+    last, second = shape[3] in (1, 3), shape[1] in (1, 3)
+    if last and (not second or shape[1] == shape[2]):
+        return 3
     if second:
-        return a
-    raise DataError(f"{path}: array of shape {a.shape} has no channel axis of size 1 or 3 (axis 1 or 3); "
+        return 1
+    raise DataError(f"{path}: array of shape {shape} has no channel axis of size 1 or 3 (axis 1 or 3); "
                     "store grey images as (N, H, W) and colour images as (N, H, W, 3)")
+
+
+def _array_to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
+    axis = _channel_axis(a.shape, path)
+    return a[:, None] if axis is None else a.transpose(0, 3, 1, 2) if axis == 3 else a
 
 
 def _load_array(path: Path, config: DataConfig) -> np.ndarray:
@@ -410,8 +423,11 @@ def native_shape(source) -> tuple[int, int]:
             raise DataError(f"{paths[0]}: cannot read this image ({type(e).__name__}); delete or replace it") from e
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
-    a = _array_to_nchw(_read_array(path), path)
-    return a.shape[1], min(a.shape[2], a.shape[3])
+    shape = tuple(_read_array(path, header_only=True))  # the shape alone: the data is read once, by load_images
+    axis = _channel_axis(shape, path)
+    if axis == 1:
+        return shape[1], min(shape[2:])
+    return (1 if axis is None else shape[3]), min(shape[1:3])
 
 
 # ------------------------------------------------------------------------------------------- load_images
