@@ -116,7 +116,7 @@ def test_respacing_every_step_reproduces_the_schedule():
     for sched in (make_schedule(), make_schedule(ScheduleConfig(kind="cosine", num_timesteps=200)), SCHED):
         r = respace(sched, torch.arange(sched.num_timesteps))
         for name in ("betas", "alpha_bars", "alpha_bars_prev", "posterior_variance", "posterior_log_variance_clipped",
-                     "posterior_mean_coef1", "posterior_mean_coef2", "log_betas"):
+                     "posterior_mean_coef1", "posterior_mean_coef2", "log_betas", "fixed_large_log_variance"):
             a, b = getattr(r, name), getattr(sched, name)
             assert torch.allclose(a, b, rtol=1e-11, atol=1e-14), name
 

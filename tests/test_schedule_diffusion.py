@@ -150,11 +150,16 @@ def test_model_variance_choices():
     t = torch.tensor([0, 10, 999])
     large, _ = model_variance(s, t, x, "fixed-large")
     small, _ = model_variance(s, t, x, "fixed-small")
-    assert torch.allclose(large[:, 0, 0, 0], s.betas[t].float())
+    assert torch.allclose(large[1:, 0, 0, 0], s.betas[t[1:]].float())
+    # at t = 1 fixed-large takes beta~_2 = beta_2 (1 - abar_1) / (1 - abar_2), as Ho et al.'s code does for L_0
+    b1, b2 = 1e-4, 1e-4 + (0.02 - 1e-4) / 999
+    tilde_b2 = b2 * b1 / (1 - (1 - b1) * (1 - b2))
+    assert large[0, 0, 0, 0].item() == pytest.approx(tilde_b2, rel=1e-6) and tilde_b2 == pytest.approx(5.4532e-5, rel=1e-4)
     assert torch.allclose(small[1:, 0, 0, 0], s.posterior_variance[t[1:]].float())
     lo, _ = model_variance(s, t, x, "learned-range", v=-torch.ones_like(x))
     hi, _ = model_variance(s, t, x, "learned-range", v=torch.ones_like(x))
-    assert torch.allclose(lo, small) and torch.allclose(hi, large)
+    # learned-range interpolates between beta~_t and beta_t itself at every t (improved-diffusion's max_log)
+    assert torch.allclose(lo, small) and torch.allclose(hi[:, 0, 0, 0], s.betas[t].float())
     with pytest.raises(ValueError):
         model_variance(s, t, x, "nonsense")
 

@@ -56,12 +56,13 @@ def model_variance(schedule: Schedule, t: torch.Tensor, like: torch.Tensor, vari
                    v: torch.Tensor | None = None):
     """sigma_t^2 and log sigma_t^2 of p_theta(x_{t-1} | x_t) for a variance type.
 
-    fixed-large: sigma_t^2 = beta_t; fixed-small: sigma_t^2 = beta~_t (Ho et al. 2020, Sec. 3.2);
+    fixed-large: sigma_t^2 = beta_t, except beta~_2 at t = 1 as in Ho et al.'s code, so that the decoder L_0 and
+    the bits/dim match theirs (Algorithm 2 adds no noise at t = 1); fixed-small: sigma_t^2 = beta~_t (Sec. 3.2);
     learned-range: log sigma_t^2 = v log beta_t + (1 - v) log beta~_t with the network's v mapped from
     [-1, 1] to [0, 1] (Nichol & Dhariwal 2021, eq. 15).
     """
     if variance == "fixed-large":
-        log_var = extract(schedule.log_betas, t, like)
+        log_var = extract(schedule.fixed_large_log_variance, t, like)
     elif variance == "fixed-small":
         log_var = extract(schedule.posterior_log_variance_clipped, t, like)
     elif variance == "learned-range":

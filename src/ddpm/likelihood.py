@@ -7,6 +7,8 @@
 
 Units: every per-image value returned here is a mean over the image's dimensions divided by log 2, i.e.
 bits per dimension, as improved-diffusion reports them; ``t`` tensors are 0-based (index 0 is L_0's t = 1).
+With fixed-large variance the decoder's variance is beta~_2, not beta_1, as in Ho et al.'s code
+(:func:`ddpm.diffusion.model_variance`), so L_0 and the total compare with their published bits/dim.
 Data ``x0`` are 8-bit images mapped to [-1, 1] (``ddpm.data.to_model_range``): the 256 levels k / 127.5 - 1.
 """
 from __future__ import annotations

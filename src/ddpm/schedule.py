@@ -89,7 +89,10 @@ class Schedule:
       posterior_log_variance_clipped  log beta~_t with beta~_1 (= 0) replaced by beta~_2, as improved-diffusion does
       posterior_mean_coef1  sqrt(abar_{t-1}) beta_t / (1 - abar_t)   (multiplies x0)   [eq. 7]
       posterior_mean_coef2  sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t)  (multiplies x_t)  [eq. 7]
-      log_betas        log beta_t (the "fixed-large" log-variance)
+      log_betas        log beta_t
+      fixed_large_log_variance  log beta_t, with beta~_2 at t = 1: the "fixed-large" log-variance as Ho et al.'s
+                       code and improved-diffusion define it (only the decoder L_0 sees the change: Algorithm 2
+                       adds no noise at t = 1)
       eps_coef, sqrt_recip_alphas  beta_t / sqrt(1 - abar_t) and 1 / sqrt(alpha_t), the coefficients of eq. 11
     """
 
@@ -116,6 +119,7 @@ class Schedule:
         self.posterior_mean_coef1 = betas * self.alpha_bars_prev.sqrt() / (1.0 - self.alpha_bars)
         self.posterior_mean_coef2 = (1.0 - self.alpha_bars_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bars)
         self.log_betas = betas.log()
+        self.fixed_large_log_variance = torch.cat([self.posterior_log_variance_clipped[:1], self.log_betas[1:]])
         self.eps_coef = betas / self.sqrt_one_minus_alpha_bars    # eq. 11: beta_t / sqrt(1 - abar_t)
         self.sqrt_recip_alphas = 1.0 / self.alphas.sqrt()           # eq. 11: 1 / sqrt(alpha_t)
 
