@@ -218,7 +218,14 @@ def test_bad_data_files_are_refused_before_training(tmp_path, capsys):
     (corrupt / "a.png").write_bytes(b"not a png")
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((3, 4), dtype=np.uint8))
-    for src, needle in ((empty, "empty"), (corrupt, "a.png"), (wrong, "wrong.npy")):
+    good = tmp_path / "good.npz"
+    np.savez(good, images=np.zeros((10, 8, 8), dtype=np.uint8))
+    cut = tmp_path / "cut.npz"  # the first half of a good .npz: not a zip file any more
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "text.npy"
+    text.write_text("not an array\n")
+    for src, needle in ((empty, "empty"), (corrupt, "a.png"), (wrong, "wrong.npy"), (cut, "cut.npz"),
+                        (text, "not a NumPy array file")):
         assert main(["train", "--data", str(src), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1, err
@@ -282,3 +289,57 @@ def test_eval_quality_of_an_image_folder_writes_beside_it(tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == [f"{i}.png" for i in range(4)]  # nothing added
     saved = json.loads((tmp_path / "mine_eval" / "quality.json").read_text())
     assert saved["n"] == 4 and "mine_eval" in capsys.readouterr().out
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(run, tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setattr(sys.modules["ddpm.generate"], "generate", lambda *a, **k: pytest.fail("sampled before check"))
+    monkeypatch.setattr(sys.modules["ddpm.evaluate"], "run_nll", lambda *a, **k: pytest.fail("evaluated before check"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for argv in (["sample", str(run), "-n", "2"], ["eval", "nll", str(run), "-n", "2"],
+                 ["eval", "quality", str(run), "--steps", "2"], ["study", "noise", str(run), "-n", "2"]):
+        assert main([*argv, "--no-progress", "--out", str(a_file / "sub")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()  # a note may come first, then the one error line
+        assert err[-1].startswith("error: --out ") and "cannot write there" in err[-1]
+        assert sum(line.startswith("error") for line in err) == 1 and not (a_file / "sub").exists()
+
+
+def test_resampling_a_folder_drops_the_quality_report_of_the_old_samples(run, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
+    (out / "quality.json").write_text("{}")  # as `ddpm eval quality s/samples.npz` leaves it
+    (out / "notes.txt").write_text("mine")
+    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "3", "--no-progress", "--out", str(out)]) == 0
+    assert not (out / "quality.json").exists() and (out / "notes.txt").read_text() == "mine"
+    assert "step_0000003" in capsys.readouterr().out  # says which checkpoint it sampled
+
+
+def test_ctrl_c_says_what_is_left_to_resume(tmp_path, capsys, monkeypatch):
+    import sys
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    run_dir = tmp_path / "r"
+    assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "2"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys.modules["ddpm.train"], "train", interrupted)
+    assert main(["train", "--resume", str(run_dir), "--steps", "4"]) == 130
+    err = capsys.readouterr().err
+    assert "step_0000002 is intact" in err and f"ddpm train --resume {run_dir}" in err
+    assert main(["train", *TINY, "--run-dir", str(tmp_path / "fresh"), "--steps", "2"]) == 130
+    assert "before the first checkpoint; nothing to resume" in capsys.readouterr().err
+    import sys
+    monkeypatch.setattr(sys.modules["ddpm.generate"], "generate", interrupted)
+    assert main(["sample", str(run_dir), "-n", "1", "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_resume_says_where_it_goes_on_and_when_there_is_nothing_to_do(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "already at step 2 of 2; nothing to train" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "--steps", "3"]) == 0
+    assert f"resuming {run_dir} from step 2 of 3" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -188,8 +189,9 @@ RESUME_FLAGS = ("resume", "steps", "device", "no_progress")
 
 
 def _check_resume_flags(args, saved: dict) -> None:
-    """Refuse flags a resume would ignore and a --steps the run has already reached; say when --steps stretches a
-    cosine learning-rate schedule (it is a function of the total steps, so the rate at the current step moves)."""
+    """Refuse flags a resume would ignore and a --steps the run has already reached; say when there is nothing
+    left to train, and when --steps stretches a cosine learning-rate schedule (it is a function of the total
+    steps, so the rate at the current step moves)."""
     from .checkpoint import CheckpointError, latest_checkpoint
 
     defaults = vars(build_parser().parse_args(["train"]))
@@ -198,14 +200,18 @@ def _check_resume_flags(args, saved: dict) -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
         raise _UserError(f"{flags}: --resume continues {args.resume} with the settings in its config.json and takes "
                          "only --steps, --device and --no-progress; drop the others or start a new run")
-    if args.steps is None:
-        return
     try:
         done = int(latest_checkpoint(args.resume).name[5:])
     except (CheckpointError, ValueError):
         return  # the trainer says what is wrong with the folder
-    if args.steps <= done:
+    if args.steps is not None and args.steps <= done:
         raise _UserError(f"--steps {args.steps}: {args.resume} is already at step {done}; pass a larger total")
+    if args.steps is None:
+        total = saved.get("steps")
+        if isinstance(total, int) and done >= total and os.environ.get("RANK", "0") == "0":
+            print(f"note: {args.resume} is already at step {done} of {total}; nothing to train (pass --steps N "
+                  f"above {done} to go further)", file=sys.stderr)
+        return
     if saved.get("lr_schedule") == "cosine" and args.steps != saved.get("steps"):
         from .train import lr_at
         lr, warm = saved.get("lr", 0.0), saved.get("warmup_steps", 0)
@@ -219,6 +225,22 @@ def refuse_file_as_folder(path, flag: str) -> None:
     """Refuse an output folder argument that names an existing file, before any work."""
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise _UserError(f"{flag} {path}: is a file; pass a folder")
+
+
+def check_out_dir(path, flag: str = "--out") -> Path:
+    """Make sure the output folder ``path`` can be written before any work: create it (with its parents) and a
+    scratch file in it.  A file in the way, no permission or a read-only disk is one line naming ``flag``."""
+    refuse_file_as_folder(path, flag)
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as e:
+        raise _UserError(f"{flag} {path}: cannot write there ({e.strerror or e}); "
+                         "pass a folder you can write to") from None
+    return path
 
 
 def _add_sample(sub):
@@ -255,7 +277,7 @@ def _add_sample(sub):
 
 
 def _run_sample(args) -> int:
-    from .generate import load_run, sample
+    from .generate import default_samples_dir, load_run, sample
     from .samplers import steps_or_default
 
     if not 0.0 <= args.eta <= 1.0:
@@ -275,7 +297,7 @@ def _run_sample(args) -> int:
                          "runs all T of them; add --steps or drop --spacing")
     if args.chain > args.num:
         raise _UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
-    refuse_file_as_folder(args.out, "--out")
+    refuse_file_as_folder(args.out, "--out")  # before loading the run; check_out_dir below tries a write
     steps = steps_or_default(args.sampler, args.steps)
     run = load_run(args.run, which=args.weights, device=args.device)
     trained, mc = run.config.variance, run.config.model
@@ -283,12 +305,13 @@ def _run_sample(args) -> int:
         raise _UserError(f"{args.run}: a network trained with --variance {trained} cannot be sampled with "
                          f"--variance {args.variance} (learned-range needs the variance outputs); drop --variance")
     check_steps(steps, run, given=args.steps is not None)
-    out = sample(run, args.num, args.out, individual=not args.no_individual, chain_samples=args.chain,
+    out = check_out_dir(args.out or default_samples_dir(run, args.sampler))
+    out = sample(run, args.num, out, individual=not args.no_individual, chain_samples=args.chain,
                  seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
                  spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
                  cuda_graph=args.cuda_graph, precision=args.precision, progress=not args.no_progress)
-    print(f"samples written to {out} (grid.png, samples.npz{', images/' if not args.no_individual else ''}"
-          f"{', chain.png, chain.gif' if args.chain else ''})")
+    print(f"samples of {run.checkpoint} ({args.weights} weights) written to {out} (grid.png, samples.npz"
+          f"{', images/' if not args.no_individual else ''}{', chain.png, chain.gif' if args.chain else ''})")
     return 0
 
 
@@ -354,11 +377,23 @@ def main(argv=None) -> int:
         print(f"error: {where}{e.strerror or e}; files written before are intact", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; the latest checkpoint is intact (resume with ddpm train --resume RUN_DIR)",
-              file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = shown_as
+
+
+def _interrupted_message(args) -> str:
+    """What Ctrl-C leaves behind: for training, the checkpoint to resume from (or that there is none yet)."""
+    if args.command != "train":
+        return "interrupted"
+    from .checkpoint import complete_checkpoints
+    run_dir = args.resume or args.run_dir
+    done = complete_checkpoints(Path(run_dir))
+    if not done:
+        return (f"interrupted before the first checkpoint; nothing to resume: run the same command again to start "
+                f"over in {run_dir}")
+    return f"interrupted; {done[0]} is intact; resume with: ddpm train --resume {run_dir}"
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

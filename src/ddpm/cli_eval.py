@@ -113,11 +113,24 @@ def _user_error(msg):
     return _UserError(msg)
 
 
-def _images_from(args, native: bool = False):
-    """uint8 (N, C, H, W) images: drawn from a run folder, or read from saved samples; plus where to write.
-    Saved samples become grey 32x32 digits for the classifier, or keep their own shape with ``native``."""
+def _is_run(src: Path) -> bool:
+    return src.is_dir() and (src / "config.json").is_file()
+
+
+def _default_out(src: Path) -> Path:
+    """Where a metric of ``src`` goes by default: RUN/eval for a run, the folder of a samples file, and beside a
+    folder of images (FOLDER_eval), so that the folder keeps only its images."""
+    if _is_run(src):
+        return src / "eval"
+    return src.with_name(src.name + "_eval") if src.is_dir() else src.parent
+
+
+def _images_from(args, native: bool = False, ready=lambda: None):
+    """uint8 (N, C, H, W) images: drawn from a run folder, or read from saved samples.  Saved samples become
+    grey 32x32 digits for the classifier, or keep their own shape with ``native``.  ``ready()`` is called once
+    the request has passed every check, before the sampling (the output folder's check goes there)."""
     src = Path(args.source)
-    if src.is_dir() and (src / "config.json").is_file():
+    if _is_run(src):
         from .cli import check_steps
         from .generate import generate, load_run
         from .samplers import steps_or_default
@@ -126,9 +139,9 @@ def _images_from(args, native: bool = False):
         check_steps(steps, run, given=args.steps is not None)
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
-        images = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
-                          steps=steps, progress=not args.no_progress)
-        return images, src / "eval"
+        ready()
+        return generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                        steps=steps, progress=not args.no_progress)
     if src.exists():
         from .data import native_shape
         from .evaluate import load_samples
@@ -138,8 +151,8 @@ def _images_from(args, native: bool = False):
         images = load_samples(src, None, None) if native else load_samples(src)
         if len(images) < 2:
             raise _user_error(f"{src}: holds {len(images)} image; the metrics need at least 2")
-        # a samples file's results go beside it; a folder's beside the folder, so that it holds only images
-        return images, (src.with_name(src.name + "_eval") if src.is_dir() else src.parent)
+        ready()
+        return images
     raise _user_error(f"{src}: no such run folder or samples file")
 
 
@@ -149,7 +162,7 @@ def _note_not_digits(what: str) -> None:
 
 
 def _run_nll(args) -> int:
-    from .cli import refuse_file_as_folder
+    from .cli import check_out_dir, refuse_file_as_folder
     from .data import EMBEDDED, DataConfig, load_images
     from .evaluate import nll_summary, run_nll
     from .generate import load_run
@@ -174,9 +187,9 @@ def _run_nll(args) -> int:
     x0 = load_images(dcfg)
     if args.num is not None:
         x0 = x0[: args.num]
-    out = Path(args.out) if args.out else Path(args.run) / "eval"
     if len(x0) == 0:
         raise _user_error(f"{args.run}: the {args.split} split is empty")
+    out = check_out_dir(args.out or Path(args.run) / "eval")
 
     def f(x, t):  # full precision: the bound's smallest terms need it
         return run.model(x, t).float()
@@ -189,12 +202,11 @@ def _run_nll(args) -> int:
 
 
 def _run_quality(args) -> int:
-    from .cli import refuse_file_as_folder
+    from .cli import check_out_dir
     from .evaluate import quality_summary, run_quality
 
-    refuse_file_as_folder(args.out, "--out")
-    images, default_out = _images_from(args)
-    out = Path(args.out) if args.out else default_out
+    out = Path(args.out or _default_out(Path(args.source)))
+    images = _images_from(args, ready=lambda: check_out_dir(out))
     result = run_quality(images, out)
     print(quality_summary(result))
     print(f"written: {out / 'quality.json'}")
@@ -208,7 +220,7 @@ def _run_fid(args) -> int:
         check_fid_available(args.ref)  # before drawing any sample
     except FidUnavailable as e:
         raise _user_error(str(e)) from None
-    images, _ = _images_from(args, native=True)
+    images = _images_from(args, native=True)
     try:
         result = run_fid(images, args.ref)
     except FidUnavailable as e:
@@ -218,7 +230,7 @@ def _run_fid(args) -> int:
 
 
 def _run_noise_study(args) -> int:
-    from .cli import refuse_file_as_folder
+    from .cli import check_out_dir, refuse_file_as_folder
     from .generate import load_run
     from .study import measures_quality, noise_study
 
@@ -227,7 +239,10 @@ def _run_noise_study(args) -> int:
     if args.num < 2 and not args.no_quality and measures_quality(run.config):
         raise _user_error(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
                           "or --no-quality")
-    out = Path(args.out) if args.out else Path(args.run) / "study"
+    if not args.no_quality and not measures_quality(run.config):
+        print(f"note: {args.run} was not trained on the grey 32x32 embedded digits, so the study measures pixel "
+              "variance only, not the classifier FD", file=sys.stderr)
+    out = check_out_dir(args.out or Path(args.run) / "study")
     results = noise_study(run, out, n=args.num, seed=args.seed, batch_size=args.batch_size,
                           quality=not args.no_quality, progress=not args.no_progress)
     print(f"{'variant':<24} {'pixel var':>10} {'classifier FD':>14}")

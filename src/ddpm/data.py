@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -331,8 +332,10 @@ def _read_array(path: Path, header_only: bool = False):
     """The image array of a .npy/.npz file; with ``header_only`` just its shape, without reading the data."""
     try:
         loaded = np.load(path, allow_pickle=False, mmap_mode="r" if header_only else None)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: cannot read this array file ({type(e).__name__}: {e}); "
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = ("not a NumPy array file, or one holding Python objects" if "pickle" in str(e)
+               else f"{type(e).__name__}: {e}")
+        raise DataError(f"{path}: cannot read this array file ({why}); "
                         "save it with numpy.save / numpy.savez of a plain numeric array") from e
     if isinstance(loaded, np.ndarray):
         return loaded.shape if header_only else loaded
@@ -352,8 +355,9 @@ def _read_array(path: Path, header_only: bool = False):
                     if read_header is not None:
                         return read_header(f)[0]
             return loaded[key].shape if header_only else loaded[key]
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read array {key!r} ({e}); save a plain numeric array") from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: cannot read array {key!r} ({type(e).__name__}: {e}); the file is damaged or "
+                            "not a plain numeric array; save it again with numpy.savez") from e
 
 
 def _array_to_uint8(a: np.ndarray, path: Path) -> np.ndarray:

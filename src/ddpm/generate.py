@@ -135,22 +135,27 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     return (images, chain) if chain_samples > 0 else images
 
 
+def default_samples_dir(run: LoadedRun, sampler: str) -> Path:
+    """Where :func:`sample` writes by default: ``RUN/samples/<sampler>`` of the run the checkpoint belongs to."""
+    return Path(run.checkpoint).parent.parent / "samples" / sampler
+
+
 def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = "auto", individual: bool = True,
            chain_samples: int = 0, **kw) -> Path:
     """Sample ``n`` images from a run folder and write ``grid.png``, ``samples.npz`` (uint8 N x H x W x C),
     one PNG per sample under ``images/``, and with ``chain_samples`` the chain strip PNG and GIF.
     Returns the output folder (default ``RUN/samples/<sampler>``).  What an earlier call wrote there (its
-    ``images/sample_*.png``, its chain) is replaced, so the folder never mixes two calls' samples; other files
-    are left alone."""
+    ``images/sample_*.png``, its chain, a ``quality.json`` of its samples) is replaced, so the folder never mixes
+    two calls' samples; other files are left alone."""
     from .images import save_chain_gif, save_chain_strip, save_grid, save_individual, save_npz
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which=which, device=device)
-    sampler = kw.get("sampler", "ddpm")
-    out = Path(out_dir) if out_dir else Path(loaded.checkpoint).parent.parent / "samples" / sampler
+    out = Path(out_dir) if out_dir else default_samples_dir(loaded, kw.get("sampler", "ddpm"))
     res = generate(loaded, n, chain_samples=chain_samples, **kw)
     images, chain = res if chain_samples > 0 else (res, None)
-    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-    for stale in [*(out / "images").glob("sample_*.png"), out / "chain.png", out / "chain.gif"]:
+    out.mkdir(parents=True, exist_ok=True)
+    # an earlier call's images, chain and quality report (of those images) would describe other samples
+    for stale in [*(out / "images").glob("sample_*.png"), out / "chain.png", out / "chain.gif", out / "quality.json"]:
         stale.unlink(missing_ok=True)
     save_grid(out / "grid.png", images)
     save_npz(out / "samples.npz", images)

@@ -267,6 +267,8 @@ class Trainer:
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{ck['path']}: optimizer state does not fit this model ({e})") from None
         self.step = int(tr["step"])
+        if self.world.is_main and self.step < self.config.steps:
+            print(f"resuming {self.run_dir} from step {self.step} of {self.config.steps}", file=sys.stderr, flush=True)
         world, seed = self.world, self.config.seed
         data_state = tr["data"]
         if int(data_state.get("world_size", 1)) != world.world_size:
