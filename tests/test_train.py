@@ -410,3 +410,35 @@ def test_a_relative_data_path_is_saved_absolute_and_outputs_must_be_folders(tmp_
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "afile: is a file; pass a folder" in err and len(err.splitlines()) == 1
+
+
+def test_a_second_training_in_a_busy_run_folder_is_refused(tmp_path, capsys):
+    """A resume started while the run still trains would interleave metrics and checkpoints: refused, and the
+    folder is free again once the first training ends (or its process dies: the lock is the process's)."""
+    import subprocess
+    import sys
+    import textwrap
+    pytest.importorskip("fcntl")
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, 2) == 0
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, time
+        f = open({str(run_dir / '.lock')!r}, "a+")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run_dir), "--steps", "4"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"another training is running in this folder (pid {holder.pid})" in err and len(err.splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    rows_before = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows_before] == [1, 2]  # the refused resume touched nothing
+    assert main(["train", "--resume", str(run_dir), "--steps", "4"]) == 0  # the holder is gone, and its lock
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]

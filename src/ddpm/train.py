@@ -18,6 +18,7 @@ import copy
 import functools
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -136,6 +137,8 @@ class Trainer:
             raise CheckpointError(f"{self.run_dir}: already holds a run; resume it (ddpm train --resume "
                                   f"{self.run_dir}) or pick another run folder")
         self.world = world if world is not None else distributed.setup(config.device)
+        # a second training in an existing folder (a resume while the first still runs) is refused here
+        self._lock = _lock_run_dir(self.run_dir) if self.world.is_main and self.run_dir.is_dir() else None
         self.device = self.world.device
         self.schedule = make_schedule(config.schedule)
         # refuse bad input before any work: data, image size vs the U-Net's downsampling
@@ -411,6 +414,7 @@ class Trainer:
         metrics, bar = None, None
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = self._lock or _lock_run_dir(self.run_dir)
             write_json_atomic(self.run_dir / "config.json", self.config_record())
             metrics = (self.run_dir / "metrics.jsonl").open("a")
         if main and cfg.progress:
@@ -458,7 +462,35 @@ class Trainer:
                 bar.close()
             if metrics is not None:
                 metrics.close()
+            if self._lock is not None:
+                self._lock.close()  # releases the lock
+                self._lock = None
         return self.run_dir
+
+
+def _lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on ``RUN/.lock`` while this process trains there, so that a second training in the
+    same folder is refused instead of interleaving its metrics and checkpoints with the first's.  The lock dies
+    with the process, so a killed run never leaves the folder locked.  None where there is no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return None
+    f = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise CheckpointError(f"{run_dir}: another training is running in this folder"
+                              f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end, or stop it "
+                              "and resume") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
