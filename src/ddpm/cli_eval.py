@@ -52,10 +52,11 @@ def register(sub) -> None:
     nll.add_argument("--batch-size", type=at_least(1), default=250,
                      help="images per forward pass (default: %(default)s)")
     nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
-    nll.add_argument("--weights", choices=["ema", "model"], default="ema")
+    nll.add_argument("--weights", choices=["ema", "model"], default="ema",
+                     help="the EMA weights or the raw trained ones (default: ema)")
     nll.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
-    nll.add_argument("--device", default="auto")
-    nll.add_argument("--no-progress", action="store_true")
+    nll.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    nll.add_argument("--no-progress", action="store_true", help="no progress bar")
     nll.set_defaults(func=_run_nll)
 
     qual = evsub.add_parser("quality", help="classifier Frechet distance, KID and class histogram (digits)",
@@ -72,7 +73,7 @@ def register(sub) -> None:
 
     fid = evsub.add_parser("fid", help="standard Inception FID through torch-fidelity (optional extra)",
                            description="Inception FID through torch-fidelity (pip install 'ddpm[fid]'), with the "
-                                       "Inception weights on disk.",
+                                       "Inception weights on disk.  Prints the FID; writes no file.",
                            epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     fid.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
     fid.add_argument("--ref", required=True, help="real images: a folder, .npy/.npz, or 'digits' (test split)")
@@ -86,12 +87,12 @@ def register(sub) -> None:
                              epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     noise.add_argument("run", help="run folder")
     noise.add_argument("-n", "--num", type=at_least(1), default=64, help="samples per variant (default: %(default)s)")
-    noise.add_argument("--seed", type=int, default=0)
-    noise.add_argument("--batch-size", type=at_least(1), default=64)
+    noise.add_argument("--seed", type=int, default=0, help="base seed of x_T and of every z (default: 0)")
+    noise.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: 64)")
     noise.add_argument("--no-quality", action="store_true", help="skip the classifier FD")
     noise.add_argument("--out", default=None, help="output folder (default: RUN/study)")
-    noise.add_argument("--device", default="auto")
-    noise.add_argument("--no-progress", action="store_true")
+    noise.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    noise.add_argument("--no-progress", action="store_true", help="no progress bar")
     noise.set_defaults(func=_run_noise_study)
 
 
@@ -103,9 +104,10 @@ def _add_sampling_flags(p, default_n):
     p.add_argument("--steps", type=at_least(1), default=None,
                    help="sampler steps (default: all T for ddpm, 50 otherwise)")
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
-    p.add_argument("--batch-size", type=at_least(1), default=250)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=at_least(1), default=250,
+                   help="samples per batch when drawing from a run (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _user_error(msg):
