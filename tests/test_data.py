@@ -123,7 +123,8 @@ def test_folder_loading_png_jpeg_nested_rgb_to_l(tmp_path):
     _write(tmp_path / "c.bmp", np.full((8, 8), 7, np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / ".hidden.png").write_bytes(b"junk")
-    x = load_images(DataConfig(source=str(tmp_path), image_size=8, channels=1))
+    with pytest.warns(UserWarning, match="2 of 3 images are in colour and were converted to grey"):
+        x = load_images(DataConfig(source=str(tmp_path), image_size=8, channels=1))
     assert x.shape == (3, 1, 8, 8)
     # sorted relative paths: b.png, c.bmp, sub/deeper/a.JPG
     assert x[0].unique().tolist() == [76]   # Pillow's L = 299/1000 R

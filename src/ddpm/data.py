@@ -310,19 +310,23 @@ def _load_folder(folder: Path, config: DataConfig, progress: bool = False) -> np
     mode = "L" if config.channels == 1 else "RGB"
     s = config.image_size
     out = np.empty((len(paths), config.channels, s, s), dtype=np.uint8)
-    enlarged = 0
+    enlarged = made_grey = 0
     shown = tqdm(paths, desc=f"loading {folder}", unit="image", leave=False, disable=not progress or len(paths) < 1000)
     for i, p in enumerate(shown):
         try:
             with Image.open(p) as img:
                 img.load()
                 enlarged += min(img.size) < s
+                made_grey += mode == "L" and img.mode in ("RGB", "RGBA", "CMYK", "YCbCr")
                 out[i] = _pil_to_chw(_fit_pil(img, s, mode))
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             reason = str(e).splitlines()[0] if str(e) else "corrupt"
             raise DataError(f"{p}: cannot read this image ({type(e).__name__}: {reason}); "
                             "delete or replace the file") from e
     _note_enlarged(folder, enlarged, len(paths), s)
+    if made_grey:  # a folder mixing grey and colour takes its channel count from its first image
+        warnings.warn(f"{folder}: {made_grey} of {len(paths)} images are in colour and were converted to grey "
+                      "(channels 1); pass --channels 3 to keep the colour", stacklevel=2)
     return out
 
 
