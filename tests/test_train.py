@@ -214,7 +214,7 @@ def test_ema_tracks_weights(tmp_path):
 
 def test_preset_that_cannot_take_the_image_size_is_refused_with_a_hint(tmp_path, capsys):
     # the tiny preset attends at 4x4, which a 2-level network on 32x32 digits never reaches
-    rc = main(["train", "--preset", "tiny", "--image-size", "32", "--run-dir", str(tmp_path / "run"), "--steps", "1"])
+    rc = main(["train", "--preset", "tiny", "--run-dir", str(tmp_path / "run"), "--steps", "1"])
     err = capsys.readouterr().err
     assert rc != 0
     assert "made for 8x8 images does not fit 32x32 data" in err and "choose another image size" in err

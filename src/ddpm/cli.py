@@ -52,7 +52,7 @@ def _add_train(sub):
                    "(default: %(default)s)")
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
                    help="U-Net: digits (1.1M parameters, 32x32 grey), cifar10 (the paper's 35.7M, 32x32 colour), tiny "
-                        "(8x8, for tests) (default: %(default)s)")
+                        "(for tests on 8x8 images: add --image-size 8) (default: %(default)s)")
     p.add_argument("--base-channels", type=at_least(1), default=None,
                    help="override the preset's width at full resolution")
     p.add_argument("--channel-mult", type=int_list, default=None, metavar="M1,M2,...",
@@ -66,7 +66,7 @@ def _add_train(sub):
     p.add_argument("--split", default="train", choices=["train", "test", "all"],
                    help="split of the embedded datasets to train on (default: %(default)s)")
     p.add_argument("--image-size", type=at_least(1), default=None,
-                   help="side of the square images (default: the preset's: 32, or 8 for tiny)")
+                   help="side of the square images (default: 32)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None,
                    help="1 (grey) or 3 (RGB) (default: what --data holds; 1 for the embedded digits)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
@@ -127,9 +127,9 @@ def _train_config_from_args(args):
     if channels is None:  # colour data trains in colour unless told otherwise
         on_disk = source not in EMBEDDED and Path(source).exists()
         channels = native_shape(source)[0] if on_disk else defaults.data.channels
-    model = preset(args.preset)
-    data = DataConfig(source=source, image_size=args.image_size or model.image_size,  # the preset's own size
+    data = DataConfig(source=source, image_size=args.image_size or defaults.data.image_size,
                       channels=channels, split=args.split, hflip=args.hflip)
+    model = preset(args.preset)
     if model_over:  # checked at the data's image size, where the network will run
         model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
                                       "in_channels": data.channels})
