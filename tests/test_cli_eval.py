@@ -74,7 +74,7 @@ def test_eval_fid_checks_what_it_needs_before_drawing_samples(run, tmp_path, cap
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--data", "MISSING_DIR"], "MISSING_DIR"),
     (["train", "--image-size", "30"], "30"),
-    (["train", "--ema-decay", "1.5"], "ema_decay must lie in [0, 1]"),
+    (["train", "--ema-decay", "1.5"], "error: --ema-decay must lie in [0, 1]"),
     (["train", "--schedule", "cosine", "--beta-end", "0.01"], "the cosine one has no such ends"),
     (["sample", "MISSING_RUN"], "MISSING_RUN"),
     (["sample", "MISSING_RUN", "--cuda-graph", "--device", "cpu"], "--cuda-graph"),

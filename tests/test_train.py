@@ -234,7 +234,7 @@ def test_network_shape_flags_override_the_preset_at_the_data_size(tmp_path, caps
     # a size the network never reaches is refused before anything is written, naming the sizes it has
     rc = main(["train", "--attention-resolutions", "5", "--run-dir", str(tmp_path / "run"), "--steps", "1"])
     err = capsys.readouterr().err
-    assert rc != 0 and "attention_resolutions [5]" in err and "(32, 16, 8, 4)" in err
+    assert rc != 0 and "--attention-resolutions [5]" in err and "(32, 16, 8, 4)" in err
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--channel-mult", "1,two"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -180,7 +181,7 @@ def _run_train(args) -> int:
         out = train(config, resume=True)
     else:
         refuse_file_as_folder(args.run_dir, "--run-dir")
-        config = _checked(lambda: _train_config_from_args(args), "arguments")
+        config = _checked(lambda: _train_config_from_args(args), None, flags=vars(args))
         out = train(config)  # refuses a folder that already holds checkpoints
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
         print(f"run saved in {out}")
@@ -331,12 +332,17 @@ def check_steps(steps: int | None, run, given: bool = True) -> None:
         raise _UserError(f"--steps must lie in [1, {T}] (the run's T), {what}")
 
 
-def _checked(build, where):
-    """Run a config constructor, turning its validation errors into one-line user errors."""
+def _checked(build, where, flags=()):
+    """Run a config constructor, turning its validation errors into one-line user errors.  Config field names in
+    the message that are also command-line ``flags`` (an argparse namespace's keys) are shown as the flags."""
     try:
         return build()
     except (TypeError, ValueError) as e:
-        raise _UserError(f"{where}: {e}") from None
+        message = str(e)
+        for name in sorted(flags, key=len, reverse=True):
+            if "_" in name or name in ("lr", "steps", "seed"):
+                message = re.sub(rf"(?<![\w-]){name}(?!\w)", "--" + name.replace("_", "-"), message)
+        raise _UserError(f"{where}: {message}" if where else message) from None
 
 
 class _Parser(argparse.ArgumentParser):
