@@ -342,7 +342,7 @@ def test_resume_says_where_it_goes_on_and_when_there_is_nothing_to_do(tmp_path, 
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert "already at step 2 of 2; nothing to train" in capsys.readouterr().err
     assert main(["train", "--resume", str(run_dir), "--steps", "3"]) == 0
-    assert f"resuming {run_dir} from step 2 of 3" in capsys.readouterr().err
+    assert f"resuming {run_dir} from step 2 of 3" in capsys.readouterr().out
 
 
 def test_flag_errors_are_one_line(capsys):

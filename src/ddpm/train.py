@@ -271,7 +271,7 @@ class Trainer:
             raise CheckpointError(f"{ck['path']}: optimizer state does not fit this model ({e})") from None
         self.step = int(tr["step"])
         if self.world.is_main and self.step < self.config.steps:
-            print(f"resuming {self.run_dir} from step {self.step} of {self.config.steps}", file=sys.stderr, flush=True)
+            print(f"resuming {self.run_dir} from step {self.step} of {self.config.steps}", flush=True)
         world, seed = self.world, self.config.seed
         data_state = tr["data"]
         if int(data_state.get("world_size", 1)) != world.world_size:
@@ -417,6 +417,12 @@ class Trainer:
             self._lock = self._lock or _lock_run_dir(self.run_dir)
             write_json_atomic(self.run_dir / "config.json", self.config_record())
             metrics = (self.run_dir / "metrics.jsonl").open("a")
+        if main and self.step < cfg.steps:
+            how = ", ".join(["bf16 autocast" if self.use_bf16 else "fp32"]
+                            + (["channels_last"] if self._want("channels_last") else [])
+                            + (["compiled"] if self.forward is not self._eager else []))
+            print(f"training {self.run_dir}: steps {self.step + 1}-{cfg.steps}, {self.global_batch_size} images a "
+                  f"step from {self.num_images} ({cfg.data.source}), {self.device} ({how})", flush=True)
         if main and cfg.progress:
             from tqdm.auto import tqdm
             desc = "training" if not world.enabled else \
