@@ -151,6 +151,9 @@ def test_eval_nll_of_a_folder_run_needs_held_out_images(tmp_path, capsys):
                  "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
     assert "on 4 images: " in out and "held.npy, all split" in out
+    # without --out, another source's bound gets a folder of its own beside the run's own eval/nll.json
+    assert main(["eval", "nll", str(run), "--no-progress", "--quick", "2", "--data", str(tmp_path / "held.npy")]) == 0
+    assert (run / "eval" / "data_held" / "nll.json").is_file() and not (run / "eval" / "nll.json").exists()
 
 
 def test_study_noise_needs_two_samples_only_where_it_measures_fd(run, tmp_path):

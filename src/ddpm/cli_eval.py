@@ -54,7 +54,7 @@ def register(sub) -> None:
     nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
     nll.add_argument("--weights", choices=["ema", "model"], default="ema",
                      help="the EMA weights or the raw trained ones (default: ema)")
-    nll.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
+    nll.add_argument("--out", default=None, help="output folder (default: RUN/eval; RUN/eval/data_NAME with --data)")
     nll.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     nll.add_argument("--no-progress", action="store_true", help="no progress bar")
     nll.set_defaults(func=_run_nll)
@@ -191,7 +191,9 @@ def _run_nll(args) -> int:
         x0 = x0[: args.num]
     if len(x0) == 0:
         raise _user_error(f"{args.run}: the {args.split} split is empty")
-    out = check_out_dir(args.out or Path(args.run) / "eval")
+    # another data source's bound goes to a folder of its own, so it never replaces the run's own
+    default_out = Path(args.run) / "eval" / ("" if args.data is None else f"data_{Path(args.data).stem}")
+    out = check_out_dir(args.out or default_out)
 
     def f(x, t):  # full precision: the bound's smallest terms need it
         return run.model(x, t).float()
