@@ -8,7 +8,7 @@ import torch
 from ddpm import evaluate as E
 from ddpm import quality as Q
 from ddpm.data import to_model_range
-from ddpm.likelihood import calc_bpd_full
+from ddpm.likelihood import calc_bpd_full, calc_bpd_quick
 from ddpm.schedule import Schedule, linear_betas
 
 SCHED = Schedule(linear_betas(20, 1e-3, 0.4))
@@ -45,6 +45,16 @@ def test_run_nll_quick(tmp_path):
     res = E.run_nll(eps_model, SCHED, _images(), tmp_path, quick_k=5, seed=1)
     assert res["mode"] == "quick" and res["strata"][0] == 1 and res["strata"][-1] == 20
     assert res["bpd"] == pytest.approx(res["decoder_bpd"] + res["kl_bpd"] + res["prior_bpd"], rel=1e-10)
+    # the same seed gives the same draws; the per-image standard errors pool as variances: the root mean square
+    # sqrt(mean_i se_i^2), the typical per-image Monte Carlo error (sqrt(mean se_i^2 / N) is that of the mean bpd)
+    ref = calc_bpd_quick(eps_model, SCHED, to_model_range(_images()), 5, generator=torch.Generator().manual_seed(1),
+                         variance="fixed-large", spacing="log", batch_size=64)
+    se = ref.stderr.tolist()
+    rms = math.sqrt(sum(v * v for v in se) / len(se))
+    assert res["per_image_bpd"] == pytest.approx(ref.total_bpd.tolist(), rel=1e-12)
+    assert res["per_image_stderr_mean"] == pytest.approx(rms, rel=1e-12)
+    assert rms - sum(se) / len(se) > 1e-3 * rms                  # the images' errors differ: RMS > plain mean
+    assert res["bpd_stderr"] == pytest.approx(ref.total_bpd.std().item() / math.sqrt(6))
     assert json.loads((tmp_path / "nll.json").read_text())["k"] == 5
     assert (tmp_path / "nll_terms.png").is_file() and "strata" in E.nll_summary(res)
 

@@ -180,9 +180,14 @@ def _exact_reverse_var(i):
     return SCHED_G.posterior_variance[i].item() + SCHED_G.posterior_mean_coef1[i].item() ** 2 * _var_x0_given_xt(i)
 
 
+def _beta_tilde_2():
+    """beta~_2 = (1 - abar_1) / (1 - abar_2) beta_2 (eq. 7 at t = 2)."""
+    return (1 - _abar(0)) / (1 - _abar(1)) * SCHED_G.betas[1].item()
+
+
 def _sigma2(i, variance):
-    if variance == "fixed-large":
-        return SCHED_G.betas[i].item()
+    if variance == "fixed-large":   # beta_t, but beta~_2 for the decoder at t = 1, as in Ho et al.'s code
+        return _beta_tilde_2() if i == 0 else SCHED_G.betas[i].item()
     if variance == "fixed-small":
         return SCHED_G.posterior_log_variance_clipped[i].exp().item()
     return _exact_reverse_var(i)
@@ -321,6 +326,70 @@ def test_quick_standard_error_is_calibrated_on_one_image():
     assert 0.9 * spread < reported < 4 * spread
     closed = expected_terms(_r(x0), "fixed-large").sum().item() + prior_bpd(SCHED_G, x0).item()
     assert abs(quick.total_bpd.mean().item() - closed) < 3 * spread / 16 + 1e-3
+
+
+def _kl_of_equal_means_bits(i):
+    """L_{t-1} (0-based i = t - 1 >= 1) when mu_theta = mu~: KL(N(mu, beta~_t) || N(mu, beta_t)) =
+    1/2 (log(beta_t / beta~_t) + beta~_t / beta_t - 1) nats, with beta_t = 1 - abar_t / abar_{t-1} and
+    beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t (eq. 7), in bits."""
+    a, ap = _abar(i), _abar(i - 1)
+    beta = 1 - a / ap
+    beta_tilde = (1 - ap) / (1 - a) * beta
+    return 0.5 * (math.log(beta / beta_tilde) + beta_tilde / beta - 1) / LN2
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+def test_quick_standard_error_formula_on_known_terms(k):
+    """A predictor that knows x0 (eps = the noise actually drawn) makes mu_theta = mu~ (eq. 11 against eq. 7), so
+    with fixed-large variance each KL term is a function of t alone (:func:`_kl_of_equal_means_bits`).  Then the
+    quick estimate is prior + L_0 + sum_h Y_h with Y_h = n_h L(t_h) at the drawn t_h, and its variance the
+    successive-difference estimator k / (2 (k - 1)) sum_{h=1}^{k-1} (Y_{h+1} - Y_h)^2 (Cochran 1977, collapsed
+    strata), written out here: the factor is 1 for k = 2, 3/4 for k = 3, 5/9 for k = 10.  The float32 cast of the
+    predictor's output leaves a mean mismatch worth < 1e-14 bits (measured): atol 1e-12, rtol 1e-6."""
+    x0, g = gaussian_images(5, seed=5, shape=(1, 4, 4))
+
+    def oracle(x_t, t):
+        a = SCHED_G.alpha_bars[t].view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    quick = calc_bpd_quick(oracle, SCHED_G, x0, k, generator=g, variance="fixed-large")
+    L = torch.tensor([[_kl_of_equal_means_bits(i) for i in row] for row in quick.t.tolist()], dtype=torch.float64)
+    assert torch.allclose(quick.terms, L, rtol=1e-6, atol=1e-12)
+    sizes = (strata(T_G, k)[1:] - strata(T_G, k)[:-1]).double()
+    Y = L * sizes
+    var = torch.stack([k / (2 * (k - 1)) * sum((row[h + 1] - row[h]) ** 2 for h in range(k - 1)) for row in Y])
+    assert torch.allclose(quick.stderr, var.sqrt(), rtol=1e-6)
+    assert torch.allclose(quick.total_bpd, quick.prior_bpd + quick.decoder_bpd + Y.sum(1), rtol=1e-9)
+    assert quick.stderr.std() > 0.01 * quick.stderr.mean()          # the draws differ between images
+    if k == 2:
+        one = calc_bpd_quick(oracle, SCHED_G, x0, 1, generator=g, variance="fixed-large")
+        assert one.stderr.isnan().all()                              # one stratum: no variance estimate
+
+
+@pytest.mark.parametrize("variance", ["fixed-large", "fixed-small"])
+def test_decoder_variance_is_beta_tilde_2_for_both_fixed_variances(variance):
+    """L_0 = -log p(x_0 | x_1), eq. 13.  At t = 1, abar_0 = 1 makes eq. 7's coefficients 1 and 0, so mu_theta =
+    x0_pred = (x_1 - sqrt(1 - abar_1) eps) / sqrt(abar_1); Ho et al.'s code gives the decoder the variance
+    beta~_2 (eq. 7 at t = 2) for both fixed choices, not beta_1 (here 7.5e-4 against 1e-3).  Interior levels,
+    each bin's mass Phi((x + 1/255 - mu) / sigma) - Phi((x - 1/255 - mu) / sigma) written out in float64 (masses
+    ~0.1: no cancellation), so the library's log-space evaluation must agree to 1e-9."""
+    g = torch.Generator().manual_seed(7)
+    x0 = GRID[torch.randint(40, 216, (3, 1, 4, 4), generator=g)]
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    a1 = _abar(0)
+    x1 = math.sqrt(a1) * x0 + math.sqrt(1 - a1) * noise
+    eps = noise + 0.3 * torch.randn(x0.shape, generator=g, dtype=torch.float64)   # an imperfect predictor
+    mu = (x1 - math.sqrt(1 - a1) * eps) / math.sqrt(a1)
+
+    def l0_bits(var):
+        sd = math.sqrt(var)
+        mass = torch.special.ndtr((x0 + BIN / 2 - mu) / sd) - torch.special.ndtr((x0 - BIN / 2 - mu) / sd)
+        return -mass.log().flatten(1).mean(1) / LN2
+
+    got = vlb_terms(SCHED_G, eps, x0, x1, torch.zeros(3, dtype=torch.long), variance)
+    want = l0_bits(_beta_tilde_2())
+    assert torch.allclose(got, want, rtol=1e-9, atol=0)
+    assert (l0_bits(SCHED_G.betas[0].item()) - want).abs().min() > 0.01    # beta_1 would be told apart
 
 
 # ---------------------------------------------------------------------------------------------- training losses

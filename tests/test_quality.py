@@ -66,6 +66,35 @@ def test_fd_of_sample_features():
     assert Q.fd_from_features(f, f + shift) == pytest.approx((shift ** 2).sum().item(), rel=1e-8)
 
 
+def test_feature_stats_match_numpy():
+    """The mean and the unbiased (n - 1) sample covariance, as numpy.mean and numpy.cov (ddof = 1) compute them;
+    small n, so dividing by n instead would be off by a factor 7/8 = 0.875."""
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(8, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64) + 2
+    mu, cov = Q.feature_stats(f)
+    assert np.allclose(mu.numpy(), f.numpy().mean(0), rtol=1e-13, atol=0)
+    assert np.allclose(cov.numpy(), np.cov(f.numpy(), rowvar=False), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError):
+        Q.feature_stats(f[:1])
+
+
+def test_fd_from_features_with_different_covariances_closed_form():
+    """Two small 2-d samples (n = 6 and 11) of different shapes: their np.cov covariances S1, S2 do not commute,
+    and the 2x2 identity Tr sqrt(M) = sqrt(Tr M + 2 sqrt(det M)) for M = S1 S2 (real, non-negative eigenvalues)
+    gives FD = |mu1 - mu2|^2 + Tr S1 + Tr S2 - 2 sqrt(Tr M + 2 sqrt(det M))."""
+    g = torch.Generator().manual_seed(6)
+    mix = torch.tensor([[1.0, 0.6], [0.0, 0.5]], dtype=torch.float64)
+    f1 = torch.randn(6, 2, generator=g, dtype=torch.float64) @ mix
+    f2 = torch.randn(11, 2, generator=g, dtype=torch.float64) * torch.tensor([0.3, 1.4], dtype=torch.float64) + 0.7
+    a, b = f1.numpy(), f2.numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    m = s1 @ s2
+    tr_sqrt = math.sqrt(np.trace(m) + 2 * math.sqrt(np.linalg.det(m)))
+    closed = float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+    assert Q.fd_from_features(f1, f2) == pytest.approx(closed, rel=1e-10)
+    assert Q.fd_from_features(f2, f1) == pytest.approx(closed, rel=1e-10)
+
+
 # ---------------------------------------------------------------------------------------------- KID
 
 def test_mmd2_unbiased_matches_a_direct_double_loop():
