@@ -353,3 +353,17 @@ def test_flag_errors_are_one_line(capsys):
         main(["train", "--steps", "-5"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err == "error: argument --steps: must be >= 1, got -5 (see ddpm train --help)"
+
+
+def test_sampling_a_run_with_a_damaged_newest_checkpoint_names_the_older_one(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "2", "--checkpoint-every", "1"]) == 0
+    newest = run_dir / "checkpoints" / "step_0000002" / "ema.safetensors"
+    newest.write_bytes(newest.read_bytes()[:40])
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "-n", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "step_0000002" in err and "the older" in err and "step_0000001 may be intact" in err
+    assert len(err.splitlines()) == 1
+    assert main(["sample", str(run_dir / "checkpoints" / "step_0000001"), "-n", "1", "--no-progress",
+                 "--out", str(tmp_path / "s")]) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, mismatch_summary
+from .checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, mismatch_summary
 from .config import TrainConfig
 from .data import to_uint8
 from .distributed import resolve_device
@@ -37,7 +37,13 @@ def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
     """Build the network of a run (or checkpoint) folder from its saved config and load ``ema`` or ``model`` weights."""
     if which not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {which!r}")
-    ck = load_checkpoint(path, with_trainer_state=False)
+    try:
+        ck = load_checkpoint(path, with_trainer_state=False)
+    except CheckpointError as e:  # a damaged newest checkpoint: name the next one rather than pick it silently
+        older = complete_checkpoints(Path(path))[1:2] if Path(path).is_dir() else []
+        if older:
+            raise CheckpointError(f"{e}; the older {older[0]} may be intact: pass that folder instead") from None
+        raise
     try:
         config = TrainConfig.from_dict(ck["config"])
     except (TypeError, ValueError) as e:
