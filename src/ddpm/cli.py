@@ -182,6 +182,9 @@ def _run_train(args) -> int:
     else:
         refuse_file_as_folder(args.run_dir, "--run-dir")
         config = _checked(lambda: _train_config_from_args(args), None, flags=vars(args))
+        if args.warmup_steps is not None and config.warmup_steps >= config.steps:
+            warnings.warn(f"--warmup-steps {config.warmup_steps} is not below --steps {config.steps}: the learning "
+                          f"rate never reaches --lr {config.lr:g}")
         out = train(config)  # refuses a folder that already holds checkpoints
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
         print(f"run saved in {out}")
