@@ -369,6 +369,6 @@ def test_sampling_a_run_with_a_damaged_newest_checkpoint_names_the_older_one(tmp
                  "--out", str(tmp_path / "s")]) == 0
 
 
-def test_a_warm_up_as_long_as_the_run_is_pointed_out(tmp_path, capsys):
-    assert main(["train", *TINY, "--run-dir", str(tmp_path / "r"), "--steps", "2", "--warmup-steps", "2"]) == 0
-    assert "warning: --warmup-steps 2 is not below --steps 2: the learning rate never reaches" in capsys.readouterr().err
+def test_a_warm_up_as_long_as_the_run_is_pointed_out(tmp_path):
+    with pytest.warns(UserWarning, match="--warmup-steps 2 is not below --steps 2: the learning rate never reaches"):
+        assert main(["train", *TINY, "--run-dir", str(tmp_path / "r"), "--steps", "2", "--warmup-steps", "2"]) == 0
