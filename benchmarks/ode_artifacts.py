@@ -99,8 +99,10 @@ def _fd_row(name: str, images: torch.Tensor, args, previous: list[dict]) -> dict
     first = fd(images, floor=not previous)
     keep = previous[0]["clean"] if previous else frame_stats(images, args.frame)[1] <= args.speckle_threshold
     dark = torch.where(images < args.dark, torch.zeros_like(images), images)
-    return {"samples": name, "fd": first["fd"], "fd_dark": fd(dark)["fd"], "fd_clean": fd(images[keep])["fd"],
-            "clean": keep, "clean_n": int(keep.sum()),
+    n_clean = int(keep.sum())  # FD needs 2 images: with fewer clean seeds the column is left empty (nan)
+    fd_clean = fd(images[keep])["fd"] if n_clean >= 2 else float("nan")
+    return {"samples": name, "fd": first["fd"], "fd_dark": fd(dark)["fd"], "fd_clean": fd_clean,
+            "clean": keep, "clean_n": n_clean,
             "floor": first["floor"]["fd"] if "floor" in first else previous[0]["floor"]}
 
 

@@ -19,7 +19,7 @@ TRAIN_EXAMPLES = """examples:
   ddpm train --data path/to/images --image-size 64 --channels 3 --preset cifar10 --hflip
   ddpm train --data faces.npz --loss hybrid --variance learned-range
   ddpm train --preset tiny --attention-resolutions 16 --base-channels 8  # the tiny net, reshaped for 32x32
-  ddpm train --resume runs/digits --steps 8000  # continue a run exactly where it stopped
+  ddpm train --resume runs/digits --steps 8000  # go on from the last checkpoint (cosine decay now ends at 8000)
   torchrun --standalone --nproc_per_node=8 -m ddpm train --batch-size 16   # 8 GPUs, global batch 128
 """
 
@@ -77,7 +77,8 @@ def _add_train(sub):
     p.add_argument("--grad-accum", type=at_least(1), default=None, help="micro-batches per step (default: 1)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="AdamW peak learning rate (default: 1e-3 for the digits preset, else 2e-4)")
-    p.add_argument("--warmup-steps", type=at_least(0), default=None, help="linear learning-rate warm-up")
+    p.add_argument("--warmup-steps", type=at_least(0), default=None,
+                   help="steps of linear learning-rate warm-up (default: 100)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                    help="after warm-up: constant, or cosine decay to 0 at --steps "
                         "(default: cosine for the digits preset, else constant)")
