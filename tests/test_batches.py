@@ -1,5 +1,6 @@
 """Minibatches: every example once per epoch, exact resume, flips, rank shards, the dataset held on the device."""
 import json
+import math
 
 import pytest
 import torch
@@ -112,3 +113,62 @@ def test_dataset_held_on_the_device_when_asked_or_when_it_fits():
     assert Batches(_toy(12), 4, seed=3).images.device.type == "cpu"
     assert not fits_on_device(10, torch.device("cpu"))
     assert fits_on_device(10, torch.device("meta")) and not fits_on_device(2 << 30, torch.device("meta"))
+
+
+def test_batches_apply_each_positions_flip_coin_on_every_rank():
+    """Rank r's (order, flips) are positions r, r + W, ... of the one-rank (order, flips) of the same seed and epoch,
+    and every delivered image is images[order[k]] mirrored exactly when flips[k] (checked over two epochs)."""
+    n, W = 24, 3
+    imgs = (torch.arange(n, dtype=torch.uint8) * 10).reshape(n, 1, 1, 1) + torch.tensor([0, 1, 2], dtype=torch.uint8)
+    one = Batches(imgs, 2, seed=4, hflip=True)
+    for r in range(W):
+        b = Batches(imgs, 2, seed=4, hflip=True, rank=r, world_size=W)
+        for epoch in (0, 1):
+            ref_order, ref_flips = one.epoch_order(epoch)
+            order, flips = b.epoch_order(epoch)
+            assert order.tolist() == ref_order[r::W].tolist() and flips.tolist() == ref_flips[r::W].tolist()
+            got = torch.cat([to_uint8(next(b)) for _ in range(len(b))])
+            want = torch.stack([imgs[i].flip(-1) if f else imgs[i] for i, f in zip(order.tolist(), flips.tolist())])
+            assert torch.equal(got, want)
+            assert 0 < int(flips.sum()) < len(flips)  # both cases occur
+
+
+def test_batches_hflip_is_a_fair_coin():
+    """Each image is mirrored with probability 1/2: over n = 4000 images the fraction has binomial SE
+    sqrt(0.25 / n) = 0.0079; tolerance 5 SE (a coin of 0.4 or 0.6 would sit 12 SE away)."""
+    n = 4000
+    imgs = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).repeat(n, 1, 1, 1)
+    x = to_uint8(next(Batches(imgs, n, seed=1, hflip=True)))
+    mirrored = (x[:, 0, 0, 0] == 255).double().mean().item()
+    assert abs(mirrored - 0.5) < 5 * math.sqrt(0.25 / n)
+
+
+def test_shards_stay_equal_when_the_dataset_does_not_divide_by_the_world_size():
+    """13 images on 2 ranks: the permutation is cut to 12, so both ranks have 6 positions and, without drop_last,
+    the same batch sizes (4 then 2) and the same number of batches; the 13th position goes unused this epoch."""
+    n = 13
+    order, _ = Batches(_toy(n), 4, seed=2, drop_last=False).epoch_order(0)
+    seen = []
+    for r in (0, 1):
+        b = Batches(_toy(n), 4, seed=2, rank=r, world_size=2, drop_last=False)
+        sizes = [len(_ids(next(b))) for _ in range(len(b))]
+        assert len(b) == 2 and sizes == [4, 2]
+        b = Batches(_toy(n), 4, seed=2, rank=r, world_size=2, drop_last=False)
+        ids = [i for _ in range(len(b)) for i in _ids(next(b))]
+        assert ids == order[r:12:2].tolist()
+        seen += ids
+    assert sorted(seen) == sorted(order[:12].tolist())
+
+
+def test_loading_a_state_discards_the_epoch_order_cached_under_another_seed():
+    """A Batches that already built epoch 0 for its own seed must, after load_state_dict of a state with another
+    seed and epoch 0, deliver that seed's batches (the order is a function of (seed, epoch) alone)."""
+    imgs = torch.randint(0, 256, (12, 1, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ref = Batches(imgs, 3, seed=11, hflip=True)
+    expected = [next(ref) for _ in range(4)]
+    state = Batches(imgs, 3, seed=11, hflip=True).state_dict()
+    other = Batches(imgs, 3, seed=12, hflip=True)
+    next(other)  # caches epoch 0 of seed 12
+    other.load_state_dict(state)
+    for k in range(4):
+        assert torch.equal(next(other), expected[k])

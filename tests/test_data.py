@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -78,6 +79,18 @@ def test_sklearn_digits_split_and_scale():
     assert load_images(DataConfig(source="sklearn-digits", image_size=16)).shape == (len(tr), 1, 16, 16)
 
 
+def test_sklearn_digits_are_scaled_from_0_16_to_0_255_pixel_by_pixel():
+    """scikit-learn's values v in 0..16 become round(v * 255 / 16): 0 -> 0, 8 -> 128 (127.5 rounds to even), 16 -> 255;
+    split "all" keeps the file order, so it equals the scaled raw images."""
+    from sklearn.datasets import load_digits
+    raw = load_digits().images
+    assert set(np.unique(raw).tolist()) <= set(range(17))
+    table = np.array([int(np.rint(v * 255 / 16)) for v in range(17)], dtype=np.uint8)
+    assert table[[0, 1, 8, 15, 16]].tolist() == [0, 16, 128, 239, 255]
+    x, _ = sklearn_digits_split("all")
+    assert np.array_equal(x[:, 0].numpy(), table[raw.astype(np.int64)])
+
+
 # ------------------------------------------------------------------------------------------------ scaling
 
 def test_scaling_round_trip_exact_and_range():
@@ -146,6 +159,30 @@ def test_folder_resize_short_side_and_centre_crop(tmp_path):
     assert x.min() == 255  # the crop keeps exactly the white middle
     y = load_images(DataConfig(source=str(tmp_path), image_size=5))
     assert y.shape == (1, 1, 5, 5) and y.float().mean() > 200
+
+
+def test_folder_tall_image_is_centre_cropped_vertically(tmp_path):
+    """10 wide x 20 high: top quarter black, middle half white, bottom quarter black; the short side (10) stays and
+    the centre crop keeps rows 5..14, exactly the white band."""
+    a = np.zeros((20, 10), np.uint8)
+    a[5:15, :] = 255
+    _write(tmp_path / "tall.png", a)
+    x = load_images(DataConfig(source=str(tmp_path), image_size=10))
+    assert x.shape == (1, 1, 10, 10) and x.min() == 255
+
+
+def test_resize_filters_lanczos_to_shrink_and_bicubic_to_enlarge(tmp_path):
+    """Shrinking uses Pillow's Lanczos filter (anti-aliased), enlarging bicubic: a random 12x12 image loaded at 6 and
+    at 24 equals Pillow's own resize with those filters (and differs from the other filter)."""
+    a = np.random.default_rng(3).integers(0, 256, (12, 12), dtype=np.uint8)
+    _write(tmp_path / "a.png", a)
+    for size, right, wrong in ((6, Image.Resampling.LANCZOS, Image.Resampling.BICUBIC),
+                               (24, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*1 of 1 images are smaller", UserWarning)  # the 24 case
+            got = load_images(DataConfig(source=str(tmp_path), image_size=size))[0, 0].numpy()
+        assert np.array_equal(got, np.asarray(Image.fromarray(a).resize((size, size), resample=right)))
+        assert not np.array_equal(got, np.asarray(Image.fromarray(a).resize((size, size), resample=wrong)))
 
 
 def test_folder_errors_name_the_path(tmp_path):

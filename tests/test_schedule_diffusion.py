@@ -202,3 +202,43 @@ def test_schedules_that_destroy_x0_completely_are_refused():
         ScheduleConfig(kind="cosine", max_beta=1.0)
     with pytest.raises(ValueError, match="cosine_s"):
         ScheduleConfig(kind="cosine", cosine_s=-0.1)
+
+
+def _cosine_betas_by_hand(T, s, cap):
+    """Nichol & Dhariwal 2021, eq. 17: abar(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) * pi/2), and
+    beta_t = min(cap, 1 - abar(t)/abar(t-1)) for t = 1..T, in python floats."""
+    f = [math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2 for t in range(T + 1)]
+    return [min(cap, 1 - (f[t] / f[0]) / (f[t - 1] / f[0])) for t in range(1, T + 1)]
+
+
+def test_cosine_schedule_defaults_are_the_papers_s_and_cap():
+    """The cosine schedule as configured by default, and cosine_betas' own defaults: s = 0.008 and beta capped at
+    0.999 (Nichol & Dhariwal 2021, Sec. 3.2).  abar_t of the built schedule equals f(t)/f(0) until the cap bites."""
+    T = 1000
+    want = torch.tensor(_cosine_betas_by_hand(T, 0.008, 0.999), dtype=torch.float64)
+    s = make_schedule(ScheduleConfig(kind="cosine"))
+    assert torch.allclose(s.betas, want, rtol=1e-10, atol=0)
+    assert torch.allclose(cosine_betas(T), want, rtol=1e-10, atol=0)
+    assert s.betas[-1].item() == 0.999 and s.betas[-2].item() < 0.999   # only beta_T is capped
+    f = lambda t: math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert s.alpha_bars[T // 2 - 1].item() == pytest.approx(f(T // 2) / f(0), rel=1e-10)
+    # the offset matters where it was meant to: beta_1 = 1 - f(1)/f(0) ~ 4e-5, far below s = 0.08's ~ 4e-4
+    assert s.betas[0].item() == pytest.approx(1 - f(1) / f(0), rel=1e-10) and s.betas[0].item() < 5e-5
+
+
+def test_cosine_schedule_takes_its_configured_offset_and_cap():
+    """Non-default s and max_beta reach cosine_betas through the config; a low cap clips every beta above it."""
+    T, s_, cap = 50, 0.02, 0.2
+    want = torch.tensor(_cosine_betas_by_hand(T, s_, cap), dtype=torch.float64)
+    got = make_schedule(ScheduleConfig(kind="cosine", num_timesteps=T, cosine_s=s_, max_beta=cap)).betas
+    assert torch.allclose(got, want, rtol=1e-10, atol=0)
+    assert torch.allclose(cosine_betas(T, s_, cap), want, rtol=1e-10, atol=0)
+    assert (got == cap).sum().item() >= 3 and got[0].item() < cap          # the cap really clips several
+
+
+def test_linear_schedule_takes_its_configured_ends():
+    """beta_i = beta_1 + (beta_T - beta_1) (i - 1) / (T - 1), written out for a non-default config."""
+    T, b1, bT = 11, 1e-3, 0.051
+    got = make_schedule(ScheduleConfig(num_timesteps=T, beta_start=b1, beta_end=bT)).betas
+    assert got.tolist() == pytest.approx([b1 + (bT - b1) * i / (T - 1) for i in range(T)], rel=1e-12)
+    assert got[0].item() == pytest.approx(b1, rel=1e-15) and got[-1].item() == pytest.approx(bT, rel=1e-15)

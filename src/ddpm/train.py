@@ -455,14 +455,15 @@ class Trainer:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{row['img_per_s']:.0f}")
                     loss_sum.zero_()
                     n_logged, t_last, img_last = 0, time.perf_counter(), 0
+                # img/s counts training time only: the clock of the current interval skips previews and saves
+                paused = time.perf_counter()
                 if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     if cfg.preview_samples:  # 0: no preview grids, only the loss curve
                         write_preview(self)
                     plot_loss_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
-                    t_last = time.perf_counter()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
-                    t_last = time.perf_counter()
+                t_last += time.perf_counter() - paused
         finally:
             if bar is not None:
                 bar.close()
