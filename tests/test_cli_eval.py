@@ -311,11 +311,34 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(run,
 def test_resampling_a_folder_drops_the_quality_report_of_the_old_samples(run, tmp_path, capsys):
     out = tmp_path / "s"
     assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
-    (out / "quality.json").write_text("{}")  # as `ddpm eval quality s/samples.npz` leaves it
+    assert main(["eval", "quality", str(out / "samples.npz")]) == 0
+    assert (out / "samples_quality.json").is_file()
     (out / "notes.txt").write_text("mine")
     assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "3", "--no-progress", "--out", str(out)]) == 0
-    assert not (out / "quality.json").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "samples_quality.json").exists() and (out / "notes.txt").read_text() == "mine"
     assert "step_0000003" in capsys.readouterr().out  # says which checkpoint it sampled
+
+
+def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
+    from ddpm.generate import generate, load_run
+    out = tmp_path / "s"
+    assert main(["sample", str(run), "-n", "3", "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--seed", "7",
+                 "--weights", "model", "--no-progress", "--out", str(out)]) == 0
+    rec = json.loads((out / "samples.json").read_text())
+    assert rec["checkpoint"].endswith("step_0000003") and rec["weights"] == "model" and rec["n"] == 3
+    assert {k: rec[k] for k in ("sampler", "steps", "eta", "seed", "spacing", "variance")} == {
+        "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform", "variance": "fixed-large"}
+    settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n")}
+    again = generate(load_run(rec["checkpoint"], which=rec["weights"]), rec["n"], progress=False, **settings)
+    assert np.array_equal(again.permute(0, 2, 3, 1).numpy(), np.load(out / "samples.npz")["images"])
+
+
+def test_eval_quality_of_two_samples_files_in_one_folder_keeps_two_reports(tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", images=rng.integers(0, 256, (4, 32, 32), dtype=np.uint8))
+        assert main(["eval", "quality", str(tmp_path / f"{name}.npz")]) == 0
+    assert (tmp_path / "a_quality.json").is_file() and (tmp_path / "b_quality.json").is_file()
 
 
 def test_ctrl_c_says_what_is_left_to_resume(tmp_path, capsys, monkeypatch):

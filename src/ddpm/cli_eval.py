@@ -209,11 +209,14 @@ def _run_quality(args) -> int:
     from .cli import check_out_dir
     from .evaluate import quality_summary, run_quality
 
-    out = Path(args.out or _default_out(Path(args.source)))
+    src = Path(args.source)
+    out = Path(args.out or _default_out(src))
     images = _images_from(args, ready=lambda: check_out_dir(out))
-    result = run_quality(images, out)
+    # one report per samples file, so that two files in one folder keep their own (samples_quality.json, ...)
+    name = f"{src.stem}_quality.json" if src.is_file() else "quality.json"
+    result = run_quality(images, out, name=name)
     print(quality_summary(result))
-    print(f"written: {out / 'quality.json'}")
+    print(f"written: {out / name}")
     return 0
 
 

@@ -117,12 +117,12 @@ def nll_summary(result: dict) -> str:
 
 def run_quality(images_uint8, out_dir, *, reference="test", cache=None, recipe: ClassifierRecipe = ClassifierRecipe(),
                 kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0, floor: bool = True,
-                classifier=None) -> dict:
+                classifier=None, name: str = "quality.json") -> dict:
     """Classifier FD, KID and class histogram of generated digits (:func:`ddpm.quality.quality_report`);
-    writes ``quality.json`` into ``out_dir`` and returns the dict."""
+    writes it as ``name`` (default ``quality.json``) into ``out_dir`` and returns the dict."""
     report = quality_report(images_uint8, reference, classifier=classifier, cache=cache, recipe=recipe,
                             kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed, floor=floor)
-    write_json_atomic(Path(out_dir) / "quality.json", report)
+    write_json_atomic(Path(out_dir) / name, report)
     return report
 
 

@@ -15,7 +15,8 @@ from .checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, 
 from .config import TrainConfig
 from .data import to_uint8
 from .distributed import resolve_device
-from .samplers import PerSampleNoise
+from .atomic import write_json_atomic
+from .samplers import DEFAULT_SPACING, PerSampleNoise, steps_or_default
 from .samplers import sample as run_sampler
 from .schedule import Schedule, make_schedule
 from .train import autocast_dtype
@@ -31,6 +32,7 @@ class LoadedRun:
     config: TrainConfig
     checkpoint: Path
     device: torch.device
+    weights: str = "ema"
 
 
 def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
@@ -55,7 +57,7 @@ def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
     except RuntimeError as e:
         raise CheckpointError(f"{ck['path']}: weights do not fit the saved config ({mismatch_summary(e)})") from None
     model = model.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
-    return LoadedRun(model, make_schedule(config.schedule), config, ck["path"], dev)
+    return LoadedRun(model, make_schedule(config.schedule), config, ck["path"], dev, which)
 
 
 #: 2^32 / golden ratio, odd: spreads consecutive base seeds evenly over the 32-bit seed space
@@ -141,6 +143,24 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     return (images, chain) if chain_samples > 0 else images
 
 
+#: the keyword arguments of :func:`generate` that decide which images come out
+SAMPLING_SETTINGS = ("seed", "sampler", "steps", "eta", "spacing", "variance", "clip_denoised", "precision")
+
+
+def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
+    """What ``samples.json`` says of a :func:`sample` call: the checkpoint and weights, ``n``, and every setting
+    that decides the images (defaults filled in), so that the samples can be drawn again."""
+    settings = {k: kw[k] for k in SAMPLING_SETTINGS if k in kw}
+    sampler = settings.setdefault("sampler", "ddpm")
+    steps = steps_or_default(sampler, settings.get("steps"))
+    settings["steps"] = run.schedule.num_timesteps if steps is None else steps
+    settings.setdefault("seed", 0)
+    settings.setdefault("eta", 0.0)
+    settings["spacing"] = settings.get("spacing") or DEFAULT_SPACING[sampler]
+    settings["variance"] = settings.get("variance") or run.config.variance
+    return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "n": n, **settings}
+
+
 def default_samples_dir(run: LoadedRun, sampler: str) -> Path:
     """Where :func:`sample` writes by default: ``RUN/samples/<sampler>`` of the run the checkpoint belongs to."""
     return Path(run.checkpoint).parent.parent / "samples" / sampler
@@ -151,8 +171,8 @@ def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = 
     """Sample ``n`` images from a run folder and write ``grid.png``, ``samples.npz`` (uint8 N x H x W x C),
     one PNG per sample under ``images/``, and with ``chain_samples`` the chain strip PNG and GIF.
     Returns the output folder (default ``RUN/samples/<sampler>``).  What an earlier call wrote there (its
-    ``images/sample_*.png``, its chain, a ``quality.json`` of its samples) is replaced, so the folder never mixes
-    two calls' samples; other files are left alone."""
+    ``images/sample_*.png``, its chain, a ``samples_quality.json`` of its samples) is replaced, so the folder never
+    mixes two calls' samples; other files are left alone.  ``samples.json`` records the checkpoint and settings."""
     from .images import save_chain_gif, save_chain_strip, save_grid, save_individual, save_npz
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which=which, device=device)
@@ -161,8 +181,10 @@ def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = 
     images, chain = res if chain_samples > 0 else (res, None)
     out.mkdir(parents=True, exist_ok=True)
     # an earlier call's images, chain and quality report (of those images) would describe other samples
-    for stale in [*(out / "images").glob("sample_*.png"), out / "chain.png", out / "chain.gif", out / "quality.json"]:
+    for stale in [*(out / "images").glob("sample_*.png"), out / "chain.png", out / "chain.gif",
+                  out / "samples_quality.json"]:
         stale.unlink(missing_ok=True)
+    write_json_atomic(out / "samples.json", sampling_record(loaded, n, kw))
     save_grid(out / "grid.png", images)
     save_npz(out / "samples.npz", images)
     if individual:
