@@ -328,7 +328,8 @@ def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
     assert rec["checkpoint"].endswith("step_0000003") and rec["weights"] == "model" and rec["n"] == 3
     assert {k: rec[k] for k in ("sampler", "steps", "eta", "seed", "spacing", "variance")} == {
         "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform", "variance": "fixed-large"}
-    settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n")}
+    assert rec["device"] == "cpu" and rec["precision"] == "fp32"  # "auto", as resolved on this device
+    settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n", "device")}
     again = generate(load_run(rec["checkpoint"], which=rec["weights"]), rec["n"], progress=False, **settings)
     assert np.array_equal(again.permute(0, 2, 3, 1).numpy(), np.load(out / "samples.npz")["images"])
 
@@ -395,3 +396,14 @@ def test_sampling_a_run_with_a_damaged_newest_checkpoint_names_the_older_one(tmp
 def test_a_warm_up_as_long_as_the_run_is_pointed_out(tmp_path):
     with pytest.warns(UserWarning, match="--warmup-steps 2 is not below --steps 2: the learning rate never reaches"):
         assert main(["train", *TINY, "--run-dir", str(tmp_path / "r"), "--steps", "2", "--warmup-steps", "2"]) == 0
+
+
+def test_eval_quality_of_the_current_folder_writes_beside_it(tmp_path, monkeypatch):
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32), 40 * i, dtype=np.uint8), mode="L").save(folder / f"{i}.png")
+    monkeypatch.chdir(folder)
+    assert main(["eval", "quality", "."]) == 0
+    assert (tmp_path / "imgs_eval" / "quality.json").is_file()

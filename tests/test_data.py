@@ -335,3 +335,19 @@ def test_native_shape_of_array_files_from_their_header(tmp_path, shape, expected
     # the shape comes from the header: the data itself is read once, later, by load_images
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda *a: pytest.fail("read the array"))
     assert data.native_shape(path) == expected
+
+
+def test_an_npz_member_without_the_npy_suffix_is_read(tmp_path):
+    """np.load accepts a zip member named plain ``images`` (other writers than numpy.savez); so does native_shape."""
+    import io
+    import zipfile
+    from ddpm import data
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((5, 8, 8, 3), np.uint8))
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as z:
+        z.writestr("images", buf.getvalue())
+    assert data.native_shape(tmp_path / "x.npz") == (3, 8)
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="holding Python objects"):
+        data.native_shape(obj)

@@ -442,3 +442,34 @@ def test_a_second_training_in_a_busy_run_folder_is_refused(tmp_path, capsys):
     assert [r["step"] for r in rows_before] == [1, 2]  # the refused resume touched nothing
     assert main(["train", "--resume", str(run_dir), "--steps", "4"]) == 0  # the holder is gone, and its lock
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_trainer_that_fails_to_start_leaves_the_folder_free(tmp_path, monkeypatch):
+    from ddpm.config import TrainConfig
+    from ddpm.data import DataError
+    from ddpm.train import Trainer
+    run = tmp_path / "run"
+    assert _train(run, 2) == 0
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    with pytest.raises(DataError):  # refused before the lock
+        Trainer(TrainConfig.from_dict({**cfg.to_dict(), "batch_size": 100000}), resume=True)
+    other = {**cfg.to_dict()["model"], "base_channels": 8}
+    with pytest.raises(CheckpointError, match="saved model config differs"):  # refused while holding it
+        Trainer(TrainConfig.from_dict({**cfg.to_dict(), "model": other}), resume=True)
+    built = Trainer(TrainConfig.from_dict({**cfg.to_dict(), "steps": 3}), resume=True)   # holds the folder
+    with pytest.raises(CheckpointError, match="an earlier Trainer in this process still holds this folder"):
+        Trainer(TrainConfig.from_dict({**cfg.to_dict(), "steps": 3}), resume=True)
+    built.close()
+    Trainer(TrainConfig.from_dict({**cfg.to_dict(), "steps": 3}), resume=True).run()
+    assert latest_checkpoint(run).name == "step_0000003"
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    import errno
+
+    def no_locks(*a):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock the run folder here"):
+        assert _train(tmp_path / "run", 2) == 0

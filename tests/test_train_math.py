@@ -253,7 +253,7 @@ def test_resume_restores_the_importance_sampler_history_and_random_streams(tmp_p
     assert torch.equal(again.vlb.importance.counts, tr.vlb.importance.counts)
     assert torch.equal(again.gen.get_state(), tr.gen.get_state())
     assert again.batches.state_dict() == tr.batches.state_dict()
-    again._lock.close()
+    again.close()
 
 
 # ------------------------------------------------------------------------------- L_hybrid and importance

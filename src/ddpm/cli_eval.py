@@ -122,6 +122,7 @@ def _is_run(src: Path) -> bool:
 def _default_out(src: Path) -> Path:
     """Where a metric of ``src`` goes by default: RUN/eval for a run, the folder of a samples file, and beside a
     folder of images (FOLDER_eval), so that the folder keeps only its images."""
+    src = src.absolute()  # "." has no name to put "_eval" after
     if _is_run(src):
         return src / "eval"
     return src.with_name(src.name + "_eval") if src.is_dir() else src.parent

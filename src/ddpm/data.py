@@ -337,8 +337,8 @@ def _read_array(path: Path, header_only: bool = False):
     try:
         loaded = np.load(path, allow_pickle=False, mmap_mode="r" if header_only else None)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        why = ("not a NumPy array file, or one holding Python objects" if "pickle" in str(e)
-               else f"{type(e).__name__}: {e}")
+        why = ("not a NumPy array file, or one holding Python objects"
+               if "pickle" in str(e) or "Python objects" in str(e) else f"{type(e).__name__}: {e}")
         raise DataError(f"{path}: cannot read this array file ({why}); "
                         "save it with numpy.save / numpy.savez of a plain numeric array") from e
     if isinstance(loaded, np.ndarray):
@@ -353,13 +353,14 @@ def _read_array(path: Path, header_only: bool = False):
                             f"{' or '.join(map(repr, _NPZ_KEYS))}; save the images under the key 'images'")
         try:
             if header_only:
-                with loaded.zip.open(f"{key}.npy") as f:
+                member = f"{key}.npy" if f"{key}.npy" in loaded.zip.namelist() else key
+                with loaded.zip.open(member) as f:
                     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                                    (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
                     if read_header is not None:
                         return read_header(f)[0]
             return loaded[key].shape if header_only else loaded[key]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             raise DataError(f"{path}: cannot read array {key!r} ({type(e).__name__}: {e}); the file is damaged or "
                             "not a plain numeric array; save it again with numpy.savez") from e
 

@@ -158,7 +158,11 @@ def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
     settings.setdefault("eta", 0.0)
     settings["spacing"] = settings.get("spacing") or DEFAULT_SPACING[sampler]
     settings["variance"] = settings.get("variance") or run.config.variance
-    return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "n": n, **settings}
+    # "auto" means bf16 on CUDA, and CUDA generators draw other noise than CPU ones: record what it was here
+    settings["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+        _autocast_dtype(run.device, settings.get("precision", "auto"))]
+    return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "device": run.device.type,
+            "n": n, **settings}
 
 
 def default_samples_dir(run: LoadedRun, sampler: str) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import json
 import math
@@ -137,8 +138,7 @@ class Trainer:
             raise CheckpointError(f"{self.run_dir}: already holds a run; resume it (ddpm train --resume "
                                   f"{self.run_dir}) or pick another run folder")
         self.world = world if world is not None else distributed.setup(config.device)
-        # a second training in an existing folder (a resume while the first still runs) is refused here
-        self._lock = _lock_run_dir(self.run_dir) if self.world.is_main and self.run_dir.is_dir() else None
+        self._lock = None
         self.device = self.world.device
         self.schedule = make_schedule(config.schedule)
         # refuse bad input before any work: data, image size vs the U-Net's downsampling
@@ -172,20 +172,34 @@ class Trainer:
             from .likelihood import TrainingVLB
             self.vlb = TrainingVLB(self.schedule, config.loss, config.variance, config.hybrid_lambda,
                                    config.importance_sampling)
-        if resume:
-            self._restore()
-        if self.world.is_main:
-            self._tidy_run_dir()
-        # wrap after restoring, so DDP's broadcast of rank 0's weights at construction changes nothing
-        self.ddp = None
-        if self.world.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+        # a second training in an existing folder (a resume while the first still runs) is refused here, before
+        # the folder is read or tidied; a fresh folder is locked when run() makes it
+        if self.world.is_main and self.run_dir.is_dir():
+            self._lock = _lock_run_dir(self.run_dir)
+        try:
+            if resume:
+                self._restore()
+            if self.world.is_main:
+                self._tidy_run_dir()
+            # wrap after restoring, so DDP's broadcast of rank 0's weights at construction changes nothing
+            self.ddp = None
+            if self.world.enabled:
+                from torch.nn.parallel import DistributedDataParallel
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.ddp = DistributedDataParallel(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+        except BaseException:
+            self.close()
+            raise
         self._eager = self.ddp if self.ddp is not None else self.model
         self.forward = torch.compile(self._eager) if self._want("compile") else self._eager
         # compile="auto" means "where it works": a first compiled call that fails falls back to eager
         self._compile_unproven = self.forward is not self._eager and config.compile == "auto"
+
+    def close(self) -> None:
+        """Release the run folder's lock (``run()`` does so when it ends); a later ``run()`` takes it again."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def global_batch_size(self) -> int:
@@ -469,9 +483,7 @@ class Trainer:
                 bar.close()
             if metrics is not None:
                 metrics.close()
-            if self._lock is not None:
-                self._lock.close()  # releases the lock
-                self._lock = None
+            self.close()
         return self.run_dir
 
 
@@ -486,10 +498,17 @@ def _lock_run_dir(run_dir: Path):
     f = open(run_dir / ".lock", "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         f.seek(0)
         holder = f.read().strip()
         f.close()
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # a file system without flock
+            warnings.warn(f"{run_dir}: cannot lock the run folder here ({e.strerror}); nothing stops a second "
+                          "training in it", stacklevel=2)
+            return None
+        if holder == str(os.getpid()):
+            raise CheckpointError(f"{run_dir}: an earlier Trainer in this process still holds this folder; call its "
+                                  "close() or let it go") from None
         raise CheckpointError(f"{run_dir}: another training is running in this folder"
                               f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end, or stop it "
                               "and resume") from None
