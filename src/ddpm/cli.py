@@ -9,7 +9,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .cli_args import at_least, int_list, positive_float
+from .cli_args import add_device_and_progress, at_least, int_list, positive_float
 
 __all__ = ["main", "build_parser"]
 
@@ -100,13 +100,12 @@ def _add_train(sub):
     p.add_argument("--checkpoint-every", type=at_least(1), default=None,
                    help="steps between checkpoints (default: 1000)")
     p.add_argument("--keep-checkpoints", type=at_least(1), default=None, help="checkpoints kept (default: 3)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    add_device_and_progress(p, device_default=None)  # None: a resume keeps the run's device unless told
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", type=_on_off, default=None,
                    help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
                         "fails to compile), on, off")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
 
@@ -274,13 +273,12 @@ def _add_sample(sub):
     p.add_argument("--chain", type=at_least(0), default=0, metavar="K",
                    help="also save the denoising chain of the first K samples (strip PNG + GIF)")
     p.add_argument("--no-individual", action="store_true", help="skip the one-PNG-per-sample folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    add_device_and_progress(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="network precision: auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 also on the CPU "
                         "(faster where it has native bf16) (default: auto)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay the network as a CUDA graph at every step (CUDA only; fewer kernel launches)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_sample)
 
 

@@ -38,3 +38,9 @@ def positive_float(value: str) -> float:
     if not x > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return x
+
+
+def add_device_and_progress(p: argparse.ArgumentParser, device_default: str | None = "auto") -> None:
+    """The --device and --no-progress flags every command shares."""
+    p.add_argument("--device", default=device_default, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")

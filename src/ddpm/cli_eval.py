@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_args import at_least
+from .cli_args import add_device_and_progress, at_least
 
 __all__ = ["register"]
 
@@ -55,8 +55,7 @@ def register(sub) -> None:
     nll.add_argument("--weights", choices=["ema", "model"], default="ema",
                      help="the EMA weights or the raw trained ones (default: ema)")
     nll.add_argument("--out", default=None, help="output folder (default: RUN/eval; RUN/eval/data_NAME with --data)")
-    nll.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
-    nll.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_and_progress(nll)
     nll.set_defaults(func=_run_nll)
 
     qual = evsub.add_parser("quality", help="classifier Frechet distance, KID and class histogram (digits)",
@@ -91,8 +90,7 @@ def register(sub) -> None:
     noise.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: 64)")
     noise.add_argument("--no-quality", action="store_true", help="skip the classifier FD")
     noise.add_argument("--out", default=None, help="output folder (default: RUN/study)")
-    noise.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
-    noise.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_and_progress(noise)
     noise.set_defaults(func=_run_noise_study)
 
 
@@ -106,8 +104,7 @@ def _add_sampling_flags(p, default_n):
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250,
                    help="samples per batch when drawing from a run (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_and_progress(p)
 
 
 def _user_error(msg):
