@@ -407,3 +407,14 @@ def test_eval_quality_of_the_current_folder_writes_beside_it(tmp_path, monkeypat
     monkeypatch.chdir(folder)
     assert main(["eval", "quality", "."]) == 0
     assert (tmp_path / "imgs_eval" / "quality.json").is_file()
+
+
+def test_study_noise_says_an_fd_from_few_samples_is_rough(run, tmp_path, capsys, monkeypatch):
+    import sys
+    study = sys.modules["ddpm.study"]
+    monkeypatch.setattr(study, "measures_quality", lambda cfg: True)   # as for a grey 32x32 digits run
+    monkeypatch.setattr(study, "noise_study", lambda *a, **k: {})      # the note comes before any sampling
+    assert main(["study", "noise", str(run), "-n", "8", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert "note: -n 8: an FD from so few samples per variant is rough" in capsys.readouterr().err
+    assert main(["study", "noise", str(run), "-n", "64", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert "rough" not in capsys.readouterr().err

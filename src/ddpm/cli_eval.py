@@ -244,6 +244,9 @@ def _run_noise_study(args) -> int:
     if args.num < 2 and not args.no_quality and measures_quality(run.config):
         raise _user_error(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
                           "or --no-quality")
+    if not args.no_quality and measures_quality(run.config) and args.num < 50:
+        print(f"note: -n {args.num}: an FD from so few samples per variant is rough; only large gaps between the "
+              "rows mean something (default: 64)", file=sys.stderr)
     if not args.no_quality and not measures_quality(run.config):
         print(f"note: {args.run} was not trained on the grey 32x32 embedded digits, so the study measures pixel "
               "variance only, not the classifier FD", file=sys.stderr)
