@@ -341,7 +341,9 @@ def _checked(build, where, flags=()):
         return build()
     except (TypeError, ValueError) as e:
         message = str(e)
-        for name in sorted(flags, key=len, reverse=True):
+        for name in sorted(flags, key=len, reverse=True):  # longest first: ema_decay before a shorter overlap
+            # two-word names are unambiguous; of the one-word flags only these appear as field names in messages
+            # (a plain word such as "data" or "loss" would be renamed inside ordinary prose)
             if "_" in name or name in ("lr", "steps", "seed"):
                 message = re.sub(rf"(?<![\w-]){name}(?!\w)", "--" + name.replace("_", "-"), message)
         raise _UserError(f"{where}: {message}" if where else message) from None

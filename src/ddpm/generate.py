@@ -6,16 +6,17 @@ from its own generator seeded with ``sample_seed(s, k)``, so it is the same imag
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .atomic import write_json_atomic
 from .checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, mismatch_summary
 from .config import TrainConfig
 from .data import to_uint8
 from .distributed import resolve_device
-from .atomic import write_json_atomic
 from .samplers import DEFAULT_SPACING, PerSampleNoise, steps_or_default
 from .samplers import sample as run_sampler
 from .schedule import Schedule, make_schedule
@@ -150,17 +151,16 @@ SAMPLING_SETTINGS = ("seed", "sampler", "steps", "eta", "spacing", "variance", "
 def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
     """What ``samples.json`` says of a :func:`sample` call: the checkpoint and weights, ``n``, and every setting
     that decides the images (defaults filled in), so that the samples can be drawn again."""
-    settings = {k: kw[k] for k in SAMPLING_SETTINGS if k in kw}
-    sampler = settings.setdefault("sampler", "ddpm")
+    defaults = {k: p.default for k, p in inspect.signature(generate).parameters.items() if k in SAMPLING_SETTINGS}
+    settings = {**defaults, **{k: kw[k] for k in SAMPLING_SETTINGS if k in kw}}
+    sampler = settings["sampler"]
     steps = steps_or_default(sampler, settings.get("steps"))
     settings["steps"] = run.schedule.num_timesteps if steps is None else steps
-    settings.setdefault("seed", 0)
-    settings.setdefault("eta", 0.0)
     settings["spacing"] = settings.get("spacing") or DEFAULT_SPACING[sampler]
     settings["variance"] = settings.get("variance") or run.config.variance
     # "auto" means bf16 on CUDA, and CUDA generators draw other noise than CPU ones: record what it was here
     settings["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
-        _autocast_dtype(run.device, settings.get("precision", "auto"))]
+        _autocast_dtype(run.device, settings["precision"])]
     return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "device": run.device.type,
             "n": n, **settings}
 
