@@ -1,6 +1,6 @@
 """Shared pieces of the speed benchmarks (cpu_speed.py, gpu_speed.py).
 
-* :func:`diffusers_unet` builds diffusers' ``UNet2DModel`` with the architecture of a :class:`ddpm.unet.UNetConfig`
+* :func:`diffusers_unet` builds diffusers' ``UNet2DModel`` with the architecture of a :class:`ddpm.model.unet.UNetConfig`
   (the layout of google/ddpm-cifar10-32) and :func:`check_same_size` verifies the parameter counts agree.
 * :func:`diffusers_scheduler` is the matching ``DDPMScheduler`` (same betas, sigma_t^2 = beta_t, clipped x0).
 * :func:`interleaved` times several step functions round-robin, so slow phases of a shared machine hit every
@@ -24,12 +24,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ddpm.batches import Batches
-from ddpm.diffusion import p_mean_variance
-from ddpm.samplers import PerSampleNoise
-from ddpm.schedule import ScheduleConfig
-from ddpm.train import Trainer, ema_decay_at, lr_at
-from ddpm.unet import UNetConfig, count_parameters, group_count
+from ddpm.data.batches import Batches
+from ddpm.core.diffusion import p_mean_variance
+from ddpm.core.samplers import PerSampleNoise
+from ddpm.core.schedule import ScheduleConfig
+from ddpm.training.trainer import Trainer
+from ddpm.training.rates import ema_decay_at, lr_at
+from ddpm.model.unet import UNetConfig, count_parameters, group_count
 
 __all__ = ["diffusers_unet", "diffusers_scheduler", "check_same_size", "interleaved", "median", "rate",
            "machine", "cpu_model", "forward_flops", "format_table", "Setting", "TOKENS", "parse_variant",
@@ -41,7 +42,7 @@ def diffusers_unet(cfg: UNetConfig):
 
     Same widths, blocks per level, attention resolutions, dropout, epsilon and time embedding (sin then cos,
     no shift, as in the DDPM code).  diffusers uses one GroupNorm group count for every layer, so this takes
-    the largest count <= cfg.num_groups that divides every width; ours picks per layer (ddpm.unet.group_count).
+    the largest count <= cfg.num_groups that divides every width; ours picks per layer (ddpm.model.unet.group_count).
     Single-head attention unless cfg.num_heads > 1.
     """
     from diffusers import UNet2DModel
@@ -293,8 +294,8 @@ def their_training_step(model: torch.nn.Module, trainer: Trainer, s: Setting, im
 
 def our_sampling_step(model, schedule, variance: str, s: Setting, batch: int, shape: tuple[int, ...],
                       compile_kw: dict | None = None):
-    """One k > 0 iteration of ``ddpm.samplers.ancestral_sample``'s loop: the network under inference mode,
-    ``p_mean_variance`` with clipped x0, and per-sample noise from :class:`ddpm.samplers.PerSampleNoise`.
+    """One k > 0 iteration of ``ddpm.core.samplers.ancestral_sample``'s loop: the network under inference mode,
+    ``p_mean_variance`` with clipped x0, and per-sample noise from :class:`ddpm.core.samplers.PerSampleNoise`.
 
     ``model``: a network (copied to the setting's device and memory format, compiled if the setting says so)
     or any other callable ``f(x, t)`` (a CUDA-graphed network, an already compiled one), used as is.

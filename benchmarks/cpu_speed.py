@@ -1,6 +1,6 @@
 """CPU throughput of ddpm against diffusers on the same network: training img/s and sampling-step img/s.
 
-Ours is the library as it runs: a ``ddpm.train.Trainer`` step (data batch, q_sample, the U-Net, L_simple, backward,
+Ours is the library as it runs: a ``ddpm.training.trainer.Trainer`` step (data batch, q_sample, the U-Net, L_simple, backward,
 gradient clipping, AdamW, EMA) and one step of the ancestral sampler's loop (the U-Net under inference mode,
 p_mean_variance with clipped x0, per-sample noise).  Theirs is diffusers' ``UNet2DModel`` built to the same
 architecture (parameter counts checked) driven the same way, with ``DDPMScheduler.add_noise`` for training and
@@ -37,10 +37,10 @@ from _common import (diffusers_available, check_same_size, diffusers_unet, forma
                      our_sampling_step, parse_variant, rate, resolve_setting, Setting, their_sampling_step,
                      their_training_step)
 
-from ddpm.config import TrainConfig  # noqa: E402
-from ddpm.data import load_images  # noqa: E402
-from ddpm.train import Trainer  # noqa: E402
-from ddpm.unet import preset  # noqa: E402
+from ddpm.runs.config import TrainConfig  # noqa: E402
+from ddpm.data.datasets import load_images  # noqa: E402
+from ddpm.training.trainer import Trainer  # noqa: E402
+from ddpm.model.unet import preset  # noqa: E402
 
 DEFAULT_VARIANTS = "default,fp32+nchw,fp32+channels_last,bf16+nchw,bf16+channels_last"
 
@@ -180,7 +180,7 @@ def candidate_unet(path: str | None):
     module = importlib.util.module_from_spec(spec)
     sys.modules["candidate_unet"] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
-    train_mod = sys.modules[Trainer.__module__]  # ddpm.train (the package's ``ddpm.train`` is a function)
+    train_mod = sys.modules[Trainer.__module__]  # ddpm.training.trainer (the package's ``ddpm.training.trainer`` is a function)
     original = train_mod.UNet
     train_mod.UNet = module.UNet
     try:
@@ -192,7 +192,7 @@ def candidate_unet(path: str | None):
 def make_parser() -> argparse.ArgumentParser:
     """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="digits", help="ddpm.unet preset (default digits)")
+    p.add_argument("--preset", default="digits", help="ddpm.model.unet preset (default digits)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: leave it as the library leaves it)")

@@ -1,6 +1,6 @@
 """GPU throughput of ddpm against diffusers on the paper's CIFAR-10 network: training img/s, sampling img-steps/s, MFU.
 
-Training (batch 128): ``ddpm.train.Trainer.train_step`` itself (bf16 autocast, channels_last, fused AdamW,
+Training (batch 128): ``ddpm.training.trainer.Trainer.train_step`` itself (bf16 autocast, channels_last, fused AdamW,
 gradient clipping, EMA; data from a synthetic uint8 array through the library's loader), eager and with the
 trainer's ``compile`` switch; beside it diffusers' ``UNet2DModel`` of the same architecture driven by the same
 step with ``DDPMScheduler.add_noise``.
@@ -37,10 +37,10 @@ from _common import (diffusers_available, check_same_size, diffusers_unet, eval_
                      interleaved, machine, our_sampling_step, rate, resolve_setting, their_sampling_step,
                      their_training_step)
 
-from ddpm.config import TrainConfig  # noqa: E402
-from ddpm.data import DataConfig, load_images  # noqa: E402
-from ddpm.train import Trainer  # noqa: E402
-from ddpm.unet import UNet, preset  # noqa: E402
+from ddpm.runs.config import TrainConfig  # noqa: E402
+from ddpm.data.datasets import DataConfig, load_images  # noqa: E402
+from ddpm.training.trainer import Trainer  # noqa: E402
+from ddpm.model.unet import UNet, preset  # noqa: E402
 
 #: dense bf16 tensor-core peaks in TFLOP/s, matched against torch.cuda.get_device_name() in order
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
@@ -70,9 +70,9 @@ def synthetic_data(folder: Path, cfg, n: int) -> DataConfig:
 
 
 def cuda_graphed(net: torch.nn.Module, s):
-    """``f(x, t)`` replaying CUDA graphs of ``net`` through the library's :class:`ddpm.cudagraph.GraphedNetwork`
+    """``f(x, t)`` replaying CUDA graphs of ``net`` through the library's :class:`ddpm.model.cudagraph.GraphedNetwork`
     (what ``ddpm sample --cuda-graph`` uses), bf16 autocast per ``s``."""
-    from ddpm.cudagraph import GraphedNetwork
+    from ddpm.model.cudagraph import GraphedNetwork
 
     def call(x, t):
         out = net(x, t)

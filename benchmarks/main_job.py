@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ddpm.cli import build_parser
-from ddpm.cli import _train_config_from_args  # the same flag -> config mapping as `ddpm train`
-from ddpm.generate import sample
-from ddpm.train import read_metrics, train
+from ddpm.cli.main import build_parser
+from ddpm.cli.train import config_from_args  # the same flag -> config mapping as `ddpm train`
+from ddpm.sampling.generate import sample
+from ddpm.runs.rundir import read_metrics
+from ddpm.training.trainer import train
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def main(argv=None) -> None:
     train_argv = ["train", "--run-dir", str(run_dir), "--no-progress"]
     if args.steps:
         train_argv += ["--steps", str(args.steps)]
-    config = _train_config_from_args(build_parser().parse_args(train_argv))
+    config = config_from_args(build_parser().parse_args(train_argv))
     config.progress = True
 
     t0 = time.perf_counter()

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ddpm.data import digits_split
-from ddpm.generate import generate, load_run, sample_seed
-from ddpm.images import make_grid
-from ddpm.samplers import PerSampleNoise
+from ddpm.data.datasets import digits_split
+from ddpm.sampling.generate import generate, load_run, sample_seed
+from ddpm.runs.images import make_grid
+from ddpm.core.samplers import PerSampleNoise
 
 #: name -> generate() keywords
 SAMPLERS = {"ddim-50": dict(sampler="ddim", steps=50), "ddim-100": dict(sampler="ddim", steps=100),
@@ -86,13 +86,13 @@ def _row(name: str, images: torch.Tensor, norms: torch.Tensor | None, args) -> d
 
 @functools.lru_cache(maxsize=1)
 def _classifier():
-    from ddpm.quality import load_classifier
+    from ddpm.evaluation.quality import load_classifier
     return load_classifier()
 
 
 def _fd_row(name: str, images: torch.Tensor, args, previous: list[dict]) -> dict:
     """Classifier FD as drawn, with the dark pixels blacked out, and on the clean seeds (fixed by the first row)."""
-    from ddpm.quality import quality_report
+    from ddpm.evaluation.quality import quality_report
 
     def fd(x: torch.Tensor, floor: bool = False) -> dict:
         return quality_report(x, classifier=_classifier(), floor=floor, kid_subset_size=min(1000, len(x)))
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
     names = args.samplers + (["ddpm-1000"] if args.with_ddpm and "ddpm-1000" not in args.samplers else [])
     real = torch.as_tensor(digits_split("train")[0])
     real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[: args.n]]  # all classes
-    real = F.pad(real, (2, 2, 2, 2)) if real.shape[-1] == 28 else real  # padded as ddpm.data pads the digits
+    real = F.pad(real, (2, 2, 2, 2)) if real.shape[-1] == 28 else real  # padded as ddpm.data.datasets pads the digits
     rows, panels = [_row("real train digits", real, None, args)], [("real", real)]
     fd_rows = []
     for path in args.runs:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ddpm.generate import generate, load_run
-from ddpm.quality import load_classifier, quality_report
+from ddpm.sampling.generate import generate, load_run
+from ddpm.evaluation.quality import load_classifier, quality_report
 
 
 #: name -> (sampler, eta, spacing); spacing None is the sampler's default (uniform; log-SNR for dpm++2m)

@@ -1,6 +1,6 @@
 """Throughput of the U-Net noise predictor: training (forward + backward) and inference images per second.
 
-Times ``ddpm.unet.UNet`` for a preset (optionally with its fields overridden) and, for comparison, the
+Times ``ddpm.model.unet.UNet`` for a preset (optionally with its fields overridden) and, for comparison, the
 same architecture built from diffusers' ``UNet2DModel`` when diffusers is installed.
 
     python benchmarks/unet_speed.py --preset digits --batch-size 64
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ddpm.unet import UNet, UNetConfig, count_parameters, preset
+from ddpm.model.unet import UNet, UNetConfig, count_parameters, preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import diffusers_unet  # noqa: E402
@@ -136,7 +136,7 @@ def main(argv=None):
     print(f"config: {cfg.to_dict()}")
     print(f"batch {args.batch_size}, {torch.get_num_threads()} threads, channels_last={args.channels_last}, "
           f"bf16={args.bf16}, torch {torch.__version__}")
-    rows = [("ddpm.unet.UNet", UNet(cfg), lambda m, x, t: m(x, t))]
+    rows = [("ddpm.model.unet.UNet", UNet(cfg), lambda m, x, t: m(x, t))]
     if not args.no_diffusers:
         ref = diffusers_equivalent(cfg)
         if ref is None:

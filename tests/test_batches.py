@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ddpm.batches import Batches, fits_on_device
-from ddpm.data import DataError, to_uint8
+from ddpm.data.batches import Batches, fits_on_device
+from ddpm.data.datasets import DataError, to_uint8
 
 
 def _toy(n=10):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.cli import main
-from ddpm.study import LEARNED_VARIANT, NOISE_VARIANTS, pixel_variance
+from ddpm.cli.main import main
+from ddpm.evaluation.study import LEARNED_VARIANT, NOISE_VARIANTS, pixel_variance
 
 TINY = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
         "--batch-size", "8", "--no-progress", "--sample-every", "100"]
@@ -64,7 +64,7 @@ def test_eval_fid_says_what_is_missing_in_one_line(run, tmp_path, capsys, monkey
 
 def test_eval_fid_checks_what_it_needs_before_drawing_samples(run, tmp_path, capsys, monkeypatch):
     import sys
-    monkeypatch.setattr(sys.modules["ddpm.generate"], "generate", lambda *a, **k: pytest.fail("sampled before the checks"))
+    monkeypatch.setattr(sys.modules["ddpm.cli.evaluate"], "generate", lambda *a, **k: pytest.fail("sampled before the checks"))
     monkeypatch.setenv("DDPM_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
     assert main(["eval", "fid", str(run), "--ref", "digits", "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip()
@@ -158,8 +158,8 @@ def test_eval_nll_of_a_folder_run_needs_held_out_images(tmp_path, capsys):
 
 def test_study_noise_needs_two_samples_only_where_it_measures_fd(run, tmp_path):
     from dataclasses import replace
-    from ddpm.config import TrainConfig
-    from ddpm.study import measures_quality
+    from ddpm.runs.config import TrainConfig
+    from ddpm.evaluation.study import measures_quality
     assert measures_quality(TrainConfig()) and not measures_quality(replace(TrainConfig(), data=replace(
         TrainConfig().data, source="sklearn-digits")))
     # the tiny run is 8x8 scikit-learn digits: no FD, so one sample per variant is fine
@@ -175,13 +175,13 @@ def test_quick_beyond_the_runs_strata_is_one_line(run, capsys):
 @pytest.mark.parametrize("field, value", [("lr", 0.0), ("ema_decay", 1.5), ("grad_clip", 0.0), ("warmup_steps", -1),
                                           ("weight_decay", -0.1), ("keep_checkpoints", 0)])
 def test_train_config_refuses_out_of_range_settings(field, value):
-    from ddpm.config import TrainConfig
+    from ddpm.runs.config import TrainConfig
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
 
 
 def test_learned_variance_needs_a_loss_that_trains_it(tmp_path, capsys):
-    from ddpm.config import TrainConfig
+    from ddpm.runs.config import TrainConfig
     with pytest.raises(ValueError, match="pass --loss hybrid"):
         TrainConfig(variance="learned-range", loss="simple")
     assert TrainConfig(variance="learned-range", loss="vlb").model.out_channels == 2
@@ -190,10 +190,10 @@ def test_learned_variance_needs_a_loss_that_trains_it(tmp_path, capsys):
 
 
 def test_no_preview_samples_trains_without_preview_grids(tmp_path):
-    from ddpm.config import TrainConfig
-    from ddpm.data import DataConfig
-    from ddpm.train import train
-    from ddpm.unet import preset
+    from ddpm.runs.config import TrainConfig
+    from ddpm.data.datasets import DataConfig
+    from ddpm.training.trainer import train
+    from ddpm.model.unet import preset
     cfg = TrainConfig(run_dir=str(tmp_path / "r"), model=preset("tiny"), steps=2, batch_size=4, sample_every=1,
                       preview_samples=0, progress=False, data=DataConfig(source="sklearn-digits", image_size=8))
     run = train(cfg)
@@ -202,7 +202,7 @@ def test_no_preview_samples_trains_without_preview_grids(tmp_path):
 
 def test_a_misspelt_setting_in_a_saved_config_is_named():
     import warnings
-    from ddpm.config import TrainConfig
+    from ddpm.runs.config import TrainConfig
     saved = {**TrainConfig().to_dict(), "distributed": {"world_size": 1}}  # as config.json holds it
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -239,12 +239,12 @@ def test_trained_model_has_a_much_lower_bound_than_untrained(tmp_path):
     """Training must buy likelihood: after 150 steps on 8x8 digits the full bound in bits/dim falls well below the
     untrained network's (which predicts eps = 0 everywhere, its last conv being zero).  T = 20 with betas up to
     0.5 so that x_T is close to N(0, I) and L_T (which no network can change) is negligible (0.001 bits/dim)."""
-    from ddpm.config import TrainConfig
-    from ddpm.data import DataConfig, load_images, to_model_range
-    from ddpm.likelihood import calc_bpd_full
-    from ddpm.schedule import ScheduleConfig
-    from ddpm.train import Trainer
-    from ddpm.unet import preset
+    from ddpm.runs.config import TrainConfig
+    from ddpm.data.datasets import DataConfig, load_images, to_model_range
+    from ddpm.core.likelihood import calc_bpd_full
+    from ddpm.core.schedule import ScheduleConfig
+    from ddpm.training.trainer import Trainer
+    from ddpm.model.unet import preset
 
     cfg = TrainConfig(run_dir=str(tmp_path), model=preset("tiny", base_channels=8), steps=150, lr=3e-3,
                       warmup_steps=10, schedule=ScheduleConfig(num_timesteps=20, beta_start=1e-3, beta_end=0.5),
@@ -296,8 +296,9 @@ def test_eval_quality_of_an_image_folder_writes_beside_it(tmp_path, capsys):
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(run, tmp_path, capsys, monkeypatch):
     import sys
-    monkeypatch.setattr(sys.modules["ddpm.generate"], "generate", lambda *a, **k: pytest.fail("sampled before check"))
-    monkeypatch.setattr(sys.modules["ddpm.evaluate"], "run_nll", lambda *a, **k: pytest.fail("evaluated before check"))
+    for where in ("ddpm.sampling.generate", "ddpm.cli.evaluate"):
+        monkeypatch.setattr(sys.modules[where], "generate", lambda *a, **k: pytest.fail("sampled before check"))
+    monkeypatch.setattr(sys.modules["ddpm.cli.evaluate"], "run_nll", lambda *a, **k: pytest.fail("evaluated before check"))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     for argv in (["sample", str(run), "-n", "2"], ["eval", "nll", str(run), "-n", "2"],
@@ -320,7 +321,7 @@ def test_resampling_a_folder_drops_the_quality_report_of_the_old_samples(run, tm
 
 
 def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
-    from ddpm.generate import generate, load_run
+    from ddpm.sampling.generate import generate, load_run
     out = tmp_path / "s"
     assert main(["sample", str(run), "-n", "3", "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--seed", "7",
                  "--weights", "model", "--no-progress", "--out", str(out)]) == 0
@@ -350,14 +351,14 @@ def test_ctrl_c_says_what_is_left_to_resume(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "r"
     assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "2"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(sys.modules["ddpm.train"], "train", interrupted)
+    monkeypatch.setattr(sys.modules["ddpm.cli.train"], "train", interrupted)
     assert main(["train", "--resume", str(run_dir), "--steps", "4"]) == 130
     err = capsys.readouterr().err
     assert "step_0000002 is intact" in err and f"ddpm train --resume {run_dir}" in err
     assert main(["train", *TINY, "--run-dir", str(tmp_path / "fresh"), "--steps", "2"]) == 130
     assert "before the first checkpoint; nothing to resume" in capsys.readouterr().err
     import sys
-    monkeypatch.setattr(sys.modules["ddpm.generate"], "generate", interrupted)
+    monkeypatch.setattr(sys.modules["ddpm.sampling.generate"], "generate", interrupted)
     assert main(["sample", str(run_dir), "-n", "1", "--no-progress"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
 
@@ -411,7 +412,7 @@ def test_eval_quality_of_the_current_folder_writes_beside_it(tmp_path, monkeypat
 
 def test_study_noise_says_an_fd_from_few_samples_is_rough(run, tmp_path, capsys, monkeypatch):
     import sys
-    study = sys.modules["ddpm.study"]
+    study = sys.modules["ddpm.cli.evaluate"]  # the names the command calls
     monkeypatch.setattr(study, "measures_quality", lambda cfg: True)   # as for a grey 32x32 digits run
     monkeypatch.setattr(study, "noise_study", lambda *a, **k: {})      # the note comes before any sampling
     assert main(["study", "noise", str(run), "-n", "8", "--out", str(tmp_path / "s"), "--no-progress"]) == 0

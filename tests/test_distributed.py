@@ -19,14 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import distributed
-from ddpm.checkpoint import latest_checkpoint, load_checkpoint
-from ddpm.config import TrainConfig
-from ddpm.batches import Batches
-from ddpm.data import DataConfig, DataError
-from ddpm.schedule import ScheduleConfig
-from ddpm.train import Trainer, lr_at, read_metrics, train
-from ddpm.unet import preset
+from ddpm.runtime import distributed
+from ddpm.runs.checkpoint import latest_checkpoint, load_checkpoint
+from ddpm.runs.config import TrainConfig
+from ddpm.data.batches import Batches
+from ddpm.data.datasets import DataConfig, DataError
+from ddpm.core.schedule import ScheduleConfig
+from ddpm.training.trainer import Trainer, train
+from ddpm.training.rates import lr_at
+from ddpm.runs.rundir import read_metrics
+from ddpm.model.unet import preset
 
 N_IMAGES = 48        # per-rank batch 4, grad_accum 2, 2 ranks: 16 images a step, 3 steps an epoch
 BATCH, ACCUM = 4, 2
@@ -414,7 +416,7 @@ def test_torchrun_cli_end_to_end_then_resume_on_one_rank(tmp_path, clean_env):
     assert saved["world_size"] == 2 and saved["data"]["world_size"] == 2 and len(saved["ranks"]) == 2
     assert not torch.equal(saved["ranks"][0]["generator"], saved["ranks"][1]["generator"])
 
-    from ddpm.cli import main
+    from ddpm.cli.main import main
     assert main(["train", "--resume", str(run), "--steps", "5", "--no-progress"]) == 0
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm.cli import build_parser
+from ddpm.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from ddpm import evaluate as E
-from ddpm import quality as Q
-from ddpm.data import to_model_range
-from ddpm.likelihood import calc_bpd_full, calc_bpd_quick
-from ddpm.schedule import Schedule, linear_betas
+from ddpm.evaluation import reports as E
+from ddpm.evaluation import quality as Q
+from ddpm.data.datasets import to_model_range
+from ddpm.core.likelihood import calc_bpd_full, calc_bpd_quick
+from ddpm.core.schedule import Schedule, linear_betas
 
 SCHED = Schedule(linear_betas(20, 1e-3, 0.4))
 
@@ -71,7 +71,7 @@ def test_run_quality_writes_report(tmp_path):
 
 
 def test_load_samples_reads_an_npz(tmp_path):
-    from ddpm.images import save_npz
+    from ddpm.runs.images import save_npz
     x = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     save_npz(tmp_path / "samples.npz", x)
     assert torch.equal(E.load_samples(tmp_path / "samples.npz"), x)
@@ -79,8 +79,8 @@ def test_load_samples_reads_an_npz(tmp_path):
 
 def test_load_samples_keeps_the_files_own_shape_when_asked(tmp_path):
     """Inception FID reads colour samples at their own size; the digit yardstick makes them grey 32x32."""
-    from ddpm.data import native_shape
-    from ddpm.images import save_npz
+    from ddpm.data.datasets import native_shape
+    from ddpm.runs.images import save_npz
     x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     save_npz(tmp_path / "samples.npz", x)
     assert native_shape(tmp_path / "samples.npz") == (3, 16)

@@ -3,11 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.data import DataConfig, load_images, to_model_range
-from ddpm.images import (
-    as_nhwc_uint8, atomic_write_path, make_grid, save_chain_gif, save_chain_strip, save_grid, save_individual,
-    save_npz,
-)
+from ddpm.data.datasets import DataConfig, load_images, to_model_range
+from ddpm.runs.images import as_nhwc_uint8, atomic_write_path, make_grid, save_chain_gif, save_chain_strip, save_grid, save_individual, save_npz
 
 
 def _batch(n, c=1, h=4, w=5, seed=0):
@@ -156,7 +153,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from ddpm.atomic import default_mode, write_json_atomic
+    from ddpm.runtime.atomic import default_mode, write_json_atomic
     write_json_atomic(tmp_path / "a.json", {"x": 1})
     save_grid(tmp_path / "g.png", torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
     for name in ("a.json", "g.png"):

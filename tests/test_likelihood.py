@@ -10,11 +10,9 @@ import mpmath
 import pytest
 import torch
 
-from ddpm.diffusion import loss_simple, model_variance
-from ddpm.likelihood import (ImportanceSampler, TrainingVLB, calc_bpd_full, calc_bpd_quick,
-                             discretized_gaussian_log_likelihood, hybrid_loss, loss_vlb, normal_kl, prior_bpd,
-                             strata, vlb_terms)
-from ddpm.schedule import Schedule, ScheduleConfig, linear_betas, make_schedule
+from ddpm.core.diffusion import loss_simple, model_variance
+from ddpm.core.likelihood import ImportanceSampler, TrainingVLB, calc_bpd_full, calc_bpd_quick, discretized_gaussian_log_likelihood, hybrid_loss, loss_vlb, normal_kl, prior_bpd, strata, vlb_terms
+from ddpm.core.schedule import Schedule, ScheduleConfig, linear_betas, make_schedule
 
 LN2 = math.log(2)
 BIN = 2 / 255          # width of one of the 256 bins in [-1, 1]

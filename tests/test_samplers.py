@@ -1,4 +1,4 @@
-"""Tests of the samplers (ddpm.samplers) and of respacing (ddpm.respace).
+"""Tests of the samplers (ddpm.core.samplers) and of respacing (ddpm.core.respace).
 
 The workhorse is a Gaussian data distribution x0 ~ N(m, s^2 I), whose optimal noise predictor is known
 exactly: E[eps | x_t] = sqrt(1 - abar_t) (x_t - sqrt(abar_t) m) / (abar_t s^2 + 1 - abar_t).  Every sampler
@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.diffusion import VARIANCE_TYPES
-from ddpm.respace import SPACINGS, log_snr, original_time_model, respace, timestep_sequence
-from ddpm.samplers import (SAMPLERS, PerSampleNoise, ancestral_sample, ddim_decode, ddim_encode, ddim_sample,
-                           ddim_sigma, dpm_solver_2m_sample, sample)
-from ddpm.schedule import Schedule, ScheduleConfig, make_schedule
+from ddpm.core.diffusion import VARIANCE_TYPES
+from ddpm.core.respace import SPACINGS, log_snr, original_time_model, respace, timestep_sequence
+from ddpm.core.samplers import SAMPLERS, PerSampleNoise, ancestral_sample, ddim_decode, ddim_encode, ddim_sample, ddim_sigma, dpm_solver_2m_sample, sample
+from ddpm.core.schedule import Schedule, ScheduleConfig, make_schedule
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -339,7 +338,7 @@ def test_sample_depends_only_on_its_seed(cfg):
 def test_base_seed_changes_every_sample():
     """torch's CPU generator keeps only the low 32 bits of a seed, so the base seed must reach those bits:
     different base seeds draw different noise, and the same one the same noise."""
-    from ddpm.generate import sample_seed
+    from ddpm.sampling.generate import sample_seed
     draw = lambda base: PerSampleNoise([sample_seed(base, k) for k in range(4)]).randn((8,))
     assert torch.equal(draw(3), draw(3))
     for a, b in [(0, 1), (1, 2), (0, 2**31), (5, -5)]:
@@ -378,7 +377,7 @@ def test_chunked_noise_is_per_sample_and_standard_normal(chunk):
 def test_sample_depends_only_on_its_seed_with_a_unet():
     # A real (tiny) network: GroupNorm and attention normalise each sample on its own.  Convolutions may pick a
     # different kernel for another batch size, hence 1e-5 rather than bit equality.
-    from ddpm.unet import UNet, preset
+    from ddpm.model.unet import UNet, preset
     torch.manual_seed(0)
     net = UNet(preset("tiny", image_size=8)).eval()
     with torch.no_grad():
@@ -398,7 +397,7 @@ def affine_recursion(cfg, sched=SCHED, m=M, s=S):
 
     A scalar affine recursion from the papers' equations.  eps* = c (x - sqrt(a) m), c = sqrt(1-a)/(a s^2+1-a);
     x0_pred = (x - sqrt(1-a) eps*) / sqrt(a) = g x + h.  Each step maps the state x = P x_T + R + sum Q z
-    to A x + B (+ sigma z_new).  cfg: the keys of :func:`ddpm.samplers.sample`, plus "sigma_scale" (ddpm)
+    to A x + B (+ sigma z_new).  cfg: the keys of :func:`ddpm.core.samplers.sample`, plus "sigma_scale" (ddpm)
     and "lower_order_final" (dpm++2m).
     """
     sampler, steps = cfg["sampler"], cfg.get("steps") or sched.num_timesteps
@@ -614,7 +613,7 @@ def test_inputs_are_not_changed():
 
 def test_cuda_graphs_are_refused_off_cuda_before_any_work():
     """CUDA graphs cannot be checked without a GPU; what can be is that asking for them elsewhere fails at once."""
-    from ddpm.cudagraph import GraphedNetwork
+    from ddpm.model.cudagraph import GraphedNetwork
     net = GraphedNetwork(lambda x, t: x)
     with pytest.raises(RuntimeError, match="CUDA"):
         net(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
@@ -626,8 +625,8 @@ def test_cuda_graphs_are_refused_off_cuda_before_any_work():
 def test_model_fn_precision():
     """auto is float32 on the CPU; bf16 runs the network under autocast (8 mantissa bits: relative errors of
     order 2^-8 per operation, so within 5% of the output's scale) and still returns float32."""
-    from ddpm.generate import model_fn
-    from ddpm.unet import UNet, preset
+    from ddpm.sampling.generate import model_fn
+    from ddpm.model.unet import UNet, preset
     torch.manual_seed(0)
     net = UNet(preset("tiny", image_size=8)).eval()
     with torch.no_grad():

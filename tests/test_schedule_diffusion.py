@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-from ddpm.diffusion import (loss_simple, model_variance, p_mean_variance, predict_eps_from_x0, predict_x0_from_eps,
-                            q_posterior, q_sample)
-from ddpm.schedule import Schedule, ScheduleConfig, cosine_betas, extract, linear_betas, make_schedule
+from ddpm.core.diffusion import loss_simple, model_variance, p_mean_variance, predict_eps_from_x0, predict_x0_from_eps, q_posterior, q_sample
+from ddpm.core.schedule import Schedule, ScheduleConfig, cosine_betas, extract, linear_betas, make_schedule
 
 
 def test_alpha_bar_is_running_product_of_alphas():
@@ -195,7 +194,7 @@ def test_schedule_config_validation_and_linear():
 
 def test_schedules_that_destroy_x0_completely_are_refused():
     """beta = 1 makes abar_T = 0: x_0 could not be recovered from any x_t and every 1/sqrt(abar) is infinite."""
-    from ddpm.schedule import Schedule
+    from ddpm.core.schedule import Schedule
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         Schedule(torch.tensor([0.1, 1.0]))
     with pytest.raises(ValueError, match="max_beta"):

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from ddpm.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from ddpm.cli import main
-from ddpm.train import ema_decay_at, lr_at, read_metrics
+from ddpm.runs.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ddpm.cli.main import main
+from ddpm.training.rates import ema_decay_at, lr_at
+from ddpm.runs.rundir import read_metrics
 
 TINY = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
         "--batch-size", "8", "--log-every", "1", "--no-progress"]
@@ -86,8 +87,8 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_a_run(tmp_path, capsys):
 
 
 def test_python_api_refuses_to_start_over_a_run(tmp_path):
-    from ddpm.config import TrainConfig
-    from ddpm.train import train
+    from ddpm.runs.config import TrainConfig
+    from ddpm.training.trainer import train
     run = tmp_path / "run"
     assert _train(run, 2, "--checkpoint-every", "2") == 0
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
@@ -131,7 +132,7 @@ def test_checkpoint_from_incompatible_config_is_refused(tmp_path, capsys):
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     model = torch.nn.Linear(2, 2)
     save_checkpoint(tmp_path, 1, model=model, ema=model, trainer_state={"step": 1}, config={"a": 1})
-    import ddpm.checkpoint as ck
+    import ddpm.runs.checkpoint as ck
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -183,20 +184,21 @@ def test_cli_cosine_schedule_reaches_the_optimizer(tmp_path):
 
 
 def test_digits_recipe_decays_the_rate_and_flags_override_it():
-    from ddpm.cli import _train_config_from_args, build_parser
-    cfg = _train_config_from_args(build_parser().parse_args(["train"]))
+    from ddpm.cli.main import build_parser
+    from ddpm.cli.train import config_from_args
+    cfg = config_from_args(build_parser().parse_args(["train"]))
     assert (cfg.steps, cfg.lr, cfg.lr_schedule) == (3000, 1e-3, "cosine")
-    cfg = _train_config_from_args(build_parser().parse_args(["train", "--lr-schedule", "constant"]))
+    cfg = config_from_args(build_parser().parse_args(["train", "--lr-schedule", "constant"]))
     assert cfg.lr_schedule == "constant"
-    assert _train_config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"])).lr_schedule == "constant"
+    assert config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"])).lr_schedule == "constant"
 
 
 def _tiny_trainer(tmp_path, steps=2, **kw):
     """A Trainer of the tiny preset on scikit-learn's 8x8 digits, batch 8."""
-    from ddpm.config import TrainConfig
-    from ddpm.data import DataConfig
-    from ddpm.train import Trainer
-    from ddpm.unet import preset
+    from ddpm.runs.config import TrainConfig
+    from ddpm.data.datasets import DataConfig
+    from ddpm.training.trainer import Trainer
+    from ddpm.model.unet import preset
     cfg = TrainConfig(run_dir=str(tmp_path), model=preset("tiny"), data=DataConfig(source="sklearn-digits",
                       image_size=8), batch_size=8, steps=steps, progress=False, **kw)
     return Trainer(cfg)
@@ -222,11 +224,12 @@ def test_preset_that_cannot_take_the_image_size_is_refused_with_a_hint(tmp_path,
 
 
 def test_network_shape_flags_override_the_preset_at_the_data_size(tmp_path, capsys):
-    from ddpm.cli import _train_config_from_args, build_parser
-    from ddpm.unet import preset
+    from ddpm.cli.main import build_parser
+    from ddpm.cli.train import config_from_args
+    from ddpm.model.unet import preset
     args = ["train", "--preset", "tiny", "--attention-resolutions", "8", "--base-channels", "8",
             "--channel-mult", "1,2,2", "--num-res-blocks", "2"]
-    cfg = _train_config_from_args(build_parser().parse_args(args))
+    cfg = config_from_args(build_parser().parse_args(args))
     m = cfg.model
     assert (m.image_size, m.base_channels, m.channel_mult, m.num_res_blocks, m.attention_resolutions) == \
         (32, 8, (1, 2, 2), 2, (8,))
@@ -244,18 +247,19 @@ def test_every_train_example_in_the_help_builds_a_config():
     """The --help examples are commands people copy: each must at least parse and build its TrainConfig."""
     import shlex
 
-    from ddpm.cli import TRAIN_EXAMPLES, _train_config_from_args, build_parser
+    from ddpm.cli.main import build_parser
+    from ddpm.cli.train import TRAIN_EXAMPLES, config_from_args
     lines = [ln.split("#")[0].strip() for ln in TRAIN_EXAMPLES.splitlines()]
     commands = [ln for ln in lines if ln.startswith("ddpm train") and "--resume" not in ln]
     assert len(commands) >= 4
     for line in commands:
-        _train_config_from_args(build_parser().parse_args(shlex.split(line)[1:]))
+        config_from_args(build_parser().parse_args(shlex.split(line)[1:]))
 
 
 def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, monkeypatch):
     """compile=auto means "where it works": a compiler failure on the first step trains eagerly, with a warning;
     compile=on keeps the failure."""
-    train_mod = importlib.import_module("ddpm.train")  # the package exports a function of that name
+    train_mod = importlib.import_module("ddpm.training.trainer")  # the package exports a function of that name
     calls = []
 
     def broken_compile(module):
@@ -288,14 +292,14 @@ def test_auto_compile_falls_back_to_eager_when_the_first_step_fails(tmp_path, mo
 
 
 def test_auto_compile_only_on_cuda():
-    from ddpm.train import auto_compile
+    from ddpm.runtime.precision import auto_compile
     assert not auto_compile(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, native):
     import warnings
-    train_mod = importlib.import_module("ddpm.train")
+    import ddpm.runtime.precision as train_mod
     monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
     train_mod._warn_emulated_bf16.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
@@ -308,7 +312,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, native):
 
 def test_algorithm_1_draws_every_timestep_uniformly():
     """Line 3: t ~ Uniform{1..T}, i.e. the 0-based indices 0..T-1 and nothing else (5 binomial SE per index)."""
-    from ddpm.diffusion import sample_timesteps
+    from ddpm.core.diffusion import sample_timesteps
     T, n = 7, 70_000
     t = sample_timesteps(n, T, torch.Generator().manual_seed(0))
     assert int(t.min()) == 0 and int(t.max()) == T - 1
@@ -445,9 +449,9 @@ def test_a_second_training_in_a_busy_run_folder_is_refused(tmp_path, capsys):
 
 
 def test_a_trainer_that_fails_to_start_leaves_the_folder_free(tmp_path, monkeypatch):
-    from ddpm.config import TrainConfig
-    from ddpm.data import DataError
-    from ddpm.train import Trainer
+    from ddpm.runs.config import TrainConfig
+    from ddpm.data.datasets import DataError
+    from ddpm.training.trainer import Trainer
     run = tmp_path / "run"
     assert _train(run, 2) == 0
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))

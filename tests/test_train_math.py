@@ -7,10 +7,11 @@ import types
 import pytest
 import torch
 
-from ddpm.data import to_model_range
-from ddpm.likelihood import ImportanceSampler, TrainingVLB, hybrid_loss, loss_vlb, vlb_terms
-from ddpm.schedule import ScheduleConfig, make_schedule
-from ddpm.train import ema_decay_at, lr_at, read_metrics
+from ddpm.data.datasets import to_model_range
+from ddpm.core.likelihood import ImportanceSampler, TrainingVLB, hybrid_loss, loss_vlb, vlb_terms
+from ddpm.core.schedule import ScheduleConfig, make_schedule
+from ddpm.training.rates import ema_decay_at, lr_at
+from ddpm.runs.rundir import read_metrics
 
 
 def _trainer(tmp_path, steps=2, timesteps=20, **kw):
@@ -18,10 +19,10 @@ def _trainer(tmp_path, steps=2, timesteps=20, **kw):
     ``tmp_path / "run"`` (not made yet, so the trainer holds no lock until it runs)."""
     import numpy as np
 
-    from ddpm.config import TrainConfig
-    from ddpm.data import DataConfig
-    from ddpm.train import Trainer
-    from ddpm.unet import preset
+    from ddpm.runs.config import TrainConfig
+    from ddpm.data.datasets import DataConfig
+    from ddpm.training.trainer import Trainer
+    from ddpm.model.unet import preset
     data = tmp_path / "data.npy"
     if not data.exists():
         np.save(data, np.random.default_rng(0).integers(0, 256, (64, 8, 8), dtype=np.uint8))
@@ -187,13 +188,10 @@ def test_trainer_applies_importance_weights_to_the_vlb(tmp_path):
 def _clocked_run(tmp_path, monkeypatch, **kw):
     """Run a trainer under a fake clock that advances 1 s per optimisation step and 100 s per checkpoint save;
     returns (metric rows, per-step losses, per-step gradient norms, the trainer)."""
-    import importlib
-
-    import ddpm.report
-    train_mod = importlib.import_module("ddpm.train")  # the package exports a function of that name
+    import ddpm.training.trainer as train_mod
     clock = [1000.0]
     monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: 0.0))
-    monkeypatch.setattr(ddpm.report, "plot_loss_curve", lambda *a, **k: None)
+    monkeypatch.setattr(train_mod, "plot_loss_curve", lambda *a, **k: None)
     tr = _trainer(tmp_path, sample_every=100, preview_samples=0, **kw)
     losses, norms = [], []
     step, save = tr.train_step, tr.save
@@ -245,8 +243,8 @@ def test_resume_restores_the_importance_sampler_history_and_random_streams(tmp_p
         tr.train_step()
     tr.save()
     assert int(tr.vlb.importance.counts.sum()) == 3 * 8
-    from ddpm.config import TrainConfig
-    from ddpm.train import Trainer
+    from ddpm.runs.config import TrainConfig
+    from ddpm.training.trainer import Trainer
     again = Trainer(TrainConfig.from_dict(tr.config.to_dict()), resume=True)
     assert again.step == 3
     assert torch.equal(again.vlb.importance.losses, tr.vlb.importance.losses)

@@ -1,11 +1,10 @@
-"""Tests of the noise predictor eps_theta (ddpm.unet): shapes, the paper's size, dependence on t, determinism."""
+"""Tests of the noise predictor eps_theta (ddpm.model.unet): shapes, the paper's size, dependence on t, determinism."""
 import json
 
 import pytest
 import torch
 
-from ddpm.unet import (PRESETS, UNet, UNetConfig, count_parameters, group_count, preset,
-                       timestep_embedding)
+from ddpm.model.unet import PRESETS, UNet, UNetConfig, count_parameters, group_count, preset, timestep_embedding
 
 
 def _randomise_zero_inits(model: torch.nn.Module, seed: int = 0) -> None:
@@ -232,13 +231,13 @@ def test_benchmark_script_runs(capsys, load_benchmark):
     load_benchmark("unet_speed").main(["--preset", "tiny", "--batch-size", "2", "--seconds", "0.01", "--warmup", "0",
                                        "--no-diffusers", "--channels-last"])
     out = capsys.readouterr().out
-    assert "ddpm.unet.UNet" in out and "4,877" in out
+    assert "ddpm.model.unet.UNet" in out and "4,877" in out
 
 
 def test_groupnorm_fast_path_matches_plain_groupnorm_in_bf16_channels_last():
     """The CPU float32 detour for bf16 channels_last input computes the same normalisation: against float32
     GroupNorm the difference is bf16 rounding of the input only (relative 2^-8, so atol 0.05 on unit outputs)."""
-    from ddpm.unet import _norm
+    from ddpm.model.unet import _norm
     torch.manual_seed(0)
     gn = _norm(16, 8)
     with torch.no_grad():

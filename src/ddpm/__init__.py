@@ -6,10 +6,9 @@
     ddpm.generate(run, n, ...)    samples as a uint8 tensor
     ddpm.TrainConfig              the run configuration
 """
-__version__ = "0.1.0"
-
-from .config import TrainConfig  # noqa: E402
-from .generate import generate, load_run, sample  # noqa: E402
-from .train import train  # noqa: E402  (binds the function over the submodule of the same name)
+from ._version import __version__
+from .runs.config import TrainConfig  # noqa: E402
+from .sampling.generate import generate, load_run, sample  # noqa: E402
+from .training.trainer import train  # noqa: E402  (binds the function over the submodule of the same name)
 
 __all__ = ["__version__", "TrainConfig", "train", "sample", "generate", "load_run"]

@@ -1,0 +1,1 @@
+"""The ``ddpm`` command: flags -> config -> one call into the layers below."""

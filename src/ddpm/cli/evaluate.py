@@ -1,0 +1,250 @@
+"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluate.py and study.py."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..core.samplers import SAMPLERS, steps_or_default
+from ..data.datasets import EMBEDDED, SPLITS, DataConfig, load_images, native_shape
+from ..evaluation.fid import FidUnavailable, check_fid_available, run_fid
+from ..evaluation.reports import (
+    load_samples,
+    nll_summary,
+    quality_summary,
+    run_nll,
+    run_quality,
+)
+from ..evaluation.study import measures_quality, noise_study
+from ..sampling.generate import generate, load_run
+from .args import add_device_and_progress, at_least
+from .errors import UserError, check_out_dir, check_steps, refuse_file_as_folder
+
+__all__ = ["register"]
+
+EVAL_EXAMPLES = """examples:
+  ddpm eval nll runs/digits                     # exact bound over all T terms on the 500 held-out digits
+  ddpm eval nll runs/digits --quick 50 -n 100   # stratified estimate from 50 timesteps per image
+  ddpm eval nll runs/faces --data faces_test.npz --quick 50   # a run trained on a folder: its held-out images
+  ddpm eval quality runs/digits -n 1000 --sampler ddim --steps 50
+  ddpm eval quality runs/digits/samples/ddpm/samples.npz
+  ddpm eval fid runs/faces/samples/ddpm/samples.npz --ref path/to/real/images
+"""
+
+STUDY_EXAMPLES = """examples:
+  ddpm study noise runs/digits                  # beta_t vs beta~_t vs no noise, same model, same x_T
+"""
+
+
+def _group(sub, name: str, help: str, epilog: str):
+    """A command with its own required sub-commands (``ddpm eval nll``), every level showing ``epilog``."""
+    parser = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    inner = parser.add_subparsers(dest="what", metavar="WHAT")
+    inner.required = True
+    return inner
+
+
+def register(sub) -> None:
+    evsub = _group(sub, "eval", "bits/dim of the variational bound (eq. 5) and sample-quality metrics",
+                   EVAL_EXAMPLES)
+
+    nll = evsub.add_parser("nll", help="negative log-likelihood bound in bits/dim on held-out images",
+                           description="The variational bound of eq. 5 (L_T + KL terms + L_0) in bits/dim, exact over "
+                                       "all T terms or estimated from K stratified timesteps per image.",
+                           epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    nll.add_argument("run", help="run folder")
+    nll.add_argument("--split", default="test", choices=SPLITS,
+                     help="split of the run's dataset (default: %(default)s, held out from training)")
+    nll.add_argument("--data", default=None,
+                     help="other images to bound (a folder or .npy/.npz, all of it), e.g. the held-out images of a run "
+                          "trained on a folder (default: the run's own data, --split)")
+    nll.add_argument("-n", "--num", type=at_least(1), default=None, help="evaluate only the first N images")
+    nll.add_argument("--quick", type=at_least(1), default=None, metavar="K",
+                     help="estimate the sum from K stratified timesteps per image (unbiased, with its standard error)")
+    nll.add_argument("--batch-size", type=at_least(1), default=250,
+                     help="images per forward pass (default: %(default)s)")
+    nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
+    nll.add_argument("--weights", choices=["ema", "model"], default="ema",
+                     help="the EMA weights or the raw trained ones (default: ema)")
+    nll.add_argument("--out", default=None, help="output folder (default: RUN/eval; RUN/eval/data_NAME with --data)")
+    add_device_and_progress(nll)
+    nll.set_defaults(func=_run_nll)
+
+    qual = evsub.add_parser("quality", help="classifier Frechet distance, KID and class histogram (digits)",
+                            description="Offline sample quality of grey 32x32 digits: Frechet distance and KID in the "
+                                        "features of a small digit classifier, its class histogram, and the same "
+                                        "numbers for real digits (the floor).",
+                            epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    qual.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
+    _add_sampling_flags(qual, default_n=1000)
+    qual.add_argument("--out", default=None,
+                      help="output folder (default: RUN/eval for a run, the folder of a samples file, "
+                           "FOLDER_eval beside a folder of images)")
+    qual.set_defaults(func=_run_quality)
+
+    fid = evsub.add_parser("fid", help="standard Inception FID through torch-fidelity (optional extra)",
+                           description="Inception FID through torch-fidelity (pip install 'ddpm[fid]'), with the "
+                                       "Inception weights on disk.  Prints the FID; writes no file.",
+                           epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fid.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
+    fid.add_argument("--ref", required=True, help="real images: a folder, .npy/.npz, or 'digits' (test split)")
+    _add_sampling_flags(fid, default_n=1000)
+    fid.set_defaults(func=_run_fid)
+
+    stsub = _group(sub, "study", "studies: why Algorithm 2 adds noise", STUDY_EXAMPLES)
+    noise = stsub.add_parser("noise", help="sample with sigma^2 = beta_t, beta~_t and 0 from the same x_T",
+                             description="Why Algorithm 2 adds sigma_t z: the same network and the same x_T sampled "
+                                         "with sigma^2 = beta_t, beta~_t and without the noise term.",
+                             epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    noise.add_argument("run", help="run folder")
+    noise.add_argument("-n", "--num", type=at_least(1), default=64, help="samples per variant (default: %(default)s)")
+    noise.add_argument("--seed", type=int, default=0, help="base seed of x_T and of every z (default: 0)")
+    noise.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: 64)")
+    noise.add_argument("--no-quality", action="store_true", help="skip the classifier FD")
+    noise.add_argument("--out", default=None, help="output folder (default: RUN/study)")
+    add_device_and_progress(noise)
+    noise.set_defaults(func=_run_noise_study)
+
+
+def _add_sampling_flags(p, default_n):
+    p.add_argument("-n", "--num", type=at_least(2), default=default_n,
+                   help="samples to draw from a run (default: %(default)s)")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLERS,
+                   help="sampler when drawing from a run (default: %(default)s)")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help="sampler steps (default: all T for ddpm, 50 otherwise)")
+    p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
+    p.add_argument("--batch-size", type=at_least(1), default=250,
+                   help="samples per batch when drawing from a run (default: %(default)s)")
+    add_device_and_progress(p)
+
+
+def _is_run(src: Path) -> bool:
+    return src.is_dir() and (src / "config.json").is_file()
+
+
+def _default_out(src: Path) -> Path:
+    """Where a metric of ``src`` goes by default: RUN/eval for a run, the folder of a samples file, and beside a
+    folder of images (FOLDER_eval), so that the folder keeps only its images."""
+    src = src.absolute()  # "." has no name to put "_eval" after
+    if _is_run(src):
+        return src / "eval"
+    return src.with_name(src.name + "_eval") if src.is_dir() else src.parent
+
+
+def _images_from(args, native: bool = False, ready=lambda: None):
+    """uint8 (N, C, H, W) images: drawn from a run folder, or read from saved samples.  Saved samples become
+    grey 32x32 digits for the classifier, or keep their own shape with ``native``.  ``ready()`` is called once
+    the request has passed every check, before the sampling (the output folder's check goes there)."""
+    src = Path(args.source)
+    if _is_run(src):
+        run = load_run(src, device=args.device)
+        steps = steps_or_default(args.sampler, args.steps)
+        check_steps(steps, run, given=args.steps is not None)
+        if not native and run.config.data.source != "digits":
+            _note_not_digits(f"{src} was trained on {run.config.data.source}")
+        ready()
+        return generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                        steps=steps, progress=not args.no_progress)
+    if src.exists():
+        channels, size = native_shape(src)
+        if not native and (channels, size) != (1, 32):
+            _note_not_digits(f"{src} holds {'colour' if channels == 3 else 'grey'} {size}-pixel images")
+        images = load_samples(src, None, None) if native else load_samples(src)
+        if len(images) < 2:
+            raise UserError(f"{src}: holds {len(images)} image; the metrics need at least 2")
+        ready()
+        return images
+    raise UserError(f"{src}: no such run folder or samples file")
+
+
+def _note_not_digits(what: str) -> None:
+    print(f"note: {what}; the classifier FD and KID compare grey 32x32 images with the embedded MNIST test digits, "
+          "so they measure closeness to those digits", file=sys.stderr)
+
+
+def _run_nll(args) -> int:
+    refuse_file_as_folder(args.out, "--out")
+    run = load_run(args.run, which=args.weights, device=args.device)
+    T = run.schedule.num_timesteps
+    if args.quick is not None and args.quick > T - 1:
+        raise UserError(f"--quick takes 1 to T - 1 = {T - 1} strata for this run, got {args.quick}")
+    trained = run.config.data
+    if args.data is not None:
+        split = args.split if args.data in EMBEDDED else "all"  # a folder or file has no splits
+        dcfg = DataConfig.from_dict({**trained.to_dict(), "source": args.data, "split": split, "hflip": False})
+    elif trained.source not in EMBEDDED and args.split == "test":
+        raise UserError(f"{args.run} was trained on {trained.source}, which has no held-out split; pass "
+                          "--data HELD_OUT_IMAGES, or --split all for the bound on the training images")
+    else:
+        dcfg = DataConfig.from_dict({**trained.to_dict(), "split": args.split, "hflip": False})
+        if args.split != "train" and trained.split != "train":
+            print(f"note: {args.run} was trained on the {trained.split} split of {trained.source}, so the "
+                  f"{args.split} images are not held out", file=sys.stderr)
+    x0 = load_images(dcfg)
+    if args.num is not None:
+        x0 = x0[: args.num]
+    if len(x0) == 0:
+        raise UserError(f"{args.run}: the {args.split} split is empty")
+    # another data source's bound goes to a folder of its own, so it never replaces the run's own
+    default_out = Path(args.run) / "eval" / ("" if args.data is None else f"data_{Path(args.data).stem}")
+    out = check_out_dir(args.out or default_out)
+
+    def f(x, t):  # full precision: the bound's smallest terms need it
+        return run.model(x, t).float()
+    result = run_nll(f, run.schedule, x0, out, variance=run.config.variance, quick_k=args.quick,
+                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device)
+    print(nll_summary(result))
+    print(f"  on {len(x0)} images: {dcfg.source}, {dcfg.split} split")
+    print(f"written: {out / 'nll.json'}, {out / 'nll_terms.png'}")
+    return 0
+
+
+def _run_quality(args) -> int:
+    src = Path(args.source)
+    out = Path(args.out or _default_out(src))
+    images = _images_from(args, ready=lambda: check_out_dir(out))
+    # one report per samples file, so that two files in one folder keep their own (samples_quality.json, ...)
+    name = f"{src.stem}_quality.json" if src.is_file() else "quality.json"
+    result = run_quality(images, out, name=name)
+    print(quality_summary(result))
+    print(f"written: {out / name}")
+    return 0
+
+
+def _run_fid(args) -> int:
+    try:
+        check_fid_available(args.ref)  # before drawing any sample
+    except FidUnavailable as e:
+        raise UserError(str(e)) from None
+    images = _images_from(args, native=True)
+    try:
+        result = run_fid(images, args.ref)
+    except FidUnavailable as e:
+        raise UserError(str(e)) from None
+    print(f"FID {result['fid']:.3f} ({result['n_generated']} generated vs {result['n_reference']} real images)")
+    return 0
+
+
+def _run_noise_study(args) -> int:
+    refuse_file_as_folder(args.out, "--out")
+    run = load_run(args.run, device=args.device)
+    if args.num < 2 and not args.no_quality and measures_quality(run.config):
+        raise UserError(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
+                          "or --no-quality")
+    if not args.no_quality and measures_quality(run.config) and args.num < 50:
+        print(f"note: -n {args.num}: an FD from so few samples per variant is rough; only large gaps between the "
+              "rows mean something (default: 64)", file=sys.stderr)
+    if not args.no_quality and not measures_quality(run.config):
+        print(f"note: {args.run} was not trained on the grey 32x32 embedded digits, so the study measures pixel "
+              "variance only, not the classifier FD", file=sys.stderr)
+    out = check_out_dir(args.out or Path(args.run) / "study")
+    results = noise_study(run, out, n=args.num, seed=args.seed, batch_size=args.batch_size,
+                          quality=not args.no_quality, progress=not args.no_progress)
+    print(f"{'variant':<24} {'pixel var':>10} {'classifier FD':>14}")
+    for name, r in results.items():
+        fd = f"{r['classifier_fd']:.2f}" if "classifier_fd" in r else "-"
+        print(f"{name:<24} {r['pixel_variance_mean']:>10.4f} {fd:>14}")
+    print(f"written: {out / 'noise_study.png'}, {out / 'noise_study.json'}")
+    return 0

@@ -1,0 +1,241 @@
+"""``ddpm train``: flags -> :class:`~ddpm.runs.config.TrainConfig` -> :func:`ddpm.training.trainer.train`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from ..core.diffusion import VARIANCE_TYPES
+from ..core.schedule import SCHEDULE_KINDS, ScheduleConfig
+from ..data.datasets import EMBEDDED, SPLITS, DataConfig, native_shape
+from ..model.unet import PRESETS, UNetConfig, preset
+from ..runs.checkpoint import CheckpointError, latest_checkpoint
+from ..runs.config import LOSS_TYPES, LR_SCHEDULES, PRESET_RECIPES, TrainConfig
+from ..runtime.precision import PRECISIONS
+from ..training.rates import lr_at
+from ..training.trainer import train
+from .args import add_device_and_progress, at_least, int_list, positive_float
+from .errors import UserError, checked, refuse_file_as_folder
+
+__all__ = ["register", "config_from_args", "TRAIN_EXAMPLES"]
+
+TRAIN_EXAMPLES = """examples:
+  ddpm train                                   # small preset on the embedded MNIST digits (train split)
+  ddpm train --steps 20000 --run-dir runs/long
+  ddpm train --data path/to/images --image-size 64 --channels 3 --preset cifar10 --hflip
+  ddpm train --data faces.npz --loss hybrid --variance learned-range
+  ddpm train --preset tiny --attention-resolutions 16 --base-channels 8  # the tiny net, reshaped for 32x32
+  ddpm train --resume runs/digits --steps 8000  # go on from the last checkpoint (cosine decay now ends at 8000)
+  torchrun --standalone --nproc_per_node=8 -m ddpm train --batch-size 16   # 8 GPUs, global batch 128
+"""
+
+
+def _on_off(value: str) -> str:
+    v = value.lower()
+    if v not in ("auto", "on", "off"):
+        raise argparse.ArgumentTypeError("expected auto, on or off")
+    return v
+
+
+_DEFAULTS = TrainConfig()
+
+
+def _recipe_default(name: str) -> str:
+    """``--help``'s default of a training setting, from the library: the recipe value of each preset that sets it,
+    else TrainConfig's own (the paper's)."""
+    base = getattr(_DEFAULTS, name)
+    special = [f"{recipe[name]:g} for the {p} preset" if isinstance(recipe[name], float) else
+               f"{recipe[name]} for the {p} preset" for p, recipe in sorted(PRESET_RECIPES.items()) if name in recipe]
+    base = f"{base:g}" if isinstance(base, float) else str(base)
+    return f"{', '.join(special)}, else {base}" if special else base
+
+
+def register(sub) -> None:
+    """Add ``ddpm train`` to the subcommands ``sub``."""
+    d, sched = _DEFAULTS, ScheduleConfig()
+    p = sub.add_parser("train", help="train a noise predictor with Algorithm 1",
+                       description="Train eps_theta(x_t, t) with the DDPM objective (Ho et al. 2020, Algorithm 1).",
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint "
+                   "(its saved config is used; only --steps, --device and --no-progress apply)")
+    p.add_argument("--run-dir", default=d.run_dir, help="where config, metrics, previews and checkpoints go "
+                   "(default: %(default)s)")
+    p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
+                   help="U-Net: digits (1.1M parameters, 32x32 grey), cifar10 (the paper's 35.7M, 32x32 colour), tiny "
+                        "(for tests on 8x8 images: add --image-size 8) (default: %(default)s)")
+    p.add_argument("--base-channels", type=at_least(1), default=None,
+                   help="override the preset's width at full resolution")
+    p.add_argument("--channel-mult", type=int_list, default=None, metavar="M1,M2,...",
+                   help="override the preset's width multiplier per level, e.g. 1,2,2,2 (one level per entry)")
+    p.add_argument("--num-res-blocks", type=at_least(1), default=None,
+                   help="override the preset's residual blocks per level")
+    p.add_argument("--attention-resolutions", type=int_list, default=None, metavar="R1,R2,...",
+                   help="override the feature-map sizes (pixels) that get self-attention, e.g. 16 or 16,8")
+    p.add_argument("--data", default=d.data.source, help="'digits' (embedded MNIST, 4,500 train / 500 test), "
+                   "'sklearn-digits', a folder of images, or a .npy/.npz file (default: %(default)s)")
+    p.add_argument("--split", default=d.data.split, choices=SPLITS,
+                   help="split of the embedded datasets to train on (default: %(default)s)")
+    p.add_argument("--image-size", type=at_least(1), default=None,
+                   help=f"side of the square images (default: {d.data.image_size})")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="1 (grey) or 3 (RGB) (default: what --data holds; 1 for the embedded digits)")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help=f"optimisation steps in total (default: {_recipe_default('steps')})")
+    p.add_argument("--batch-size", type=at_least(1), default=None,
+                   help=f"images per step per device (default: {_recipe_default('batch_size')})")
+    p.add_argument("--grad-accum", type=at_least(1), default=None,
+                   help=f"micro-batches per step (default: {d.grad_accum})")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help=f"AdamW peak learning rate (default: {_recipe_default('lr')})")
+    p.add_argument("--warmup-steps", type=at_least(0), default=None,
+                   help=f"steps of linear learning-rate warm-up (default: {_recipe_default('warmup_steps')})")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help=f"after warm-up: constant, or cosine decay to 0 at --steps "
+                        f"(default: {_recipe_default('lr_schedule')})")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help=f"EMA decay (default: {d.ema_decay:g}, with warm-up)")
+    p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    p.add_argument("--loss", choices=LOSS_TYPES, default=None,
+                   help=f"L_simple (eq. 14), L_vlb, or L_simple + lambda L_vlb (default: {d.loss})")
+    p.add_argument("--hybrid-lambda", type=float, default=None,
+                   help=f"lambda of the hybrid loss (default: {d.hybrid_lambda:g})")
+    p.add_argument("--variance", choices=VARIANCE_TYPES, default=None,
+                   help=f"sigma_t^2: beta_t, beta~_t or learned (default: {d.variance})")
+    p.add_argument("--importance-sampling", action="store_true", help="sample t by the history of L_vlb terms")
+    p.add_argument("--schedule", choices=SCHEDULE_KINDS, default=None, help=f"beta schedule (default: {sched.kind})")
+    p.add_argument("--timesteps", type=at_least(1), default=None, help=f"T (default: {sched.num_timesteps})")
+    p.add_argument("--beta-start", type=float, default=None,
+                   help=f"beta_1 of the linear schedule (default: {sched.beta_start:g})")
+    p.add_argument("--beta-end", type=float, default=None,
+                   help=f"beta_T of the linear schedule (default: {sched.beta_end:g})")
+    p.add_argument("--seed", type=int, default=None, help=f"seed of init, data order and noise (default: {d.seed})")
+    p.add_argument("--log-every", type=at_least(1), default=None,
+                   help=f"steps between metric rows (default: {d.log_every})")
+    p.add_argument("--sample-every", type=at_least(1), default=None,
+                   help=f"steps between preview grids (default: {d.sample_every})")
+    p.add_argument("--checkpoint-every", type=at_least(1), default=None,
+                   help=f"steps between checkpoints (default: {d.checkpoint_every})")
+    p.add_argument("--keep-checkpoints", type=at_least(1), default=None,
+                   help=f"checkpoints kept (default: {d.keep_checkpoints})")
+    add_device_and_progress(p, device_default=None)  # None: a resume keeps the run's device unless told
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 with a gradient scaler "
+                        f"(default: {d.precision})")
+    p.add_argument("--compile", type=_on_off, default=None,
+                   help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
+                        "fails to compile), on, off")
+    p.set_defaults(func=_run_train)
+
+
+def config_from_args(args) -> TrainConfig:
+    """The :class:`TrainConfig` of a ``ddpm train`` command line: :meth:`TrainConfig.for_preset` of ``--preset``
+    with the flags that were given laid over it."""
+    defaults = _DEFAULTS
+    model_over = {k: v for k, v in {"dropout": args.dropout, "base_channels": args.base_channels,
+                                    "channel_mult": args.channel_mult, "num_res_blocks": args.num_res_blocks,
+                                    "attention_resolutions": args.attention_resolutions}.items() if v is not None}
+    # a path is saved absolute, so that the run can be resumed or evaluated from any folder
+    source = args.data if args.data in EMBEDDED or not Path(args.data).exists() else str(Path(args.data).resolve())
+    channels = args.channels
+    if channels is None:  # colour data trains in colour unless told otherwise
+        on_disk = source not in EMBEDDED and Path(source).exists()
+        channels = native_shape(source)[0] if on_disk else defaults.data.channels
+    data = DataConfig(source=source, image_size=args.image_size or defaults.data.image_size,
+                      channels=channels, split=args.split, hflip=args.hflip)
+    model = preset(args.preset)
+    if model_over:  # checked at the data's image size, where the network will run
+        model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
+                                      "in_channels": data.channels})
+    if args.schedule == "cosine" and (args.beta_start is not None or args.beta_end is not None):
+        raise ValueError("--beta-start and --beta-end set the linear schedule; the cosine one has no such ends")
+    sched = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps, "beta_start": args.beta_start,
+                               "beta_end": args.beta_end}.items() if v is not None}
+    schedule = replace(defaults.schedule, **sched)
+    flat = {"run_dir": args.run_dir, "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+            "lr": args.lr, "warmup_steps": args.warmup_steps,
+            "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "loss": args.loss,
+            "hybrid_lambda": args.hybrid_lambda, "variance": args.variance, "seed": args.seed,
+            "log_every": args.log_every, "sample_every": args.sample_every, "checkpoint_every": args.checkpoint_every,
+            "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
+            "compile": args.compile}
+    flat = {k: v for k, v in flat.items() if v is not None}
+    return TrainConfig.for_preset(args.preset, model=model, schedule=schedule, data=data,
+                                  importance_sampling=args.importance_sampling,
+                                  progress=not args.no_progress, **flat)
+
+
+def _run_train(args) -> int:
+    if args.resume:
+        cfg_path = Path(args.resume) / "config.json"
+        if not cfg_path.is_file():
+            raise UserError(f"{args.resume}: not a run folder (no config.json); nothing to resume")
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{cfg_path}: unreadable JSON ({e})") from None
+        _check_resume_flags(args, saved)
+        saved["run_dir"] = str(args.resume)
+        for key, value in (("steps", args.steps), ("device", args.device)):
+            if value is not None:
+                saved[key] = value
+        saved["progress"] = not args.no_progress
+        config = checked(lambda: TrainConfig.from_dict(saved), cfg_path)
+        out = train(config, resume=True)
+    else:
+        refuse_file_as_folder(args.run_dir, "--run-dir")
+        config = checked(lambda: config_from_args(args), None, flags=vars(args))
+        if args.warmup_steps is not None and config.warmup_steps >= config.steps:
+            warnings.warn(f"--warmup-steps {config.warmup_steps} is not below --steps {config.steps}: the learning "
+                          f"rate never reaches --lr {config.lr:g}")
+        out = train(config)  # refuses a folder that already holds checkpoints
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
+        print(f"run saved in {out}")
+    return 0
+
+
+#: the flags that ``ddpm train --resume`` takes; the run's other settings come from its config.json
+RESUME_FLAGS = ("resume", "steps", "device", "no_progress")
+
+
+def _check_resume_flags(args, saved: dict) -> None:
+    """Refuse flags a resume would ignore and a --steps the run has already reached; say when there is nothing
+    left to train, and when --steps stretches a cosine learning-rate schedule (it is a function of the total
+    steps, so the rate at the current step moves)."""
+    defaults = vars(_alone().parse_args([]))
+    ignored = [k for k, v in vars(args).items() if k not in (*RESUME_FLAGS, "func", "command") and v != defaults.get(k)]
+    if ignored:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        raise UserError(f"{flags}: --resume continues {args.resume} with the settings in its config.json and takes "
+                         "only --steps, --device and --no-progress; drop the others or start a new run")
+    try:
+        done = int(latest_checkpoint(args.resume).name[5:])
+    except (CheckpointError, ValueError):
+        return  # the trainer says what is wrong with the folder
+    if args.steps is not None and args.steps <= done:
+        raise UserError(f"--steps {args.steps}: {args.resume} is already at step {done}; pass a larger total")
+    if args.steps is None:
+        total = saved.get("steps")
+        if isinstance(total, int) and done >= total and os.environ.get("RANK", "0") == "0":
+            print(f"note: {args.resume} is already at step {done} of {total}; nothing to train (pass --steps N "
+                  f"above {done} to go further)", file=sys.stderr)
+        return
+    if saved.get("lr_schedule") == "cosine" and args.steps != saved.get("steps"):
+        lr, warm = saved.get("lr", 0.0), saved.get("warmup_steps", 0)
+        before = lr_at(done, lr, warm, "cosine", saved.get("steps"))
+        after = lr_at(done, lr, warm, "cosine", args.steps)
+        print(f"note: the cosine learning-rate schedule now ends at step {args.steps} instead of {saved.get('steps')}; "
+              f"the rate at step {done} goes from {before:.3g} to {after:.3g}", file=sys.stderr)
+
+
+
+
+def _alone() -> argparse.ArgumentParser:
+    """A parser of ``ddpm train``'s flags alone, whose defaults say which flags a command line changed."""
+    holder = argparse.ArgumentParser(add_help=False).add_subparsers()
+    register(holder)
+    return holder.choices["train"]

@@ -1,0 +1,1 @@
+"""Measuring a run: bits/dim, classifier FD/KID, Inception FID, the noise study."""

@@ -1,0 +1,183 @@
+"""Saving and loading runs safely.
+
+A checkpoint is a folder ``RUN/checkpoints/step_XXXXXXX/`` holding
+
+* ``model.safetensors`` and ``ema.safetensors``: the network's weights and their EMA;
+* ``trainer.pt``: optimizer state, step, RNG states and the data order, saved with ``torch.save`` but
+  holding only tensors, numbers, strings and containers, and always read back with
+  ``torch.load(weights_only=True)``, so loading never runs code from the file;
+* ``config.json``: the full run config.
+
+Saves are atomic and durable: every file is written and flushed to disk (fsync) under a temporary folder name,
+the folder is renamed into place and the rename flushed, and only then is the ``latest`` pointer replaced and
+are checkpoints beyond the newest ``keep`` deleted.  An interrupted save, even by a power cut, leaves the
+previous checkpoint valid.  The newest complete ``step_*`` folder is the latest checkpoint; resuming falls back
+to an older one, with a warning, when the newest cannot be read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..runtime.atomic import default_mode, fsync_path
+
+__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints", "load_checkpoint",
+           "load_weights", "state_dict_for_saving", "mismatch_summary"]
+
+
+class CheckpointError(Exception):
+    """A checkpoint or run folder that cannot be used; the message is one line that says why."""
+
+
+def state_dict_for_saving(module: torch.nn.Module) -> dict:
+    """A module's state dict with contiguous CPU tensors and without the ``_orig_mod.`` / ``module.`` prefixes
+    that torch.compile and DistributedDataParallel add, so checkpoints load into a plain module."""
+    out = {}
+    for k, v in module.state_dict().items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, ema: torch.nn.Module,
+                    trainer_state: dict, config: dict, keep: int = 3) -> Path:
+    """Write checkpoint ``step`` atomically and durably under ``run_dir/checkpoints``, then prune all but the
+    newest ``keep``."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".tmp_step_{step:07d}_"))
+    os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folders are private (0700)
+    aside = None
+    try:
+        save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
+        save_file(state_dict_for_saving(ema), str(tmp / "ema.safetensors"))
+        torch.save(trainer_state, tmp / "trainer.pt")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            fsync_path(f)
+        fsync_path(tmp)
+        if final.exists():  # the same step saved again: move the old one aside until the new one is in place
+            aside = ckpt_root / f".old_{final.name}_{os.getpid()}"
+            os.replace(final, aside)
+        os.replace(tmp, final)
+        fsync_path(ckpt_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None and not final.exists():
+            os.replace(aside, final)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    pointer_tmp = ckpt_root / ".latest.tmp"
+    pointer_tmp.write_text(final.name + "\n")
+    fsync_path(pointer_tmp)
+    os.replace(pointer_tmp, ckpt_root / "latest")
+    fsync_path(ckpt_root)
+    for old in _step_folders(ckpt_root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "trainer.pt", "config.json")
+
+
+def _step_folders(root: Path) -> list[Path]:
+    """The ``step_*`` folders under ``root``, oldest first by step number."""
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def complete_checkpoints(path: Path) -> list[Path]:
+    """The complete checkpoint folders (every file of :data:`CHECKPOINT_FILES` present) of a run folder or its
+    ``checkpoints`` folder, newest first."""
+    path = Path(path)
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    return [p for p in reversed(_step_folders(root)) if all((p / f).is_file() for f in CHECKPOINT_FILES)]
+
+
+def latest_checkpoint(path: Path) -> Path:
+    """Resolve a run folder, its ``checkpoints`` folder, or a checkpoint folder to one checkpoint folder: the
+    newest complete one (a save interrupted before its pointer moved still counts; the pointer is not needed)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run or checkpoint folder")
+    if (path / "model.safetensors").is_file():
+        return path
+    found = complete_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path}: holds no checkpoint (expected checkpoints/step_*/model.safetensors); "
+                              "train first or point at a run folder")
+    return found[0]
+
+
+def mismatch_summary(error: RuntimeError) -> str:
+    """The first concrete line of a ``load_state_dict`` error (a missing key, an unexpected one, a shape that
+    differs), not its "Error(s) in loading state_dict" header."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if not ln.startswith("Error(s) in loading")), lines[0] if lines else "")
+    return detail if len(detail) <= 240 else detail[:237] + "..."
+
+
+def load_weights(ckpt: Path, which: str = "ema") -> dict:
+    """Read ``model`` or ``ema`` weights of a checkpoint folder as a dict of tensors (safetensors: no code runs)."""
+    f = Path(ckpt) / f"{which}.safetensors"
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")
+    try:
+        return load_file(str(f))
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{f}: unreadable ({type(e).__name__}: {e}); the file is corrupt, remove "
+                              f"{Path(ckpt).name} to use the checkpoint before it") from None
+
+
+def load_checkpoint(path: Path, *, with_trainer_state: bool = True, fallback: bool = False) -> dict:
+    """Load a checkpoint: ``{"path", "config", "model", "ema", "trainer"}`` (trainer only when asked).
+
+    ``trainer.pt`` is read with ``torch.load(weights_only=True)``, which refuses pickled code.  With
+    ``fallback`` (resuming), a run folder whose newest checkpoint cannot be read loads the newest one that can,
+    with a warning naming the ones skipped; the error of the newest is raised if none can.
+    """
+    path = Path(path)
+    candidates = complete_checkpoints(path) if fallback and path.is_dir() else []
+    if len(candidates) < 2 or (path / "model.safetensors").is_file():
+        return _load_one(latest_checkpoint(path), with_trainer_state)  # (with the usual error when there is none)
+    skipped = []
+    for ckpt in candidates:
+        try:
+            out = _load_one(ckpt, with_trainer_state)
+        except CheckpointError as e:
+            skipped.append(e)
+            continue
+        if skipped:
+            warnings.warn(f"{'; '.join(map(str, skipped))}; using the older {ckpt} instead", stacklevel=2)
+        return out
+    raise skipped[0]
+
+
+def _load_one(ckpt: Path, with_trainer_state: bool) -> dict:
+    cfg_file = ckpt / "config.json"
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: unreadable config ({e})") from None
+    out = {"path": ckpt, "config": config, "model": load_weights(ckpt, "model"), "ema": load_weights(ckpt, "ema")}
+    if with_trainer_state:
+        f = ckpt / "trainer.pt"
+        try:
+            out["trainer"] = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{f}: unreadable trainer state ({type(e).__name__}); the file is corrupt "
+                                  "or not a ddpm checkpoint") from None
+        if not isinstance(out["trainer"], dict):
+            raise CheckpointError(f"{f}: holds a {type(out['trainer']).__name__}, not a trainer state")
+    return out

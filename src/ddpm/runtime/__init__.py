@@ -1,0 +1,1 @@
+"""Where and how code runs: devices, precision, torchrun/DDP, atomic files."""

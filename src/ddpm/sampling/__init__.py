@@ -1,0 +1,1 @@
+"""Load a run and draw images from it."""

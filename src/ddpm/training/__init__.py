@@ -1,0 +1,1 @@
+"""Algorithm 1: the Trainer, its learning-rate and EMA schedules, previews."""

@@ -1,0 +1,23 @@
+"""Preview grids a training run leaves behind: EMA samples every ``sample_every`` steps, with fixed seeds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..runs.images import save_grid
+from ..sampling.generate import LoadedRun, generate
+
+__all__ = ["write_preview"]
+
+
+def write_preview(trainer) -> Path:
+    """Sample ``preview_samples`` images from the trainer's EMA weights (fixed seeds, so grids of successive steps
+    are comparable) and save them as ``RUN/previews/step_XXXXXXX.png``."""
+    cfg = trainer.config
+    run = LoadedRun(trainer.ema, trainer.schedule, cfg, trainer.run_dir, trainer.device)
+    steps = None if cfg.preview_sampler == "ddpm" else min(cfg.preview_steps, trainer.schedule.num_timesteps)
+    images = generate(run, cfg.preview_samples, seed=0, batch_size=cfg.preview_samples, sampler=cfg.preview_sampler,
+                      steps=steps, progress=False)
+    path = trainer.run_dir / "previews" / f"step_{trainer.step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(path, images)
+    return path
