@@ -163,7 +163,7 @@ def main(argv=None) -> None:
         for name in names:
             t0 = time.perf_counter()
             images = generate(run, args.n, seed=args.seed, batch_size=args.batch_size, progress=False,
-                              precision="fp32", clip_denoised=not args.no_clip, **SAMPLERS[name])
+                              precision="fp32", clip_denoised=not args.no_clip, **SAMPLERS[name]).images
             row = _row(f"{path}: {name}", images, norms, args)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)

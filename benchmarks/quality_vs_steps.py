@@ -73,7 +73,7 @@ def main(argv=None) -> None:
         sampler, eta, spacing = SETTINGS[name]
         t0 = time.perf_counter()
         images = generate(run, args.n, seed=args.seed, batch_size=args.batch_size, sampler=sampler, steps=steps,
-                          eta=eta, spacing=spacing, precision=args.precision, progress=False)
+                          eta=eta, spacing=spacing, precision=args.precision, progress=False).images
         secs = time.perf_counter() - t0
         rep = quality_report(images, classifier=classifier, floor=not rows)
         row = {"sampler": name, "steps": steps or run.schedule.num_timesteps, "fd": rep["fd"],

@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     run = load_run(args.run)
     panels = []
     for label, kw in ROWS:
-        grid = make_grid(generate(run, args.n, seed=0, batch_size=args.n, progress=False, **kw), nrow=8)
+        grid = make_grid(generate(run, args.n, seed=0, batch_size=args.n, progress=False, **kw).images, nrow=8)
         panels.append((label, grid.resize((grid.width * args.scale, grid.height * args.scale), Image.NEAREST)))
     label_w, gap = 150, 6
     out = Image.new("L", (label_w + panels[0][1].width, sum(g.height for _, g in panels) + gap * (len(panels) - 1)),

@@ -331,7 +331,7 @@ def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
         "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform", "variance": "fixed-large"}
     assert rec["device"] == "cpu" and rec["precision"] == "fp32"  # "auto", as resolved on this device
     settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n", "device")}
-    again = generate(load_run(rec["checkpoint"], which=rec["weights"]), rec["n"], progress=False, **settings)
+    again = generate(load_run(rec["checkpoint"], which=rec["weights"]), rec["n"], progress=False, **settings).images
     assert np.array_equal(again.permute(0, 2, 3, 1).numpy(), np.load(out / "samples.npz")["images"])
 
 

@@ -14,8 +14,14 @@ import torch
 
 from ddpm.core.diffusion import VARIANCE_TYPES
 from ddpm.core.respace import SPACINGS, log_snr, original_time_model, respace, timestep_sequence
-from ddpm.core.samplers import SAMPLERS, PerSampleNoise, ancestral_sample, ddim_decode, ddim_encode, ddim_sample, ddim_sigma, dpm_solver_2m_sample, sample
+from ddpm.core.samplers import SAMPLERS, Chain, PerSampleNoise, ancestral_sample, ddim_decode, ddim_encode, ddim_sample, ddim_sigma, dpm_solver_2m_sample, run_sampler
 from ddpm.core.schedule import Schedule, ScheduleConfig, make_schedule
+
+
+def with_chain(sampler_fn, *args, every, **kw):
+    """Run ``sampler_fn`` with a :class:`Chain` observer; returns (x_0, frames)."""
+    chain = Chain(every)
+    return sampler_fn(*args, on_step=chain, **kw), chain.frames
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,10 +155,10 @@ def test_original_time_model_maps_indices():
 @pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
 def test_network_sees_the_original_timesteps(sampler, spacing):
     rec = Recorder(wiggly_eps)
-    sample(rec, SCHED, PerSampleNoise([0, 1]), (3,), sampler=sampler, steps=7, spacing=spacing)
+    run_sampler(rec, SCHED, PerSampleNoise([0, 1]), (3,), sampler=sampler, steps=7, spacing=spacing)
     assert rec.calls == timestep_sequence(SCHED, 7, spacing).flip(0).tolist()
     rec = Recorder(wiggly_eps)
-    sample(rec, SCHED, PerSampleNoise([0]), (3,), sampler=sampler)            # steps=None: all T
+    run_sampler(rec, SCHED, PerSampleNoise([0]), (3,), sampler=sampler)            # steps=None: all T
     assert rec.calls == list(range(T - 1, -1, -1))
 
 
@@ -164,8 +170,8 @@ def test_learned_range_variance_under_respacing():
     r = respace(SCHED, ts)
     v = 0.3
     model = lambda x, t: torch.cat([torch.zeros_like(x), torch.full_like(x, v)], dim=1)
-    x0, chain = ancestral_sample(model, SCHED, PerSampleNoise([11]), (2, 3), variance="learned-range",
-                                 clip_denoised=False, timesteps=ts, chain_every=1)
+    x0, chain = with_chain(ancestral_sample, model, SCHED, PerSampleNoise([11]), (2, 3), variance="learned-range",
+                                 clip_denoised=False, timesteps=ts, every=1)
     noise = PerSampleNoise([11])
     noise.randn((2, 3))                                         # x_T
     f = (v + 1) / 2
@@ -201,10 +207,10 @@ def test_ddim_eta1_is_ancestral_with_posterior_variance(clip, steps):
     seeds = [3, 4, 5]
     model = wiggly_eps if clip else gaussian_eps(SCHED)
     ts = None if steps is None else timestep_sequence(SCHED, steps, "uniform")
-    x_a, ch_a = ancestral_sample(model, SCHED, PerSampleNoise(seeds), (D,), variance="fixed-small",
-                                 clip_denoised=clip, chain_every=1, timesteps=ts)
-    x_d, ch_d = ddim_sample(model, SCHED, PerSampleNoise(seeds), (D,), steps=steps, eta=1.0,
-                            clip_denoised=clip, chain_every=1)
+    x_a, ch_a = with_chain(ancestral_sample, model, SCHED, PerSampleNoise(seeds), (D,), variance="fixed-small",
+                                 clip_denoised=clip, timesteps=ts, every=1)
+    x_d, ch_d = with_chain(ddim_sample, model, SCHED, PerSampleNoise(seeds), (D,), steps=steps, eta=1.0,
+                            clip_denoised=clip, every=1)
     assert len(ch_a) == len(ch_d) == (T if steps is None else steps) + 1
     for (ta, xa), (td, xd) in zip(ch_a, ch_d):
         assert ta == td
@@ -308,7 +314,7 @@ def test_ode_solvers_converge_at_their_order(solver, order, mesh):
             d = -log_snr(sched.alpha_bars).diff()
             assert torch.allclose(d[0::2], torch.full((n // 2,), 8.0 / n, dtype=torch.float64), rtol=1e-8)
             assert torch.allclose(d[1::2], 2 * d[0::2], rtol=1e-8)
-        out = sample(gaussian_eps(sched), sched, None, (D,), sampler=solver, steps=steps, spacing="logsnr",
+        out = run_sampler(gaussian_eps(sched), sched, None, (D,), sampler=solver, steps=steps, spacing="logsnr",
                      clip_denoised=False, x_T=x_T)
         errs.append((out.double() - _exact_ode(sched, ts, x_T)).abs().max().item())
     ratios = [b / a for a, b in zip(errs, errs[1:])]
@@ -329,8 +335,8 @@ CONFIGS = [
 def test_sample_depends_only_on_its_seed(cfg):
     # wiggly_eps acts on each sample alone; torch's vectorised sin may round the last bit differently from its
     # scalar tail, so compare at float32 resolution rather than bit for bit.
-    alone = sample(wiggly_eps, SCHED, PerSampleNoise([42]), (2, 3), **cfg)
-    batch = sample(wiggly_eps, SCHED, PerSampleNoise([1, 2, 42, 3, 4]), (2, 3), **cfg)
+    alone = run_sampler(wiggly_eps, SCHED, PerSampleNoise([42]), (2, 3), **cfg)
+    batch = run_sampler(wiggly_eps, SCHED, PerSampleNoise([1, 2, 42, 3, 4]), (2, 3), **cfg)
     assert torch.allclose(alone[0], batch[2], rtol=0, atol=1e-6)
     assert not torch.allclose(batch[0], batch[2], atol=1e-2)
 
@@ -369,8 +375,8 @@ def test_chunked_noise_is_per_sample_and_standard_normal(chunk):
     with pytest.raises(ValueError, match="chunk"):
         PerSampleNoise([0], chunk=0)
     cfg = dict(sampler="ddpm", steps=10)
-    alone = sample(wiggly_eps, SCHED, PerSampleNoise([42], chunk=chunk), (2, 3), **cfg)
-    batch = sample(wiggly_eps, SCHED, PerSampleNoise([1, 42], chunk=chunk), (2, 3), **cfg)
+    alone = run_sampler(wiggly_eps, SCHED, PerSampleNoise([42], chunk=chunk), (2, 3), **cfg)
+    batch = run_sampler(wiggly_eps, SCHED, PerSampleNoise([1, 42], chunk=chunk), (2, 3), **cfg)
     assert torch.allclose(alone[0], batch[1], rtol=0, atol=1e-6)
 
 
@@ -384,8 +390,8 @@ def test_sample_depends_only_on_its_seed_with_a_unet():
         for p in net.parameters():            # zero-initialised output layers would make eps = 0
             p.add_(0.05 * torch.randn_like(p))
     for sampler in SAMPLERS:
-        alone = sample(net, SCHED, PerSampleNoise([9]), (1, 8, 8), sampler=sampler, steps=4)
-        batch = sample(net, SCHED, PerSampleNoise([5, 9, 6]), (1, 8, 8), sampler=sampler, steps=4)
+        alone = run_sampler(net, SCHED, PerSampleNoise([9]), (1, 8, 8), sampler=sampler, steps=4)
+        batch = run_sampler(net, SCHED, PerSampleNoise([5, 9, 6]), (1, 8, 8), sampler=sampler, steps=4)
         assert torch.allclose(alone[0], batch[1], rtol=0, atol=1e-5), sampler
 
 
@@ -470,7 +476,7 @@ GAUSSIAN_CASES = [
                          if isinstance(c, dict) else str(c))
 def test_gaussian_data_moments(cfg, bias):
     n = 2000
-    x = sample(gaussian_eps(SCHED), SCHED, PerSampleNoise(range(1000, 1000 + n)), (D,), clip_denoised=False,
+    x = run_sampler(gaussian_eps(SCHED), SCHED, PerSampleNoise(range(1000, 1000 + n)), (D,), clip_denoised=False,
                **cfg).double()
     mean_x, var_x = exact_moments(cfg)
     # 1. the discretised sampler itself: exact moments near the data's, within the stated bias
@@ -545,7 +551,7 @@ def test_discretisation_error_vanishes_at_the_solvers_order():
     for solver, order, ns in (("ddim", 1, (50, 100, 200)), ("dpm++2m", 2, (25, 50, 100))):
         errs, var_bias = [], []
         for n in ns:
-            out = sample(model, sched, None, (D,), sampler=solver, steps=n, spacing="logsnr", clip_denoised=False,
+            out = run_sampler(model, sched, None, (D,), sampler=solver, steps=n, spacing="logsnr", clip_denoised=False,
                          x_T=x_T).double()
             ts = timestep_sequence(sched, n, "logsnr")
             ode = _exact_ode(sched, ts, x_T)
@@ -561,15 +567,15 @@ def test_discretisation_error_vanishes_at_the_solvers_order():
 
 def test_chain_frames_run_from_x_T_to_x_0():
     for sampler in SAMPLERS:
-        x0, chain = sample(wiggly_eps, SCHED, PerSampleNoise([0, 1]), (3,), sampler=sampler, steps=10,
-                           chain_every=3, spacing="trailing")
+        x0, chain = with_chain(run_sampler, wiggly_eps, SCHED, PerSampleNoise([0, 1]), (3,), sampler=sampler, steps=10,
+                               spacing="trailing", every=3)
         ts = timestep_sequence(SCHED, 10, "trailing")
         # x at kept index k is labelled with the paper's t = index + 1; frames every 3 steps left, plus x_T and x_0
         assert [t for t, _ in chain] == [int(ts[9]) + 1] + [int(ts[k - 1]) + 1 for k in (9, 6, 3)] + [0]
         assert all(f.device.type == "cpu" and f.shape == (2, 3) for _, f in chain)
         assert torch.equal(chain[-1][1], x0)
         assert torch.equal(chain[0][1], PerSampleNoise([0, 1]).randn((3,)))
-    _, chain = sample(wiggly_eps, SCHED, PerSampleNoise([0]), (3,), chain_every=25)
+    _, chain = with_chain(run_sampler, wiggly_eps, SCHED, PerSampleNoise([0]), (3,), every=25)
     assert [t for t, _ in chain] == [100, 75, 50, 25, 0]
 
 
@@ -577,26 +583,26 @@ def test_learned_range_output_is_split_for_every_sampler():
     # A learned-range network outputs [eps, v]; the deterministic samplers use only eps.
     two = lambda x, t: torch.cat([wiggly_eps(x, t), torch.zeros_like(x)], dim=1)
     for sampler in ("ddim", "dpm++2m"):
-        a = sample(wiggly_eps, SCHED, PerSampleNoise([4]), (2, 3), sampler=sampler, steps=8)
-        b = sample(two, SCHED, PerSampleNoise([4]), (2, 3), sampler=sampler, steps=8, variance="learned-range")
+        a = run_sampler(wiggly_eps, SCHED, PerSampleNoise([4]), (2, 3), sampler=sampler, steps=8)
+        b = run_sampler(two, SCHED, PerSampleNoise([4]), (2, 3), sampler=sampler, steps=8, variance="learned-range")
         assert torch.equal(a, b)
-    sample(two, SCHED, PerSampleNoise([4]), (2, 3), sampler="ddpm", steps=8, variance="learned-range")
+    run_sampler(two, SCHED, PerSampleNoise([4]), (2, 3), sampler="ddpm", steps=8, variance="learned-range")
 
 
 def test_dispatcher_rejects_bad_arguments():
     noise = PerSampleNoise([0])
     with pytest.raises(ValueError):
-        sample(wiggly_eps, SCHED, noise, (3,), sampler="euler")
+        run_sampler(wiggly_eps, SCHED, noise, (3,), sampler="euler")
     with pytest.raises(ValueError):
-        sample(wiggly_eps, SCHED, noise, (3,), sampler="ddim", eta=1.5)
+        run_sampler(wiggly_eps, SCHED, noise, (3,), sampler="ddim", eta=1.5)
     with pytest.raises(ValueError):
-        sample(wiggly_eps, SCHED, noise, (3,), sampler="ddpm", eta=0.5)
+        run_sampler(wiggly_eps, SCHED, noise, (3,), sampler="ddpm", eta=0.5)
     with pytest.raises(ValueError):
-        sample(wiggly_eps, SCHED, noise, (3,), sampler="ddim", spacing="linear")
+        run_sampler(wiggly_eps, SCHED, noise, (3,), sampler="ddim", spacing="linear")
     with pytest.raises(ValueError):
-        sample(wiggly_eps, SCHED, noise, (3,), sampler="ddim", steps=T + 1)
+        run_sampler(wiggly_eps, SCHED, noise, (3,), sampler="ddim", steps=T + 1)
     with pytest.raises(ValueError):
-        sample(wiggly_eps, SCHED, noise, (3,), variance="fixed")
+        run_sampler(wiggly_eps, SCHED, noise, (3,), variance="fixed")
     assert set(VARIANCE_TYPES) == {"fixed-large", "fixed-small", "learned-range"}
 
 
@@ -604,7 +610,7 @@ def test_inputs_are_not_changed():
     x_T = torch.randn(2, 3)
     keep = x_T.clone()
     for sampler in SAMPLERS:
-        sample(wiggly_eps, SCHED, PerSampleNoise([0, 1]), (3,), sampler=sampler, steps=5, x_T=x_T)
+        run_sampler(wiggly_eps, SCHED, PerSampleNoise([0, 1]), (3,), sampler=sampler, steps=5, x_T=x_T)
     x0 = torch.randn(2, 3)
     keep0 = x0.clone()
     ddim_encode(wiggly_eps, SCHED, x0, 5)

@@ -3,7 +3,7 @@
     ddpm.train(config)            train, or resume with resume=True
     ddpm.sample(run_dir, n, ...)  sample a run and write grid.png, samples.npz, images/
     ddpm.load_run(run_dir)        the EMA network, schedule and config of a run
-    ddpm.generate(run, n, ...)    samples as a uint8 tensor
+    ddpm.generate(run, n, ...)    Samples: .images, a uint8 tensor (and .chain)
     ddpm.TrainConfig              the run configuration
 """
 from ._version import __version__

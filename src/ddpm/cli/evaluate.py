@@ -146,7 +146,7 @@ def _images_from(args, native: bool = False, ready=lambda: None):
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
         ready()
         return generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
-                        steps=steps, progress=not args.no_progress)
+                        steps=steps, progress=not args.no_progress).images
     if src.exists():
         channels, size = native_shape(src)
         if not native and (channels, size) != (1, 32):

@@ -8,7 +8,11 @@ its seed alone, never on which batch drew it.
 * :func:`ddim_sample`       DDIM (Song et al. 2021, eq. 12) with sigma_t(eta) of eq. 16; eta = 0 is the ODE.
 * :func:`dpm_solver_2m_sample`  DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
 * :func:`ddim_encode` / :func:`ddim_decode`  the eta = 0 ODE run forwards (image -> x_T) and back.
-* :func:`sample`            the one entry point the command line uses.
+* :func:`run_sampler`       one entry point for all of them, by name.
+
+Every sampler returns x_0.  To watch the way there (pictures of the denoising chain, a live page), pass
+``on_step``: it is called with a :class:`Step` before the first step (x = x_T) and after every step, with x and
+the x_0 the network predicted; :class:`Chain` is such an observer that keeps frames for a picture.
 
 Every sampler with S steps calls the network S times, at the kept timesteps t_{S-1} > ... > t_0
 (:func:`ddpm.core.respace.timestep_sequence`), always with the original indices, and its last step lands on
@@ -18,6 +22,7 @@ step's coefficients are float64 Python scalars, computed from the float64 schedu
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -27,14 +32,14 @@ from .diffusion import VARIANCE_TYPES, p_mean_variance, split_model_output
 from .respace import SPACINGS, log_snr, respace, timestep_sequence
 from .schedule import Schedule
 
-__all__ = ["PerSampleNoise", "ModelFn", "SAMPLERS", "DEFAULT_SPACING", "DEFAULT_FAST_STEPS", "steps_or_default",
-           "ancestral_sample", "ddim_sample", "ddim_sigma", "dpm_solver_2m_sample", "ddim_encode", "ddim_decode",
-           "sample"]
+__all__ = ["PerSampleNoise", "ModelFn", "Step", "OnStep", "Chain", "SAMPLERS", "DEFAULT_SPACING", "DEFAULT_FAST_STEPS",
+           "steps_or_default", "ancestral_sample", "ddim_sample", "ddim_sigma", "dpm_solver_2m_sample", "ddim_encode",
+           "ddim_decode", "run_sampler"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
-#: the spacing :func:`sample` uses when none is given.  DPM-Solver++ steps uniformly in lambda: on the linear
+#: the spacing :func:`run_sampler` uses when none is given.  DPM-Solver++ steps uniformly in lambda: on the linear
 #: schedule uniform-in-time steps leave its last interval with a lambda jump many times the previous one, which
 #: the two-step extrapolation amplifies (see :mod:`ddpm.core.respace`).
 DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpm++2m": "logsnr"}
@@ -97,26 +102,48 @@ def _progress(iterable, enabled: bool, desc: str, total: int):
     return tqdm(iterable, desc=desc, total=total, unit="step", dynamic_ncols=True)
 
 
-class _Chain:
-    """Frames (t, cpu tensor) from x_T to x_0; t is the paper's 1-based time of the frame (0 for x_0).
+@dataclass
+class Step:
+    """What a sampler reports to ``on_step``: once before the first step and once after every step.
 
-    A frame is kept after every step that leaves k steps to go with k a multiple of ``every`` (so x_0 always).
-    """
+    left: sampler steps still to take (S before the first, 0 once x is x_0).  t: the paper's 1-based time x sits
+    at (0 for x_0).  x: the current batch.  x0: the x_0 the network predicted in the step just taken (None
+    before the first)."""
 
-    def __init__(self, every: int | None, timesteps: torch.Tensor, x: torch.Tensor):
-        if every is not None and every < 1:
-            raise ValueError(f"chain_every must be >= 1, got {every}")
-        self.every = every
-        self.timesteps = timesteps
-        self.frames = [(int(timesteps[-1]) + 1, x.cpu())] if every else None
+    left: int
+    t: int
+    x: torch.Tensor
+    x0: torch.Tensor | None
 
-    def after_step(self, k: int, x: torch.Tensor) -> None:
-        """Record x after the step taken at kept index k (x now sits at kept index k - 1, or is x_0)."""
-        if self.frames is not None and k % self.every == 0:
-            self.frames.append((int(self.timesteps[k - 1]) + 1 if k > 0 else 0, x.cpu()))
 
-    def result(self, x: torch.Tensor):
-        return (x, self.frames) if self.frames is not None else x
+OnStep = Callable[[Step], None]
+
+
+class Chain:
+    """An ``on_step`` observer keeping frames (t, cpu tensor) from x_T to x_0: x_T, x after every step that leaves
+    a multiple of ``every`` steps to go, and x_0.  ``first``: keep only the first that many samples."""
+
+    def __init__(self, every: int, first: int | None = None):
+        if every < 1:
+            raise ValueError(f"chain every must be >= 1, got {every}")
+        self.every, self.first = every, first
+        self.frames: list[tuple[int, torch.Tensor]] = []
+
+    def __call__(self, step: Step) -> None:
+        if not self.frames or step.left % self.every == 0:
+            x = step.x if self.first is None else step.x[: self.first]
+            self.frames.append((step.t, x.cpu()))
+
+
+def _report_start(on_step: OnStep | None, timesteps: torch.Tensor, x: torch.Tensor) -> None:
+    if on_step is not None:
+        on_step(Step(len(timesteps), int(timesteps[-1]) + 1, x, None))
+
+
+def _report(on_step: OnStep | None, timesteps: torch.Tensor, k: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    """After the step taken at kept index k: x now sits at kept index k - 1, or is x_0."""
+    if on_step is not None:
+        on_step(Step(k, int(timesteps[k - 1]) + 1 if k > 0 else 0, x, x0))
 
 
 def _start(noise: PerSampleNoise | None, shape: Sequence[int], x_T: torch.Tensor | None) -> torch.Tensor:
@@ -152,21 +179,21 @@ def _denoise(model: ModelFn, x: torch.Tensor, t: int, abar: float, variance: str
 @torch.inference_mode()
 def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Sequence[int], *,
                      variance: str = "fixed-large", clip_denoised: bool = True, sigma_scale: float = 1.0,
-                     progress: bool = False, chain_every: int | None = None, x_T: torch.Tensor | None = None,
-                     timesteps: Sequence[int] | torch.Tensor | None = None):
+                     progress: bool = False, on_step: OnStep | None = None, x_T: torch.Tensor | None = None,
+                     timesteps: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
     """Algorithm 2 of Ho et al. 2020, on all T steps or on the kept ``timesteps``.
 
     x_T ~ N(0, I); for t = T..1: z ~ N(0, I) if t > 1 else z = 0;  x_{t-1} = mu_theta(x_t, t) + sigma_t z.
 
     shape: the shape of one sample, (C, H, W).  variance: sigma_t^2 = beta_t ("fixed-large"), beta~_t
     ("fixed-small") or learned ("learned-range").  sigma_scale multiplies sigma_t (0 gives the noise-free,
-    mean-only path of the noise study).  chain_every: also return the intermediate x_t every that many
-    steps (and x_T and x_0), as a list of (t, tensor) pairs, for pictures of the denoising chain.
+    mean-only path of the noise study).  on_step: called with a :class:`Step` before the first step and after
+    every step (:class:`Chain` keeps frames for pictures of the denoising chain).
     timesteps: increasing 0-based indices to step through (default all T).  The reverse process then runs on
     :func:`ddpm.core.respace.respace`'s schedule, whose betas are 1 - abar_{t_k} / abar_{t_{k-1}} (Nichol &
     Dhariwal 2021, Sec. 4), so beta, beta~ and the learned-range interpolation between them are the respaced
     ones; the network is still called with the original index t_k.
-    Returns x_0, or (x_0, chain) when ``chain_every`` is set.
+    Returns x_0.
     """
     if timesteps is None:
         timesteps = torch.arange(schedule.num_timesteps)
@@ -177,7 +204,7 @@ def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, 
     if noise is None:
         raise ValueError("ancestral sampling draws z at every step: pass noise (x_T alone is not enough)")
     x = _start(noise, shape, x_T)
-    chain = _Chain(chain_every, timesteps, x)
+    _report_start(on_step, timesteps, x)
     for k in _progress(range(len(timesteps) - 1, -1, -1), progress, "ddpm", len(timesteps)):
         out = model(x, _t(timesteps[k], x)).float()
         out = p_mean_variance(reverse, out, x, _t(k, x), variance=variance, clip_denoised=clip_denoised)
@@ -185,8 +212,8 @@ def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, 
             x = out.mean + sigma_scale * (0.5 * out.log_variance).exp() * noise.randn(shape)
         else:
             x = out.mean
-        chain.after_step(k, x)
-    return chain.result(x)
+        _report(on_step, timesteps, k, x, out.pred_x0)
+    return x
 
 
 def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
@@ -202,7 +229,7 @@ def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
 def ddim_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise | None, shape: Sequence[int], *,
                 steps: int | None = None, eta: float = 0.0, spacing: str = "uniform",
                 variance: str = "fixed-large", clip_denoised: bool = True, progress: bool = False,
-                chain_every: int | None = None, x_T: torch.Tensor | None = None):
+                on_step: OnStep | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) on ``steps`` kept timesteps (default all T).
 
     x_{t-1} = sqrt(abar_{t-1}) x0_pred + sqrt(1 - abar_{t-1} - sigma_t^2) eps_theta(x_t) + sigma_t z,
@@ -210,7 +237,8 @@ def ddim_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise | None
     z is drawn (one ``noise.randn`` per step) only when eta > 0 and only before the last step, where
     sigma = 0; the draws therefore line up one for one with :func:`ancestral_sample`'s.  ``noise`` may be
     None when eta = 0 and ``x_T`` is given.  ``variance`` only says how to read the network's output
-    (learned-range: the first half of the channels is eps).  Returns x_0, or (x_0, chain).
+    (learned-range: the first half of the channels is eps).  ``on_step``: as for :func:`ancestral_sample`.
+    Returns x_0.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
@@ -219,7 +247,7 @@ def ddim_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise | None
     x = _start(noise, shape, x_T)
     if eta > 0 and noise is None:
         raise ValueError("eta > 0 needs noise")
-    chain = _Chain(chain_every, timesteps, x)
+    _report_start(on_step, timesteps, x)
     for k in _progress(range(len(timesteps) - 1, -1, -1), progress, "ddim", len(timesteps)):
         a_t, a_prev = abar[k], (abar[k - 1] if k > 0 else 1.0)
         eps, x0 = _denoise(model, x, int(timesteps[k]), a_t, variance, clip_denoised)
@@ -227,8 +255,8 @@ def ddim_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise | None
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma ** 2, 0.0)) * eps  # eq. 12
         if k > 0 and eta > 0:
             x = x + sigma * noise.randn(shape)
-        chain.after_step(k, x)
-    return chain.result(x)
+        _report(on_step, timesteps, k, x, x0)
+    return x
 
 
 @torch.inference_mode()
@@ -266,7 +294,7 @@ def ddim_decode(model: ModelFn, schedule: Schedule, x_T: torch.Tensor, steps: in
 def dpm_solver_2m_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise | None, shape: Sequence[int], *,
                          steps: int | None = None, spacing: str = "logsnr", variance: str = "fixed-large",
                          clip_denoised: bool = True, lower_order_final: bool = True, progress: bool = False,
-                         chain_every: int | None = None, x_T: torch.Tensor | None = None):
+                         on_step: OnStep | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
     """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
 
     With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t), the step from
@@ -278,14 +306,15 @@ def dpm_solver_2m_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoi
     few-step sampling and step sequences whose last interval is much longer than the one before.  The final
     step to lambda = +inf (alpha = 1, sigma = 0) is first order by necessity and returns x0_pred at t_0.
     ``clip_denoised`` clamps x0_pred to [-1, 1] (the data-prediction model is what makes such thresholding
-    possible).  Deterministic: noise is drawn once, for x_T.  Returns x_0, or (x_0, chain).
+    possible).  Deterministic: noise is drawn once, for x_T.  ``on_step``: as for :func:`ancestral_sample`.
+    Returns x_0.
     """
     timesteps = _plan(schedule, steps, spacing)
     abar = schedule.alpha_bars[timesteps]
     lam = log_snr(abar).tolist()
     alpha, sigma, abar = abar.sqrt().tolist(), (1 - abar).sqrt().tolist(), abar.tolist()
     x = _start(noise, shape, x_T)
-    chain = _Chain(chain_every, timesteps, x)
+    _report_start(on_step, timesteps, x)
     x0_prev, h_prev = None, None
     for k in _progress(range(len(timesteps) - 1, -1, -1), progress, "dpm++2m", len(timesteps)):
         _, x0 = _denoise(model, x, int(timesteps[k]), abar[k], variance, clip_denoised)
@@ -300,22 +329,22 @@ def dpm_solver_2m_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoi
                 d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
             x = (sigma[k - 1] / sigma[k]) * x - alpha[k - 1] * math.expm1(-h) * d
             x0_prev, h_prev = x0, h
-        chain.after_step(k, x)
-    return chain.result(x)
+        _report(on_step, timesteps, k, x, x0)
+    return x
 
 
-def sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Sequence[int], *,
-           sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
-           variance: str = "fixed-large", clip_denoised: bool = True, progress: bool = False,
-           chain_every: int | None = None, x_T: torch.Tensor | None = None):
+def run_sampler(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Sequence[int], *,
+                sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
+                variance: str = "fixed-large", clip_denoised: bool = True, progress: bool = False,
+                on_step: OnStep | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one sample per seed of ``noise``, of per-sample ``shape`` (C, H, W), with the named sampler.
 
     sampler: "ddpm" (ancestral, Algorithm 2; respaced when ``steps`` < T), "ddim" (eta in [0, 1]) or
     "dpm++2m".  steps: network calls; None means all T (for every sampler).  spacing: which timesteps
     (:data:`ddpm.core.respace.SPACINGS`); None picks :data:`DEFAULT_SPACING` for the sampler.  eta: only for
     "ddim".  variance: the model's variance type (sets sigma_t for "ddpm"; for the others it only says how
-    to read the network's output).  chain_every: also return the list of (t, cpu tensor) frames from x_T to
-    x_0, one every that many sampler steps.  Returns x_0 or (x_0, chain).
+    to read the network's output).  on_step: called before the first step and after every step with a
+    :class:`Step` (pass a :class:`Chain` for the denoising chain).  Returns x_0.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -326,7 +355,7 @@ def sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Seq
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if eta != 0.0 and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with {sampler!r}")
-    common = dict(variance=variance, clip_denoised=clip_denoised, progress=progress, chain_every=chain_every, x_T=x_T)
+    common = dict(variance=variance, clip_denoised=clip_denoised, progress=progress, on_step=on_step, x_T=x_T)
     if sampler == "ddpm":
         timesteps = None if steps is None or steps == schedule.num_timesteps else _plan(schedule, steps, spacing)
         return ancestral_sample(model, schedule, noise, shape, timesteps=timesteps, **common)

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..core.samplers import DEFAULT_SPACING, PerSampleNoise, steps_or_default
-from ..core.samplers import sample as run_sampler
+from ..core.samplers import DEFAULT_SPACING, Chain, OnStep, PerSampleNoise, run_sampler, steps_or_default
 from ..core.schedule import Schedule, make_schedule
 from ..data.datasets import to_uint8
 from ..model.cudagraph import GraphedNetwork
@@ -37,7 +36,7 @@ from ..runtime.atomic import write_json_atomic
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["LoadedRun", "load_run", "sample_seed", "model_fn", "generate", "sample"]
+__all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "generate", "sample"]
 
 
 @dataclass
@@ -110,14 +109,27 @@ def model_fn(model: torch.nn.Module, device: torch.device, precision: str = "aut
     return f
 
 
+@dataclass
+class Samples:
+    """What :func:`generate` draws: ``images``, uint8 (n, C, H, W); ``chain``, with ``chain_samples`` > 0, the
+    denoising chain of the first that many samples as a list of (t, uint8 tensor) frames from x_T to x_0
+    (t the paper's time, 0 for x_0), else None."""
+
+    images: torch.Tensor
+    chain: list[tuple[int, torch.Tensor]] | None = None
+
+
 def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sampler: str = "ddpm",
              steps: int | None = None, eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True,
              progress: bool = True, chain_samples: int = 0, chain_every: int | None = None,
-             cuda_graph: bool = False, precision: str = "auto", **sampler_kw):
-    """Draw ``n`` samples as a uint8 (n, C, H, W) tensor; with ``chain_samples`` > 0 also return the denoising
-    chain of the first that many samples as a list of (t, uint8 tensor) frames.  ``cuda_graph``: replay the
-    network from CUDA graphs (:class:`ddpm.model.cudagraph.GraphedNetwork`; CUDA only).  ``precision``: see
-    :func:`model_fn`."""
+             cuda_graph: bool = False, precision: str = "auto", on_step: OnStep | None = None,
+             **sampler_kw) -> Samples:
+    """Draw ``n`` samples; returns :class:`Samples` (the uint8 images, and the chain of the first
+    ``chain_samples`` of them, one frame every ``chain_every`` steps, by default a tenth of the steps).
+    ``cuda_graph``: replay the network from CUDA graphs (:class:`ddpm.model.cudagraph.GraphedNetwork`; CUDA
+    only).  ``precision``: see :func:`model_fn`.  ``on_step``: called with every batch's
+    :class:`~ddpm.core.samplers.Step` (x_t and the predicted x_0 in the model's [-1, 1] range), e.g. to show
+    the images forming."""
     cfg = run.config
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     variance = variance or cfg.variance
@@ -128,27 +140,37 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     else:
         f = model_fn(run.model, run.device, precision)
     out, chain = [], None
-    bar = None
-    if progress and n > batch_size:
-        bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True)
+    bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True) if progress and n > batch_size else None
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         noise = PerSampleNoise([sample_seed(seed, k) for k in idx], run.device)
-        want_chain = chain_samples > 0 and start == 0
-        every = chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10)
-        res = run_sampler(f, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
-                          clip_denoised=clip_denoised, progress=progress and bar is None,
-                          chain_every=every if want_chain else None, **sampler_kw)
-        if want_chain:
-            res, frames = res
-            chain = [(t, to_uint8(x[:chain_samples].clamp(-1, 1))) for t, x in frames]
-        out.append(to_uint8(res.clamp(-1, 1)).cpu())
+        observers = [on_step] if on_step is not None else []
+        if chain_samples > 0 and start == 0:
+            chain = Chain(chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10), first=chain_samples)
+            observers.append(chain)
+        x = run_sampler(f, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
+                        clip_denoised=clip_denoised, progress=progress and bar is None,
+                        on_step=_all_of(observers), **sampler_kw)
+        out.append(to_uint8(x.clamp(-1, 1)).cpu())
         if bar is not None:
             bar.update(len(idx))
     if bar is not None:
         bar.close()
-    images = torch.cat(out)
-    return (images, chain) if chain_samples > 0 else images
+    frames = [(t, to_uint8(x.clamp(-1, 1))) for t, x in chain.frames] if chain is not None else None
+    return Samples(torch.cat(out), frames)
+
+
+def _all_of(observers: list) -> OnStep | None:
+    """One ``on_step`` that calls each observer in turn (None when there is none)."""
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def each(step):
+        for observe in observers:
+            observe(step)
+    return each
 
 
 #: the keyword arguments of :func:`generate` that decide which images come out
@@ -187,8 +209,8 @@ def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = 
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which=which, device=device)
     out = Path(out_dir) if out_dir else default_samples_dir(loaded, kw.get("sampler", "ddpm"))
-    res = generate(loaded, n, chain_samples=chain_samples, **kw)
-    images, chain = res if chain_samples > 0 else (res, None)
+    drawn = generate(loaded, n, chain_samples=chain_samples, **kw)
+    images, chain = drawn.images, drawn.chain
     out.mkdir(parents=True, exist_ok=True)
     # an earlier call's images, chain and quality report (of those images) would describe other samples
     for stale in [*(out / "images").glob("sample_*.png"), out / "chain.png", out / "chain.gif",

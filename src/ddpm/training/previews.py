@@ -16,7 +16,7 @@ def write_preview(trainer) -> Path:
     run = LoadedRun(trainer.ema, trainer.schedule, cfg, trainer.run_dir, trainer.device)
     steps = None if cfg.preview_sampler == "ddpm" else min(cfg.preview_steps, trainer.schedule.num_timesteps)
     images = generate(run, cfg.preview_samples, seed=0, batch_size=cfg.preview_samples, sampler=cfg.preview_sampler,
-                      steps=steps, progress=False)
+                      steps=steps, progress=False).images
     path = trainer.run_dir / "previews" / f"step_{trainer.step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grid(path, images)
