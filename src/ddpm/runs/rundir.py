@@ -4,17 +4,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
+from ..runtime.atomic import atomic_write_path
 from .checkpoint import CheckpointError
+from .plots import plot_loss_curve
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks there
     fcntl = None
 
-__all__ = ["read_metrics", "lock_run_dir"]
+__all__ = ["read_metrics", "lock_run_dir", "tidy_run_dir"]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -57,3 +60,32 @@ def lock_run_dir(run_dir: Path):
     f.write(f"{os.getpid()}\n")
     f.flush()
     return f
+
+
+def tidy_run_dir(run_dir: Path, step: int) -> None:
+    """Make the folder read as one run up to ``step``: metric rows and previews logged after it go (a
+    resume repeats those steps; a fresh start in a folder left by a run that died before its first
+    checkpoint is at step 0), and so do the temporary folders of saves that were killed midway."""
+    _truncate_metrics(run_dir, step)
+    for old in (run_dir / "previews").glob("step_*.png"):
+        if old.stem[5:].isdigit() and int(old.stem[5:]) > step:
+            old.unlink()
+    for pattern in (".tmp_step_*", ".old_step_*"):
+        for leftover in (run_dir / "checkpoints").glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+    loss_png = run_dir / "loss.png"
+    if loss_png.is_file():
+        rows = read_metrics(run_dir / "metrics.jsonl") if step else []
+        if rows:
+            plot_loss_curve(rows, loss_png)
+        else:
+            loss_png.unlink()
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows logged after the restored checkpoint, so the log reads as one uninterrupted run."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        rows = [r for r in read_metrics(path) if r["step"] <= step]
+        with atomic_write_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..core.samplers import DEFAULT_SPACING, Chain, OnStep, PerSampleNoise, run_sampler, steps_or_default
+from ..core.samplers import (
+    DEFAULT_SPACING,
+    Chain,
+    OnStep,
+    PerSampleNoise,
+    run_sampler,
+    steps_or_default,
+)
 from ..core.schedule import Schedule, make_schedule
 from ..data.datasets import to_uint8
 from ..model.cudagraph import GraphedNetwork

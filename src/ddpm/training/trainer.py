@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import math
-import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from ..core.diffusion import loss_simple, q_sample, sample_timesteps
 from ..core.likelihood import TrainingVLB
@@ -35,18 +30,18 @@ from ..data.batches import Batches
 from ..model.unet import UNet
 from ..runs.checkpoint import (
     CheckpointError,
-    load_checkpoint,
-    mismatch_summary,
     save_checkpoint,
 )
 from ..runs.config import TrainConfig
 from ..runs.plots import plot_loss_curve
-from ..runs.rundir import lock_run_dir, read_metrics
+from ..runs.rundir import lock_run_dir, read_metrics, tidy_run_dir
 from ..runtime import distributed
-from ..runtime.atomic import atomic_write_path, write_json_atomic
+from ..runtime.atomic import write_json_atomic
 from ..runtime.precision import auto_compile, autocast_dtype
+from .log import TrainingLog
 from .previews import write_preview
 from .rates import ema_decay_at, lr_at
+from .resume import restore, trainer_state
 
 __all__ = ["train", "Trainer"]
 
@@ -86,7 +81,9 @@ class Trainer:
         if rank > 0:
             torch.manual_seed(distributed.rank_seed(config.seed, rank, "dropout"))
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.use_bf16 = self._autocast_dtype() is not None
+        # fp16's narrow range lets small gradients underflow to 0: scale the loss up, and the gradients back down
+        # before clipping (a pass-through for every other precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._autocast_dtype() is torch.float16)
         if self._want("channels_last"):
             self.model = self.model.to(memory_format=torch.channels_last)
         fused = self.device.type == "cuda"
@@ -108,9 +105,9 @@ class Trainer:
             self._lock = lock_run_dir(self.run_dir)
         try:
             if resume:
-                self._restore()
+                restore(self)
             if self.world.is_main:
-                self._tidy_run_dir()
+                tidy_run_dir(self.run_dir, self.step)
             # wrap after restoring, so DDP's broadcast of rank 0's weights at construction changes nothing
             self.ddp = None
             if self.world.enabled:
@@ -172,103 +169,53 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     # -- state -------------------------------------------------------------------------------------
-    def _rank_state(self) -> dict:
-        """This rank's own random state: its t/eps generator, the torch RNG (dropout), and the VLB history."""
-        state = {"generator": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":  # the training GPU's only: a run resumes on a machine with fewer GPUs
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        if self.vlb is not None:
-            state["vlb"] = self.vlb.state_dict()
-        return state
-
-    def trainer_state(self) -> dict:
-        """Everything but the weights.  Collective when distributed: every rank must call it, since it gathers
-        each rank's random state into ``ranks`` (rank 0's is also kept at the top level, as in a 1-rank run)."""
-        ranks = distributed.gather_objects(self._rank_state(), self.world)
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
-                 "world_size": self.world.world_size, **ranks[0]}
-        if self.world.enabled:
-            state["ranks"] = ranks
-        return state
-
-    def _restore(self):
-        ck = load_checkpoint(self.run_dir, fallback=True)
-        saved = ck["config"]
-        for key in ("model", "schedule", "variance", "loss"):
-            if json.dumps(saved.get(key), sort_keys=True) != json.dumps(self.config.to_dict()[key], sort_keys=True):
-                raise CheckpointError(f"{ck['path']}: saved {key} config differs from the requested one; "
-                                      "resume with the run's own config.json")
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Algorithm 1 until ``config.steps``: each step draws x_0, t and eps and takes a gradient step on the
+        loss; every so often a metrics row, a preview grid with the loss curve, and a checkpoint."""
+        cfg = self.config
+        log = self._start_log()
         try:
-            self.model.load_state_dict(ck["model"])
-            self.ema.load_state_dict(ck["ema"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{ck['path']}: weights do not fit this model ({mismatch_summary(e)})") from None
-        tr = ck["trainer"]
-        missing = [k for k in ("step", "optimizer", "data") if k not in tr]
-        if missing:
-            raise CheckpointError(f"{ck['path']}/trainer.pt: no {', '.join(missing)} in the trainer state; not a "
-                                  "checkpoint ddpm train wrote")
-        try:
-            self.optimizer.load_state_dict(tr["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{ck['path']}: optimizer state does not fit this model ({e})") from None
-        self.step = int(tr["step"])
-        if self.world.is_main and self.step < self.config.steps:
-            print(f"resuming {self.run_dir} from step {self.step} of {self.config.steps}", flush=True)
-        world, seed = self.world, self.config.seed
-        data_state = tr["data"]
-        if int(data_state.get("world_size", 1)) != world.world_size:
-            data_state = distributed.reshard_data_state(data_state, batch_size=self.batches.batch_size,
-                                                        world_size=world.world_size,
-                                                        batches_per_epoch=len(self.batches))
-        self.batches.load_state_dict(data_state)
-        if int(tr.get("world_size", 1)) == world.world_size:
-            # same world size: every rank continues its own streams exactly
-            mine = tr["ranks"][world.rank] if world.enabled else tr
-            self.gen.set_state(mine["generator"])
-            torch.set_rng_state(mine["torch_rng"])
-            if "cuda_rng" in mine and self.device.type == "cuda":
-                rng, index = mine["cuda_rng"], self.device.index or 0
-                if isinstance(rng, (list, tuple)):  # saved by an older version: one state per visible GPU
-                    rng = rng[index] if index < len(rng) else None
-                if rng is not None:
-                    torch.cuda.set_rng_state(rng, self.device)
-            if self.vlb is not None and "vlb" in mine:
-                self.vlb.load_state_dict(mine["vlb"])
-        else:
-            # another world size: fresh streams per rank, a function of (seed, rank, step); the t-sampling
-            # history of rank 0 seeds every rank's
-            self.gen.manual_seed(distributed.rank_seed(seed, world.rank, "noise", self.step))
-            torch.manual_seed(distributed.rank_seed(seed, world.rank, "dropout", self.step))
-            if self.vlb is not None and "vlb" in tr:
-                self.vlb.load_state_dict(tr["vlb"])
+            while self.step < cfg.steps:
+                loss, grad_norm = self.train_step()
+                log.after_step(self.step, loss, grad_norm, self.optimizer.param_groups[0]["lr"])
+                with log.paused():
+                    if self.world.is_main and self._due(cfg.sample_every):
+                        self._write_pictures()
+                    if self._due(cfg.checkpoint_every):
+                        self.save()
+        finally:
+            log.close()
+            self.close()
+        return self.run_dir
 
-    def _tidy_run_dir(self):
-        """Make the folder read as one run up to ``self.step``: metric rows and previews logged after it go (a
-        resume repeats those steps; a fresh start in a folder left by a run that died before its first
-        checkpoint is at step 0), and so do the temporary folders of saves that were killed midway."""
-        self._truncate_metrics()
-        for old in (self.run_dir / "previews").glob("step_*.png"):
-            if old.stem[5:].isdigit() and int(old.stem[5:]) > self.step:
-                old.unlink()
-        for pattern in (".tmp_step_*", ".old_step_*"):
-            for leftover in (self.run_dir / "checkpoints").glob(pattern):
-                shutil.rmtree(leftover, ignore_errors=True)
-        loss_png = self.run_dir / "loss.png"
-        if loss_png.is_file():
-            rows = read_metrics(self.run_dir / "metrics.jsonl") if self.step else []
-            if rows:
-                plot_loss_curve(rows, loss_png)
-            else:
-                loss_png.unlink()
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.config.steps
 
-    def _truncate_metrics(self):
-        """Drop metric rows logged after the restored checkpoint, so the log reads as one uninterrupted run."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            rows = [r for r in read_metrics(path) if r["step"] <= self.step]
-            with atomic_write_path(path) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def _write_pictures(self) -> None:
+        if self.config.preview_samples:  # 0: no preview grids, only the loss curve
+            write_preview(self)
+        plot_loss_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
+
+    def _start_log(self) -> TrainingLog:
+        """Rank 0 makes and locks the folder, writes config.json and says what it starts; every rank logs."""
+        cfg, world = self.config, self.world
+        if world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = self._lock or lock_run_dir(self.run_dir)
+            write_json_atomic(self.run_dir / "config.json", self.config_record())
+            if self.step < cfg.steps:
+                how = ", ".join([{None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast with "
+                                  "a gradient scaler"}[self._autocast_dtype()]]
+                                + (["channels_last"] if self._want("channels_last") else [])
+                                + (["compiled"] if self.forward is not self._eager else []))
+                print(f"training {self.run_dir}: steps {self.step + 1}-{cfg.steps}, {self.global_batch_size} images "
+                      f"a step from {self.num_images} ({cfg.data.source}), {self.device} ({how})", flush=True)
+        desc = "training" if not world.enabled else \
+            f"training ({world.world_size} ranks, global batch {self.global_batch_size})"
+        return TrainingLog(self.run_dir, world=world, steps=cfg.steps, first_step=self.step, log_every=cfg.log_every,
+                           global_batch_size=self.global_batch_size, device=self.device, progress=cfg.progress,
+                           desc=desc)
 
     def config_record(self) -> dict:
         """The config as saved in ``config.json``, plus how the run is spread over processes (for reading only;
@@ -281,7 +228,7 @@ class Trainer:
     def save(self):
         """Write a checkpoint.  Collective when distributed: every rank calls it, rank 0 writes, and no rank
         leaves before the checkpoint is complete."""
-        state = self.trainer_state()
+        state = trainer_state(self)
         if self.world.is_main:
             save_checkpoint(self.run_dir, self.step, model=self.model, ema=self.ema, trainer_state=state,
                             config=self.config_record(), keep=self.config.keep_checkpoints)
@@ -317,7 +264,7 @@ class Trainer:
             last = i == cfg.grad_accum - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 loss = self._loss(next(self.batches)) / cfg.grad_accum
-                loss.backward()
+                self.scaler.scale(loss).backward()
             total += loss.detach()
         return total
 
@@ -332,8 +279,10 @@ class Trainer:
         """Clip, take the optimizer step, update the EMA, advance ``step``; returns the pre-clip gradient norm.
         The gradients are the same on every rank, and so are the weights and the EMA afterwards."""
         cfg = self.config
+        self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped (fp16 only) when a gradient overflowed; the scale then shrinks
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
         self.step += 1
@@ -346,71 +295,6 @@ class Trainer:
         torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1.0 - decay)
         for eb, b in zip(self.ema.buffers(), self.model.buffers()):
             eb.copy_(b)
-
-    # -- the loop ----------------------------------------------------------------------------------
-    def run(self) -> Path:
-        cfg, world = self.config, self.world
-        main = world.is_main  # only rank 0 writes files and shows progress
-        metrics, bar = None, None
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = self._lock or lock_run_dir(self.run_dir)
-            write_json_atomic(self.run_dir / "config.json", self.config_record())
-            metrics = (self.run_dir / "metrics.jsonl").open("a")
-        if main and self.step < cfg.steps:
-            how = ", ".join(["bf16 autocast" if self.use_bf16 else "fp32"]
-                            + (["channels_last"] if self._want("channels_last") else [])
-                            + (["compiled"] if self.forward is not self._eager else []))
-            print(f"training {self.run_dir}: steps {self.step + 1}-{cfg.steps}, {self.global_batch_size} images a "
-                  f"step from {self.num_images} ({cfg.data.source}), {self.device} ({how})", flush=True)
-        if main and cfg.progress:
-            desc = "training" if not world.enabled else \
-                f"training ({world.world_size} ranks, global batch {self.global_batch_size})"
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step", dynamic_ncols=True)
-        loss_sum = torch.zeros((), device=self.device)
-        n_logged, t_last, img_last = 0, time.perf_counter(), 0
-        try:
-            while self.step < cfg.steps:
-                loss, grad_norm = self.train_step()
-                loss_sum += loss
-                n_logged += 1
-                img_last += self.global_batch_size
-                if bar is not None:
-                    bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    now = time.perf_counter()
-                    # mean over the interval and over ranks: the one all-reduce and host sync per log interval
-                    mean_loss = distributed.mean_over_ranks(loss_sum / n_logged, world).item()
-                    if not math.isfinite(mean_loss):  # every rank sees the same mean, so all stop together
-                        raise FloatingPointError(f"loss became {mean_loss} at step {self.step}; lower --lr")
-                    row = {"step": self.step, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                           "grad_norm": float(grad_norm), "img_per_s": img_last / max(now - t_last, 1e-9),
-                           "world_size": world.world_size, "global_batch_size": self.global_batch_size,
-                           "time": time.time()}
-                    if metrics is not None:
-                        metrics.write(json.dumps(row) + "\n")
-                        metrics.flush()
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{row['img_per_s']:.0f}")
-                    loss_sum.zero_()
-                    n_logged, t_last, img_last = 0, time.perf_counter(), 0
-                # img/s counts training time only: the clock of the current interval skips previews and saves
-                paused = time.perf_counter()
-                if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
-                    if cfg.preview_samples:  # 0: no preview grids, only the loss curve
-                        write_preview(self)
-                    plot_loss_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save()
-                t_last += time.perf_counter() - paused
-        finally:
-            if bar is not None:
-                bar.close()
-            if metrics is not None:
-                metrics.close()
-            self.close()
-        return self.run_dir
-
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume, when ``resume`` and the run folder holds a checkpoint) and return the run folder.
