@@ -12,6 +12,21 @@ import torch
 torch.set_num_threads(1)
 
 
+#: flags of a tiny ``ddpm train``: the tiny U-Net on scikit-learn's 8x8 digits, T = 20, batch 8, a metrics row per
+#: step, no progress bar (import it in a test module with ``from conftest import TINY``)
+TINY = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
+        "--batch-size", "8", "--log-every", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny run folder trained for 3 steps through the CLI, shared by the tests of one module."""
+    from ddpm.cli.main import main
+    run_dir = tmp_path_factory.mktemp("tinyrun") / "run"
+    assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "3"]) == 0
+    return run_dir
+
+
 @pytest.fixture
 def load_benchmark():
     """Import a script of benchmarks/ (not a package) by name, e.g. ``load_benchmark("unet_speed")``."""

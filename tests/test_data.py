@@ -6,8 +6,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.data.datasets import DataConfig, DataError, check_image_size, digits_split, digits_split_indices, load_images, sklearn_digits_split, to_model_range, to_uint8
-
+from ddpm.data.datasets import (
+    DataConfig,
+    DataError,
+    check_image_size,
+    digits_split,
+    digits_split_indices,
+    load_images,
+    sklearn_digits_split,
+    to_model_range,
+    to_uint8,
+)
 
 # ------------------------------------------------------------------------------------------ embedded digits
 
@@ -338,6 +347,7 @@ def test_an_npz_member_without_the_npy_suffix_is_read(tmp_path):
     """np.load accepts a zip member named plain ``images`` (other writers than numpy.savez); so does native_shape."""
     import io
     import zipfile
+
     from ddpm.data import datasets as data
     buf = io.BytesIO()
     np.save(buf, np.zeros((5, 8, 8, 3), np.uint8))

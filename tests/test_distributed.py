@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.runtime import distributed
-from ddpm.runs.checkpoint import latest_checkpoint, load_checkpoint
-from ddpm.runs.config import TrainConfig
+from ddpm.core.schedule import ScheduleConfig
 from ddpm.data.batches import Batches
 from ddpm.data.datasets import DataConfig, DataError
-from ddpm.core.schedule import ScheduleConfig
-from ddpm.training.trainer import Trainer, train
-from ddpm.training.rates import lr_at
-from ddpm.runs.rundir import read_metrics
 from ddpm.model.unet import preset
+from ddpm.runs.checkpoint import latest_checkpoint, load_checkpoint
+from ddpm.runs.config import TrainConfig
+from ddpm.runs.rundir import read_metrics
+from ddpm.runtime import distributed
+from ddpm.training.rates import lr_at
+from ddpm.training.trainer import Trainer, train
 
 N_IMAGES = 48        # per-rank batch 4, grad_accum 2, 2 ranks: 16 images a step, 3 steps an epoch
 BATCH, ACCUM = 4, 2

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from ddpm.evaluation import reports as E
-from ddpm.evaluation import quality as Q
-from ddpm.data.datasets import to_model_range
 from ddpm.core.likelihood import calc_bpd_full, calc_bpd_quick
 from ddpm.core.schedule import Schedule, linear_betas
+from ddpm.data.datasets import to_model_range
+from ddpm.evaluation import quality as Q
+from ddpm.evaluation import reports as E
 
 SCHED = Schedule(linear_betas(20, 1e-3, 0.4))
 

@@ -4,7 +4,16 @@ import torch
 from PIL import Image
 
 from ddpm.data.datasets import DataConfig, load_images, to_model_range
-from ddpm.runs.images import as_nhwc_uint8, atomic_write_path, make_grid, save_chain_gif, save_chain_strip, save_grid, save_individual, save_npz
+from ddpm.runs.images import (
+    as_nhwc_uint8,
+    atomic_write_path,
+    make_grid,
+    save_chain_gif,
+    save_chain_strip,
+    save_grid,
+    save_individual,
+    save_npz,
+)
 
 
 def _batch(n, c=1, h=4, w=5, seed=0):

@@ -11,7 +11,19 @@ import pytest
 import torch
 
 from ddpm.core.diffusion import loss_simple, model_variance
-from ddpm.core.likelihood import ImportanceSampler, TrainingVLB, calc_bpd_full, calc_bpd_quick, discretized_gaussian_log_likelihood, hybrid_loss, loss_vlb, normal_kl, prior_bpd, strata, vlb_terms
+from ddpm.core.likelihood import (
+    ImportanceSampler,
+    TrainingVLB,
+    calc_bpd_full,
+    calc_bpd_quick,
+    discretized_gaussian_log_likelihood,
+    hybrid_loss,
+    loss_vlb,
+    normal_kl,
+    prior_bpd,
+    strata,
+    vlb_terms,
+)
 from ddpm.core.schedule import Schedule, ScheduleConfig, linear_betas, make_schedule
 
 LN2 = math.log(2)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ddpm.data.datasets import digits_split
 from ddpm.evaluation import classifier as C
 from ddpm.evaluation import quality as Q
-from ddpm.data.datasets import digits_split
 
 # A small recipe for the tests (about 4 s on one core, ~91% test accuracy); the default recipe is the same
 # code with more data and epochs (4,500 images x 10 epochs, 98.4% test accuracy, about 30 s).

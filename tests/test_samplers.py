@@ -13,8 +13,25 @@ import pytest
 import torch
 
 from ddpm.core.diffusion import VARIANCE_TYPES
-from ddpm.core.respace import SPACINGS, log_snr, original_time_model, respace, timestep_sequence
-from ddpm.core.samplers import SAMPLERS, Chain, PerSampleNoise, ancestral_sample, ddim_decode, ddim_encode, ddim_sample, ddim_sigma, dpm_solver_2m_sample, run_sampler
+from ddpm.core.respace import (
+    SPACINGS,
+    log_snr,
+    original_time_model,
+    respace,
+    timestep_sequence,
+)
+from ddpm.core.samplers import (
+    SAMPLERS,
+    Chain,
+    PerSampleNoise,
+    ancestral_sample,
+    ddim_decode,
+    ddim_encode,
+    ddim_sample,
+    ddim_sigma,
+    dpm_solver_2m_sample,
+    run_sampler,
+)
 from ddpm.core.schedule import Schedule, ScheduleConfig, make_schedule
 
 
@@ -631,8 +648,8 @@ def test_cuda_graphs_are_refused_off_cuda_before_any_work():
 def test_model_fn_precision():
     """auto is float32 on the CPU; bf16 runs the network under autocast (8 mantissa bits: relative errors of
     order 2^-8 per operation, so within 5% of the output's scale) and still returns float32."""
-    from ddpm.sampling.generate import model_fn
     from ddpm.model.unet import UNet, preset
+    from ddpm.sampling.generate import model_fn
     torch.manual_seed(0)
     net = UNet(preset("tiny", image_size=8)).eval()
     with torch.no_grad():

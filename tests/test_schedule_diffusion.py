@@ -4,8 +4,23 @@ import math
 import pytest
 import torch
 
-from ddpm.core.diffusion import loss_simple, model_variance, p_mean_variance, predict_eps_from_x0, predict_x0_from_eps, q_posterior, q_sample
-from ddpm.core.schedule import Schedule, ScheduleConfig, cosine_betas, extract, linear_betas, make_schedule
+from ddpm.core.diffusion import (
+    loss_simple,
+    model_variance,
+    p_mean_variance,
+    predict_eps_from_x0,
+    predict_x0_from_eps,
+    q_posterior,
+    q_sample,
+)
+from ddpm.core.schedule import (
+    Schedule,
+    ScheduleConfig,
+    cosine_betas,
+    extract,
+    linear_betas,
+    make_schedule,
+)
 
 
 def test_alpha_bar_is_running_product_of_alphas():

@@ -7,11 +7,17 @@ import types
 import pytest
 import torch
 
-from ddpm.data.datasets import to_model_range
-from ddpm.core.likelihood import ImportanceSampler, TrainingVLB, hybrid_loss, loss_vlb, vlb_terms
+from ddpm.core.likelihood import (
+    ImportanceSampler,
+    TrainingVLB,
+    hybrid_loss,
+    loss_vlb,
+    vlb_terms,
+)
 from ddpm.core.schedule import ScheduleConfig, make_schedule
-from ddpm.training.rates import ema_decay_at, lr_at
+from ddpm.data.datasets import to_model_range
 from ddpm.runs.rundir import read_metrics
+from ddpm.training.rates import ema_decay_at, lr_at
 
 
 def _trainer(tmp_path, steps=2, timesteps=20, **kw):
@@ -19,10 +25,10 @@ def _trainer(tmp_path, steps=2, timesteps=20, **kw):
     ``tmp_path / "run"`` (not made yet, so the trainer holds no lock until it runs)."""
     import numpy as np
 
-    from ddpm.runs.config import TrainConfig
     from ddpm.data.datasets import DataConfig
-    from ddpm.training.trainer import Trainer
     from ddpm.model.unet import preset
+    from ddpm.runs.config import TrainConfig
+    from ddpm.training.trainer import Trainer
     data = tmp_path / "data.npy"
     if not data.exists():
         np.save(data, np.random.default_rng(0).integers(0, 256, (64, 8, 8), dtype=np.uint8))

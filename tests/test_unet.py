@@ -4,7 +4,15 @@ import json
 import pytest
 import torch
 
-from ddpm.model.unet import PRESETS, UNet, UNetConfig, count_parameters, group_count, preset, timestep_embedding
+from ddpm.model.unet import (
+    PRESETS,
+    UNet,
+    UNetConfig,
+    count_parameters,
+    group_count,
+    preset,
+    timestep_embedding,
+)
 
 
 def _randomise_zero_inits(model: torch.nn.Module, seed: int = 0) -> None:

@@ -146,15 +146,16 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
         f = GraphedNetwork(run.model, autocast_dtype=_autocast_dtype(run.device, precision))
     else:
         f = model_fn(run.model, run.device, precision)
-    out, chain = [], None
+    out, chains = [], []
     bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True) if progress and n > batch_size else None
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         noise = PerSampleNoise([sample_seed(seed, k) for k in idx], run.device)
         observers = [on_step] if on_step is not None else []
-        if chain_samples > 0 and start == 0:
-            chain = Chain(chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10), first=chain_samples)
-            observers.append(chain)
+        if start < chain_samples:  # the chain's samples may span several batches
+            chains.append(Chain(chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10),
+                                first=chain_samples - start))
+            observers.append(chains[-1])
         x = run_sampler(f, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
                         clip_denoised=clip_denoised, progress=progress and bar is None,
                         on_step=_all_of(observers), **sampler_kw)
@@ -163,7 +164,10 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
             bar.update(len(idx))
     if bar is not None:
         bar.close()
-    frames = [(t, to_uint8(x.clamp(-1, 1))) for t, x in chain.frames] if chain is not None else None
+    frames = None
+    if chains:
+        frames = [(t, to_uint8(torch.cat([c.frames[i][1] for c in chains]).clamp(-1, 1)))
+                  for i, (t, _) in enumerate(chains[0].frames)]
     return Samples(torch.cat(out), frames)
 
 

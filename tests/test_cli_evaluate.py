@@ -4,19 +4,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from ddpm.cli.main import main
 from ddpm.evaluation.study import LEARNED_VARIANT, NOISE_VARIANTS, pixel_variance
 
-TINY = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
-        "--batch-size", "8", "--no-progress", "--sample-every", "100"]
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("evalrun") / "run"
-    assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "3"]) == 0
-    return run_dir
+def run(tiny_run):
+    return tiny_run
 
 
 def test_eval_nll_full_and_quick(run, capsys):
@@ -158,8 +154,9 @@ def test_eval_nll_of_a_folder_run_needs_held_out_images(tmp_path, capsys):
 
 def test_study_noise_needs_two_samples_only_where_it_measures_fd(run, tmp_path):
     from dataclasses import replace
-    from ddpm.runs.config import TrainConfig
+
     from ddpm.evaluation.study import measures_quality
+    from ddpm.runs.config import TrainConfig
     assert measures_quality(TrainConfig()) and not measures_quality(replace(TrainConfig(), data=replace(
         TrainConfig().data, source="sklearn-digits")))
     # the tiny run is 8x8 scikit-learn digits: no FD, so one sample per variant is fine
@@ -172,13 +169,6 @@ def test_quick_beyond_the_runs_strata_is_one_line(run, capsys):
     assert err.startswith("error: ") and "1 to T - 1 = 19" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("field, value", [("lr", 0.0), ("ema_decay", 1.5), ("grad_clip", 0.0), ("warmup_steps", -1),
-                                          ("weight_decay", -0.1), ("keep_checkpoints", 0)])
-def test_train_config_refuses_out_of_range_settings(field, value):
-    from ddpm.runs.config import TrainConfig
-    with pytest.raises(ValueError, match=field):
-        TrainConfig(**{field: value})
-
 
 def test_learned_variance_needs_a_loss_that_trains_it(tmp_path, capsys):
     from ddpm.runs.config import TrainConfig
@@ -190,27 +180,15 @@ def test_learned_variance_needs_a_loss_that_trains_it(tmp_path, capsys):
 
 
 def test_no_preview_samples_trains_without_preview_grids(tmp_path):
-    from ddpm.runs.config import TrainConfig
     from ddpm.data.datasets import DataConfig
-    from ddpm.training.trainer import train
     from ddpm.model.unet import preset
+    from ddpm.runs.config import TrainConfig
+    from ddpm.training.trainer import train
     cfg = TrainConfig(run_dir=str(tmp_path / "r"), model=preset("tiny"), steps=2, batch_size=4, sample_every=1,
                       preview_samples=0, progress=False, data=DataConfig(source="sklearn-digits", image_size=8))
     run = train(cfg)
     assert (run / "loss.png").is_file() and not (run / "previews").exists()
 
-
-def test_a_misspelt_setting_in_a_saved_config_is_named():
-    import warnings
-    from ddpm.runs.config import TrainConfig
-    saved = {**TrainConfig().to_dict(), "distributed": {"world_size": 1}}  # as config.json holds it
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert TrainConfig.from_dict(saved) == TrainConfig()
-    with pytest.warns(UserWarning, match="config: ignoring unknown setting lr_shedule"):
-        TrainConfig.from_dict({**saved, "lr_shedule": "cosine"})
-    with pytest.warns(UserWarning, match="model: ignoring unknown setting dropuot"):
-        TrainConfig.from_dict({**saved, "model": {**saved["model"], "dropuot": 0.1}})
 
 
 def test_bad_data_files_are_refused_before_training(tmp_path, capsys):
@@ -239,12 +217,12 @@ def test_trained_model_has_a_much_lower_bound_than_untrained(tmp_path):
     """Training must buy likelihood: after 150 steps on 8x8 digits the full bound in bits/dim falls well below the
     untrained network's (which predicts eps = 0 everywhere, its last conv being zero).  T = 20 with betas up to
     0.5 so that x_T is close to N(0, I) and L_T (which no network can change) is negligible (0.001 bits/dim)."""
-    from ddpm.runs.config import TrainConfig
-    from ddpm.data.datasets import DataConfig, load_images, to_model_range
     from ddpm.core.likelihood import calc_bpd_full
     from ddpm.core.schedule import ScheduleConfig
-    from ddpm.training.trainer import Trainer
+    from ddpm.data.datasets import DataConfig, load_images, to_model_range
     from ddpm.model.unet import preset
+    from ddpm.runs.config import TrainConfig
+    from ddpm.training.trainer import Trainer
 
     cfg = TrainConfig(run_dir=str(tmp_path), model=preset("tiny", base_channels=8), steps=150, lr=3e-3,
                       warmup_steps=10, schedule=ScheduleConfig(num_timesteps=20, beta_start=1e-3, beta_end=0.5),
@@ -309,31 +287,6 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(run,
         assert sum(line.startswith("error") for line in err) == 1 and not (a_file / "sub").exists()
 
 
-def test_resampling_a_folder_drops_the_quality_report_of_the_old_samples(run, tmp_path, capsys):
-    out = tmp_path / "s"
-    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
-    assert main(["eval", "quality", str(out / "samples.npz")]) == 0
-    assert (out / "samples_quality.json").is_file()
-    (out / "notes.txt").write_text("mine")
-    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "3", "--no-progress", "--out", str(out)]) == 0
-    assert not (out / "samples_quality.json").exists() and (out / "notes.txt").read_text() == "mine"
-    assert "step_0000003" in capsys.readouterr().out  # says which checkpoint it sampled
-
-
-def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
-    from ddpm.sampling.generate import generate, load_run
-    out = tmp_path / "s"
-    assert main(["sample", str(run), "-n", "3", "--sampler", "ddim", "--steps", "4", "--eta", "0.5", "--seed", "7",
-                 "--weights", "model", "--no-progress", "--out", str(out)]) == 0
-    rec = json.loads((out / "samples.json").read_text())
-    assert rec["checkpoint"].endswith("step_0000003") and rec["weights"] == "model" and rec["n"] == 3
-    assert {k: rec[k] for k in ("sampler", "steps", "eta", "seed", "spacing", "variance")} == {
-        "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform", "variance": "fixed-large"}
-    assert rec["device"] == "cpu" and rec["precision"] == "fp32"  # "auto", as resolved on this device
-    settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n", "device")}
-    again = generate(load_run(rec["checkpoint"], which=rec["weights"]), rec["n"], progress=False, **settings).images
-    assert np.array_equal(again.permute(0, 2, 3, 1).numpy(), np.load(out / "samples.npz")["images"])
-
 
 def test_eval_quality_of_two_samples_files_in_one_folder_keeps_two_reports(tmp_path):
     rng = np.random.default_rng(1)
@@ -379,19 +332,6 @@ def test_flag_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err == "error: argument --steps: must be >= 1, got -5 (see ddpm train --help)"
 
-
-def test_sampling_a_run_with_a_damaged_newest_checkpoint_names_the_older_one(tmp_path, capsys):
-    run_dir = tmp_path / "r"
-    assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "2", "--checkpoint-every", "1"]) == 0
-    newest = run_dir / "checkpoints" / "step_0000002" / "ema.safetensors"
-    newest.write_bytes(newest.read_bytes()[:40])
-    capsys.readouterr()
-    assert main(["sample", str(run_dir), "-n", "1", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "step_0000002" in err and "the older" in err and "step_0000001 may be intact" in err
-    assert len(err.splitlines()) == 1
-    assert main(["sample", str(run_dir / "checkpoints" / "step_0000001"), "-n", "1", "--no-progress",
-                 "--out", str(tmp_path / "s")]) == 0
 
 
 def test_a_warm_up_as_long_as_the_run_is_pointed_out(tmp_path):
