@@ -1,4 +1,4 @@
-"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluate.py and study.py."""
+"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluation/reports.py and evaluation/study.py."""
 from __future__ import annotations
 
 import argparse

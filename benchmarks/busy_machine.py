@@ -1,0 +1,127 @@
+"""How much a second CPU-bound program costs ddpm's training and sampling, for several OpenMP thread policies.
+
+For each policy a fresh child process (the policy is read when torch's OpenMP runtime starts, so it cannot change
+inside one process) times the digits preset's training step (batch 64, the Trainer itself) and one step of
+Algorithm 2's loop (batch 64), first on the idle machine, then with a neighbour: a one-thread busy loop this script
+starts beside it (a second program on a 2-core laptop).  It prints steps/s idle and busy, the slowdown busy/idle,
+and each policy's idle speed relative to torch's own default.
+
+    python benchmarks/busy_machine.py                       # every policy, 20 s per measurement
+    python benchmarks/busy_machine.py --policies ddpm,torch --seconds 30
+
+Policies: ``ddpm`` is what the library sets on import when the user sets nothing (runtime/threads.py);
+``torch`` is libgomp's own default (GOMP_SPINCOUNT 300000, active spinning); ``passive`` is
+OMP_WAIT_POLICY=PASSIVE; ``one-thread`` is OMP_NUM_THREADS=1; ``spinN`` is GOMP_SPINCOUNT=N.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+POLICIES = {
+    "ddpm": {},
+    "torch": {"GOMP_SPINCOUNT": "300000"},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "one-thread": {"OMP_NUM_THREADS": "1"},
+    "spin1000": {"GOMP_SPINCOUNT": "1000"},
+    "spin10000": {"GOMP_SPINCOUNT": "10000"},
+    "spin30000": {"GOMP_SPINCOUNT": "30000"},
+    "spin100000": {"GOMP_SPINCOUNT": "100000"},
+}
+#: variables a policy may set; every child starts with none of them, then gets its policy's
+POLICY_VARS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "DDPM_THREADS")
+
+
+def child(seconds: float) -> None:
+    """Run in the measured process: time training steps, then sampling steps, for ``seconds`` each."""
+    import tempfile
+
+    import torch
+
+    from ddpm.core.diffusion import p_mean_variance
+    from ddpm.runs.config import TrainConfig
+    from ddpm.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(TrainConfig.for_preset("digits", run_dir=f"{tmp}/run", device="cpu", progress=False))
+        out = {"threads": torch.get_num_threads(), "spincount": os.environ.get("GOMP_SPINCOUNT"),
+               "wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+        out["train_steps_per_s"] = _rate(trainer.train_step, seconds)
+        model = trainer.ema.to(memory_format=torch.channels_last)
+        x = torch.randn(64, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+        t = torch.full((64,), 500)
+
+        @torch.inference_mode()
+        def sampling_step():
+            p_mean_variance(trainer.schedule, model(x, t), x, t, variance="fixed-large", clip_denoised=True)
+        out["sample_steps_per_s"] = _rate(sampling_step, seconds)
+        trainer.close()
+    print(json.dumps(out), flush=True)
+
+
+def _rate(step, seconds: float) -> float:
+    for _ in range(3):  # warm-up: allocator, oneDNN primitive caches
+        step()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def _busy_loop() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def measure(policy: str, seconds: float, busy: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in POLICY_VARS}
+    env.update(POLICIES[policy])
+    neighbour = _busy_loop() if busy else None
+    try:
+        res = subprocess.run([sys.executable, __file__, "--child", "--seconds", str(seconds)], env=env,
+                             capture_output=True, text=True, check=True)
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated (default: all)")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds per measurement (default: 20)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args.seconds)
+        return
+    from _common import format_table, machine
+    print(machine())
+    rows, results = [], {}
+    for policy in args.policies.split(","):
+        idle = measure(policy, args.seconds, busy=False)
+        busy = measure(policy, args.seconds, busy=True)
+        results[policy] = (idle, busy)
+        print(f"{policy}: idle {idle}, busy {busy}", file=sys.stderr, flush=True)
+    base = results.get("torch", next(iter(results.values())))[0]
+    for policy, (idle, busy) in results.items():
+        row = [policy, str(idle["threads"])]
+        for key in ("train_steps_per_s", "sample_steps_per_s"):
+            row += [f"{idle[key]:.2f}", f"{busy[key]:.2f}", f"{idle[key] / busy[key]:.2f}x",
+                    f"{idle[key] / base[key]:.2f}"]
+        rows.append(row)
+    print(format_table(["policy", "threads", "train idle", "train busy", "slowdown", "idle vs torch",
+                        "sample idle", "sample busy", "slowdown", "idle vs torch"], rows))
+
+
+if __name__ == "__main__":
+    main()
