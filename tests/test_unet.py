@@ -6,6 +6,7 @@ import torch
 
 from ddpm.model.unet import (
     PRESETS,
+    SWITCHES,
     UNet,
     UNetConfig,
     count_parameters,
@@ -258,3 +259,87 @@ def test_groupnorm_fast_path_matches_plain_groupnorm_in_bf16_channels_last():
     assert out.shape == ref.shape
     assert torch.allclose(out.float(), ref, atol=0.05)
     assert torch.equal(gn(x), ref) or torch.allclose(gn(x), ref, atol=1e-6)
+
+
+# --- the switches that express diffusers' UNet2DModel configurations (defaults: ddpm's behaviour) ---------------
+
+def test_switches_default_to_the_old_behaviour_and_old_configs_load_unchanged():
+    cfg = preset("cifar10")
+    assert not set(SWITCHES) & set(cfg.to_dict())  # a network without switches writes the config.json it always did
+    old = {"in_channels": 3, "out_channels": None, "base_channels": 128, "channel_mult": [1, 2, 2, 2],
+           "num_res_blocks": 2, "attention_resolutions": [16], "dropout": 0.1, "image_size": 32, "num_groups": 32,
+           "num_heads": 1}  # a config.json written before the switches existed
+    assert UNetConfig.from_dict(old) == cfg and cfg.to_dict() == old
+    assert (cfg.norm_eps, cfg.downsample_padding, cfg.time_embedding_order, cfg.time_freq_shift,
+            cfg.head_channels) == (1e-6, "symmetric", "sin-cos", 1.0, None)
+    switched = preset("tiny", norm_eps=1e-5, downsample_padding="bottom-right", time_embedding_order="cos-sin",
+                      time_freq_shift=0.0, head_channels=2)
+    d = json.loads(json.dumps(switched.to_dict()))
+    assert set(SWITCHES) <= set(d) and UNetConfig.from_dict(d) == switched
+
+
+def test_switches_leave_the_parameters_alone_and_change_the_output():
+    base = preset("tiny")
+    model = UNet(base).eval()
+    _randomise_zero_inits(model)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    ref = model(x, t)
+    for change in ({"norm_eps": 1e-2}, {"downsample_padding": "bottom-right"}, {"time_embedding_order": "cos-sin"},
+                   {"time_freq_shift": 0.0}):
+        other = UNet(preset("tiny", **change)).eval()
+        other.load_state_dict(model.state_dict())  # same keys and shapes
+        assert not torch.allclose(other(x, t), ref), change
+
+
+def test_norm_eps_reaches_every_groupnorm():
+    model = UNet(preset("tiny", norm_eps=1e-5))
+    eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert eps == {1e-5}
+
+
+def test_bottom_right_downsampling_is_tensorflow_same_padding():
+    """Output pixel i of the stride-2 conv sees input pixels 2i..2i+2 (zero beyond the bottom/right edge) instead of
+    2i-1..2i+1: with a summing 3x3 kernel on a ramp the two paddings give these sums exactly."""
+    from ddpm.model.unet import Downsample
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    out = {}
+    for padding in ("symmetric", "bottom-right"):
+        d = Downsample(1, padding)
+        with torch.no_grad():
+            d.conv.weight.fill_(1.0)
+            d.conv.bias.zero_()
+        out[padding] = d(x)[0, 0]
+    def window(i, j, first):  # the sum of the input pixels rows/cols first..first+2 from (2i, 2j), zero outside
+        rows, cols = range(2 * i + first, 2 * i + first + 3), range(2 * j + first, 2 * j + first + 3)
+        return sum(x[0, 0, r, c].item() for r in rows for c in cols if 0 <= r < 4 and 0 <= c < 4)
+    for i in range(2):
+        for j in range(2):
+            assert out["symmetric"][i, j].item() == window(i, j, -1)
+            assert out["bottom-right"][i, j].item() == window(i, j, 0)
+
+
+def test_timestep_embedding_order_and_shift():
+    t = torch.tensor([0, 5, 999])
+    e = timestep_embedding(t, 8, order="cos-sin", freq_shift=0.0)
+    freqs = 10000.0 ** (-torch.arange(4) / 4)  # shift 0: w_j = P^(-j / h)
+    torch.testing.assert_close(e[:, :4], torch.cos(t[:, None].float() * freqs))
+    torch.testing.assert_close(e[:, 4:], torch.sin(t[:, None].float() * freqs))
+    with pytest.raises(ValueError, match="order"):
+        timestep_embedding(t, 8, order="cos")
+
+
+def test_head_channels_sets_the_heads_per_layer():
+    cfg = UNetConfig(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+                     dropout=0.0, image_size=8, num_groups=4, head_channels=4)
+    model = UNet(cfg)
+    heads = {m.norm.num_channels: m.num_heads for m in model.modules() if type(m).__name__ == "AttentionBlock"}
+    assert heads == {8: 2, 16: 4}
+    with pytest.raises(ValueError, match="head_channels 3 must divide"):
+        UNetConfig(**{**cfg.to_dict(), "head_channels": 3})
+
+
+@pytest.mark.parametrize("field, value", [("norm_eps", 0.0), ("downsample_padding", "same"),
+                                          ("time_embedding_order", "sin"), ("head_channels", 0)])
+def test_bad_switch_values_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        preset("tiny", **{field: value})

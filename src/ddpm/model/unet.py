@@ -18,6 +18,11 @@ Layout (``L = len(channel_mult)`` levels, ``ch = base_channels``, level ``i`` at
 As in the paper's code, the last conv of every residual branch and the attention output projection are
 also zero-initialised, so an untrained network is the identity on each block and outputs exactly zero.
 
+Five switches (config fields whose defaults are the behaviour above, so runs saved before they existed load and
+behave as before) let the same module express diffusers' ``UNet2DModel`` configurations, among them the DDPM
+paper's own networks as published in that format: ``norm_eps``, ``downsample_padding``, ``time_embedding_order``,
+``time_freq_shift`` and ``head_channels`` (see :class:`UNetConfig`; :mod:`ddpm.runs.diffusers_format` maps the two).
+
 The whole batch goes through every layer at once (no Python loop over samples), attention uses
 ``scaled_dot_product_attention``, and the module works with channels_last tensors, bf16 autocast and
 ``torch.compile(fullgraph=True)``; the sinusoidal embedding is always computed in float32.
@@ -25,7 +30,7 @@ The whole batch goes through every layer at once (no Python loop over samples), 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +38,15 @@ from torch import nn
 
 from ..core.config_io import from_known_fields
 
-__all__ = ["UNetConfig", "PRESETS", "preset", "UNet", "timestep_embedding", "count_parameters", "group_count"]
+__all__ = ["UNetConfig", "PRESETS", "preset", "UNet", "timestep_embedding", "count_parameters", "group_count",
+           "DOWNSAMPLE_PADDINGS", "TIME_EMBEDDING_ORDERS", "SWITCHES"]
+
+#: how the stride-2 downsampling conv pads: 1 pixel all round, or 1 at the bottom and right only (TensorFlow's
+#: "SAME" at stride 2, as in Ho et al.'s code; diffusers' ``downsample_padding=0``)
+DOWNSAMPLE_PADDINGS = ("symmetric", "bottom-right")
+#: the halves of the sinusoidal timestep embedding: sin then cos (Ho et al.), or cos then sin (diffusers'
+#: ``flip_sin_to_cos=True``)
+TIME_EMBEDDING_ORDERS = ("sin-cos", "cos-sin")
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,16 @@ class UNetConfig:
     dropout: dropout rate inside residual blocks.  image_size: the square training size, used to decide
     where attention goes and checked for divisibility.  num_groups: the GroupNorm group count, lowered per
     layer to the largest divisor of that layer's width (see :func:`group_count`).  num_heads: attention heads.
+
+    The switches, each defaulting to ddpm's own behaviour (the values of Ho et al.'s code, except
+    ``downsample_padding``); :data:`SWITCHES` lists them:
+    norm_eps: the epsilon of every GroupNorm.  downsample_padding: one of :data:`DOWNSAMPLE_PADDINGS`.
+    time_embedding_order: one of :data:`TIME_EMBEDDING_ORDERS`.  time_freq_shift: the shift s in the embedding's
+    frequencies max_period ** (-j / (dim / 2 - s)) (1 in Ho et al.'s code, 0 in diffusers' default).
+    head_channels: channels per attention head; when set, a layer of width w has w // head_channels heads
+    (diffusers' ``attention_head_dim``) and ``num_heads`` is not used; None: ``num_heads`` heads everywhere.
+    Only the switches that differ from their defaults are written by :meth:`to_dict`, so the config.json of a
+    network that uses none of them reads as it did before they existed.
     """
 
     in_channels: int = 3
@@ -60,6 +83,12 @@ class UNetConfig:
     image_size: int = 32
     num_groups: int = 32
     num_heads: int = 1
+    # switches (SWITCHES): defaults are ddpm's behaviour
+    norm_eps: float = 1e-6
+    downsample_padding: str = "symmetric"
+    time_embedding_order: str = "sin-cos"
+    time_freq_shift: float = 1.0
+    head_channels: int | None = None
 
     def __post_init__(self):
         # JSON gives lists back; keep tuples so configs compare equal and stay hashable.
@@ -76,6 +105,15 @@ class UNetConfig:
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"downsample_padding must be one of {DOWNSAMPLE_PADDINGS}, got {self.downsample_padding!r}")
+        if self.time_embedding_order not in TIME_EMBEDDING_ORDERS:
+            raise ValueError(f"time_embedding_order must be one of {TIME_EMBEDDING_ORDERS}, "
+                             f"got {self.time_embedding_order!r}")
+        if self.head_channels is not None and self.head_channels < 1:
+            raise ValueError(f"head_channels must be >= 1 or None, got {self.head_channels}")
         self.validate_image_size(self.image_size)
         sizes = self.resolutions
         missing = [r for r in self.attention_resolutions if r not in sizes]
@@ -84,8 +122,16 @@ class UNetConfig:
                              f"with image_size {self.image_size} and {len(self.channel_mult)} levels they are {sizes}")
         for level, res in enumerate(sizes):
             width = self.base_channels * self.channel_mult[level]
-            if (res in self.attention_resolutions or level == len(sizes) - 1) and width % self.num_heads:
+            if res not in self.attention_resolutions and level != len(sizes) - 1:
+                continue
+            if self.head_channels is not None and width % self.head_channels:
+                raise ValueError(f"head_channels {self.head_channels} must divide the {width} channels at {res}x{res}")
+            if self.head_channels is None and width % self.num_heads:
                 raise ValueError(f"num_heads {self.num_heads} must divide the {width} channels at {res}x{res}")
+
+    def heads(self, width: int) -> int:
+        """The attention heads of a layer ``width`` channels wide: width // head_channels, else num_heads."""
+        return self.num_heads if self.head_channels is None else width // self.head_channels
 
     @property
     def output_channels(self) -> int:
@@ -118,10 +164,14 @@ class UNetConfig:
                              f"positive multiple of {self.size_divisor}")
 
     def to_dict(self) -> dict:
-        """A JSON-friendly dict (tuples become lists; :meth:`from_dict` turns them back)."""
+        """A JSON-friendly dict (tuples become lists; :meth:`from_dict` turns them back), without the switches
+        that are at their defaults (a config.json written before they existed reads back the same)."""
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
+        for name, default in SWITCHES.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -129,6 +179,10 @@ class UNetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored with a warning."""
         return from_known_fields(cls, d, "model")
 
+
+#: the switch fields of :class:`UNetConfig` and their defaults (ddpm's behaviour)
+SWITCHES = {f.name: f.default for f in fields(UNetConfig)
+            if f.name in ("norm_eps", "downsample_padding", "time_embedding_order", "time_freq_shift", "head_channels")}
 
 PRESETS: dict[str, UNetConfig] = {
     # Ho et al. 2020, Appendix B: the CIFAR-10 network, 35.7M parameters.
@@ -160,19 +214,26 @@ def group_count(channels: int, num_groups: int) -> int:
     return 1
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, *, order: str = "sin-cos",
+                       freq_shift: float = 1.0) -> torch.Tensor:
     """Sinusoidal embedding of timesteps (Vaswani et al. 2017, Sec. 3.5; as in the DDPM code).
 
-    t: (B,) ints or floats.  Returns (B, dim) float32: [sin(t w_0..w_{h-1}), cos(t w_0..w_{h-1})] with
-    h = dim // 2 and w_j = max_period ** (-j / (h - 1)); an odd ``dim`` gets one trailing zero column.
+    t: (B,) ints or floats.  Returns (B, dim) float32: [sin(t w_0..w_{h-1}), cos(t w_0..w_{h-1})] (cos first
+    with ``order="cos-sin"``) with h = dim // 2 and w_j = max_period ** (-j / (h - freq_shift)); an odd ``dim``
+    gets one trailing zero column.  Ho et al.'s code uses shift 1 (w_{h-1} = 1 / max_period), diffusers'
+    default is 0.
     """
     if t.ndim != 1:
         raise ValueError(f"t must be a 1-D tensor of timesteps, got shape {tuple(t.shape)}")
+    if order not in TIME_EMBEDDING_ORDERS:
+        raise ValueError(f"order must be one of {TIME_EMBEDDING_ORDERS}, got {order!r}")
     half = dim // 2
-    exponent = torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
+    denominator = half - freq_shift
+    exponent = torch.arange(half, device=t.device, dtype=torch.float32) / (denominator if denominator > 0 else 1)
     freqs = torch.exp(-math.log(max_period) * exponent)
     args = t.to(torch.float32)[:, None] * freqs[None, :]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    halves = [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(halves if order == "sin-cos" else halves[::-1], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
@@ -195,8 +256,8 @@ class _GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
-def _norm(channels: int, num_groups: int) -> nn.GroupNorm:
-    return _GroupNorm(group_count(channels, num_groups), channels, eps=1e-6)
+def _norm(channels: int, num_groups: int, eps: float = 1e-6) -> nn.GroupNorm:
+    return _GroupNorm(group_count(channels, num_groups), channels, eps=eps)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -208,12 +269,12 @@ def _zero(module: nn.Module) -> nn.Module:
 class ResBlock(nn.Module):
     """x + conv(dropout(SiLU(GN(conv(SiLU(GN(x))) + W SiLU(emb))))), with a 1x1 conv on x when widths differ."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, num_groups: int, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = _norm(in_ch, num_groups)
+        self.norm1 = _norm(in_ch, num_groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, out_ch)
-        self.norm2 = _norm(out_ch, num_groups)
+        self.norm2 = _norm(out_ch, num_groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -228,10 +289,10 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """x + proj(softmax(q k^T / sqrt(d)) v) over the H*W positions, q, k, v = 1x1 convs of GN(x)."""
 
-    def __init__(self, channels: int, num_heads: int, num_groups: int):
+    def __init__(self, channels: int, num_heads: int, num_groups: int, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
-        self.norm = _norm(channels, num_groups)
+        self.norm = _norm(channels, num_groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -245,13 +306,19 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W with a stride-2 3x3 conv."""
+    """Halve H and W with a stride-2 3x3 conv.  ``padding`` "symmetric": one zero row and column on every side;
+    "bottom-right": one zero row at the bottom and one column at the right only (TensorFlow's "SAME" padding at
+    stride 2 on even sizes, the padding of Ho et al.'s code), so output pixel i sees input pixels 2i..2i+2 instead
+    of 2i-1..2i+1.  The parameters are the same either way."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.bottom_right = padding == "bottom-right"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.bottom_right else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bottom_right:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -271,8 +338,8 @@ class _Stage(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, cfg: UNetConfig, attention: bool):
         super().__init__()
-        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, cfg.num_groups)
-        self.attn = AttentionBlock(out_ch, cfg.num_heads, cfg.num_groups) if attention else None
+        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, cfg.num_groups, cfg.norm_eps)
+        self.attn = AttentionBlock(out_ch, cfg.heads(out_ch), cfg.num_groups, cfg.norm_eps) if attention else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         x = self.res(x, emb)
@@ -308,12 +375,12 @@ class UNet(nn.Module):
                 skip_widths.append(cur)
             self.down.append(stages)
             if level < cfg.num_downsamples:
-                self.downsample.append(Downsample(cur))
+                self.downsample.append(Downsample(cur, cfg.downsample_padding))
                 skip_widths.append(cur)
 
-        self.mid_res1 = ResBlock(cur, cur, emb_dim, cfg.dropout, cfg.num_groups)
-        self.mid_attn = AttentionBlock(cur, cfg.num_heads, cfg.num_groups)
-        self.mid_res2 = ResBlock(cur, cur, emb_dim, cfg.dropout, cfg.num_groups)
+        self.mid_res1 = ResBlock(cur, cur, emb_dim, cfg.dropout, cfg.num_groups, cfg.norm_eps)
+        self.mid_attn = AttentionBlock(cur, cfg.heads(cur), cfg.num_groups, cfg.norm_eps)
+        self.mid_res2 = ResBlock(cur, cur, emb_dim, cfg.dropout, cfg.num_groups, cfg.norm_eps)
 
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -327,7 +394,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(Upsample(cur))
 
-        self.norm_out = _norm(cur, cfg.num_groups)
+        self.norm_out = _norm(cur, cfg.num_groups, cfg.norm_eps)
         self.conv_out = _zero(nn.Conv2d(cur, cfg.output_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -340,7 +407,8 @@ class UNet(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
 
-        emb = self.time_mlp(timestep_embedding(t, cfg.base_channels))
+        emb = self.time_mlp(timestep_embedding(t, cfg.base_channels, order=cfg.time_embedding_order,
+                                               freq_shift=cfg.time_freq_shift))
         h = self.conv_in(x)
         skips = [h]
         for level, stages in enumerate(self.down):
