@@ -13,6 +13,11 @@ the folder is renamed into place and the rename flushed, and only then is the ``
 are checkpoints beyond the newest ``keep`` deleted.  An interrupted save, even by a power cut, leaves the
 previous checkpoint valid.  The newest complete ``step_*`` folder is the latest checkpoint; resuming falls back
 to an older one, with a warning, when the newest cannot be read.
+
+Weights are checked both ways: a checkpoint whose weights hold a NaN or an infinity (a diverged run) is not written
+(:class:`FloatingPointError`), and one read back with such weights (written by an older version, or damaged on disk)
+is refused with one line naming the file and the first bad tensor, so that nothing samples black images or
+evaluates a NaN bound from it.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from ..runtime.atomic import default_mode, fsync_path
 
 __all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints", "load_checkpoint",
-           "load_weights", "state_dict_for_saving", "mismatch_summary"]
+           "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite"]
 
 
 class CheckpointError(Exception):
@@ -48,10 +53,38 @@ def state_dict_for_saving(module: torch.nn.Module) -> dict:
     return out
 
 
+def non_finite(state: dict) -> str | None:
+    """What is wrong with the first floating-point tensor of ``state`` (in its order) that holds a NaN or an
+    infinity, as ``"NAME holds NaN (3 of 864 values)"``; None when every value is finite."""
+    for name, v in state.items():
+        if not (isinstance(v, torch.Tensor) and v.is_floating_point()) or bool(torch.isfinite(v).all()):
+            continue
+        nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+        what = " and ".join(w for w, n in (("NaN", nan), ("Inf", inf)) if n)
+        return f"{name} holds {what} ({nan + inf} of {v.numel()} values)"
+    return None
+
+
+def check_finite(state: dict, where) -> dict:
+    """``state``, or a :class:`CheckpointError` naming ``where`` (the file) and the first tensor with a NaN or Inf."""
+    bad = non_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"{where}: {bad}; these weights come from a diverged run or a damaged file and "
+                              "cannot be used")
+    return state
+
+
 def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, ema: torch.nn.Module,
                     trainer_state: dict, config: dict, keep: int = 3) -> Path:
     """Write checkpoint ``step`` atomically and durably under ``run_dir/checkpoints``, then prune all but the
-    newest ``keep``."""
+    newest ``keep``.  Weights holding a NaN or an infinity are not written: :class:`FloatingPointError` says which
+    tensor, and the checkpoints before stay the newest."""
+    weights = {"model": state_dict_for_saving(model), "ema": state_dict_for_saving(ema)}
+    for which, state in weights.items():
+        bad = non_finite(state)
+        if bad is not None:
+            raise FloatingPointError(f"step {step}: the {which} weights diverged ({bad}), so no checkpoint is written "
+                                     "and the earlier ones stay intact; start again with a lower --lr")
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
@@ -59,8 +92,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, ema: to
     os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folders are private (0700)
     aside = None
     try:
-        save_file(state_dict_for_saving(model), str(tmp / "model.safetensors"))
-        save_file(state_dict_for_saving(ema), str(tmp / "ema.safetensors"))
+        save_file(weights["model"], str(tmp / "model.safetensors"))
+        save_file(weights["ema"], str(tmp / "ema.safetensors"))
         torch.save(trainer_state, tmp / "trainer.pt")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
@@ -129,15 +162,17 @@ def mismatch_summary(error: RuntimeError) -> str:
 
 
 def load_weights(ckpt: Path, which: str = "ema") -> dict:
-    """Read ``model`` or ``ema`` weights of a checkpoint folder as a dict of tensors (safetensors: no code runs)."""
+    """Read ``model`` or ``ema`` weights of a checkpoint folder as a dict of tensors (safetensors: no code runs);
+    weights holding a NaN or an infinity are refused (:func:`check_finite`)."""
     f = Path(ckpt) / f"{which}.safetensors"
     if not f.is_file():
         raise CheckpointError(f"{f}: missing; the checkpoint is incomplete")
     try:
-        return load_file(str(f))
+        state = load_file(str(f))
     except Exception as e:  # safetensors raises several types for corrupt files
         raise CheckpointError(f"{f}: unreadable ({type(e).__name__}: {e}); the file is corrupt, remove "
                               f"{Path(ckpt).name} to use the checkpoint before it") from None
+    return check_finite(state, f)
 
 
 def load_checkpoint(path: Path, *, with_trainer_state: bool = True, fallback: bool = False) -> dict:
