@@ -48,6 +48,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     seed: int = 0
+    # the run or checkpoint folder whose EMA weights the model and its EMA start from (fine-tuning); None: random
+    init_from: str | None = None
     # bookkeeping
     log_every: int = 50
     sample_every: int = 1000
@@ -121,4 +123,5 @@ class TrainConfig:
         parts = {"model": UNetConfig.from_dict(d.get("model", {})),
                  "schedule": ScheduleConfig.from_dict(d.get("schedule", {})),
                  "data": DataConfig.from_dict(d.get("data", {}))}
-        return from_known_fields(cls, {**d, **parts}, "config", extra=("distributed",))
+        # "distributed" and "imported" (ddpm import's record of where the weights came from) are for reading only
+        return from_known_fields(cls, {**d, **parts}, "config", extra=("distributed", "imported"))
