@@ -213,7 +213,8 @@ def test_every_train_example_in_the_help_builds_a_config():
     from ddpm.cli.main import build_parser
     from ddpm.cli.train import TRAIN_EXAMPLES, config_from_args
     lines = [ln.split("#")[0].strip() for ln in TRAIN_EXAMPLES.splitlines()]
-    commands = [ln for ln in lines if ln.startswith("ddpm train") and "--resume" not in ln]
+    # (--resume and --init-from need a run to read: tests/test_diffusers_cli.py builds the --init-from example's)
+    commands = [ln for ln in lines if ln.startswith("ddpm train") and "--resume" not in ln and "--init-from" not in ln]
     assert len(commands) >= 4
     for line in commands:
         config_from_args(build_parser().parse_args(shlex.split(line)[1:]))

@@ -16,6 +16,7 @@ from ..model.unet import PRESETS, UNetConfig, preset
 from ..runs.checkpoint import CheckpointError, latest_checkpoint
 from ..runs.config import LOSS_TYPES, LR_SCHEDULES, PRESET_RECIPES, TrainConfig
 from ..runtime.precision import PRECISIONS
+from ..training.finetune import source_config
 from ..training.rates import lr_at
 from ..training.trainer import train
 from .args import add_device_and_progress, at_least, int_list, positive_float
@@ -30,6 +31,7 @@ TRAIN_EXAMPLES = """examples:
   ddpm train --data faces.npz --loss hybrid --variance learned-range
   ddpm train --preset tiny --attention-resolutions 16 --base-channels 8  # the tiny net, reshaped for 32x32
   ddpm train --resume runs/digits --steps 8000  # go on from the last checkpoint (cosine decay now ends at 8000)
+  ddpm train --init-from runs/cifar10-paper --data my_images/ --steps 2000 --run-dir runs/finetuned   # fine-tune
   torchrun --standalone --nproc_per_node=8 -m ddpm train --batch-size 16   # 8 GPUs, global batch 128
 """
 
@@ -64,9 +66,13 @@ def register(sub) -> None:
                    "(its saved config is used; only --steps, --device and --no-progress apply)")
     p.add_argument("--run-dir", default=d.run_dir, help="where config, metrics, previews and checkpoints go "
                    "(default: %(default)s)")
-    p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
+    p.add_argument("--init-from", metavar="RUN_OR_CHECKPOINT", default=None,
+                   help="start a new run from the EMA weights of this run or checkpoint (one ddpm import wrote, too): "
+                        "its network, schedule and variance unless flags say otherwise, and the paper's recipe "
+                        "(lr 2e-4, constant) instead of a preset's; fine-tuning on --data")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="U-Net: digits (1.1M parameters, 32x32 grey), cifar10 (the paper's 35.7M, 32x32 colour), tiny "
-                        "(for tests on 8x8 images: add --image-size 8) (default: %(default)s)")
+                        "(for tests on 8x8 images: add --image-size 8) (default: digits)")
     p.add_argument("--base-channels", type=at_least(1), default=None,
                    help="override the preset's width at full resolution")
     p.add_argument("--channel-mult", type=int_list, default=None, metavar="M1,M2,...",
@@ -134,20 +140,33 @@ def register(sub) -> None:
 
 def config_from_args(args) -> TrainConfig:
     """The :class:`TrainConfig` of a ``ddpm train`` command line: :meth:`TrainConfig.for_preset` of ``--preset``
-    with the flags that were given laid over it."""
+    with the flags that were given laid over it; with ``--init-from``, the source run's network, schedule, variance
+    and loss with the flags laid over them, and TrainConfig's own recipe (the paper's)."""
     defaults = _DEFAULTS
     model_over = {k: v for k, v in {"dropout": args.dropout, "base_channels": args.base_channels,
                                     "channel_mult": args.channel_mult, "num_res_blocks": args.num_res_blocks,
                                     "attention_resolutions": args.attention_resolutions}.items() if v is not None}
+    source_run = source_ckpt = None
+    if args.init_from:
+        shaping = [flag for flag, given in (("--preset", args.preset), ("--base-channels", args.base_channels),
+                                            ("--channel-mult", args.channel_mult),
+                                            ("--num-res-blocks", args.num_res_blocks),
+                                            ("--attention-resolutions", args.attention_resolutions)) if given is not None]
+        if shaping:
+            raise ValueError(f"{shaping[0]}: --init-from takes the network of {args.init_from} as it is; drop "
+                             f"{shaping[0]}")
+        source_ckpt, source_run = source_config(args.init_from)
     # a path is saved absolute, so that the run can be resumed or evaluated from any folder
     source = args.data if args.data in EMBEDDED or not Path(args.data).exists() else str(Path(args.data).resolve())
     channels = args.channels
+    if channels is None and source_run is not None:  # the network's channels; load_images converts the data
+        channels = source_run.model.in_channels
     if channels is None:  # colour data trains in colour unless told otherwise
         on_disk = source not in EMBEDDED and Path(source).exists()
         channels = native_shape(source)[0] if on_disk else defaults.data.channels
-    data = DataConfig(source=source, image_size=args.image_size or defaults.data.image_size,
-                      channels=channels, split=args.split, hflip=args.hflip)
-    model = preset(args.preset)
+    image_size = args.image_size or (source_run.model.image_size if source_run else defaults.data.image_size)
+    data = DataConfig(source=source, image_size=image_size, channels=channels, split=args.split, hflip=args.hflip)
+    model = preset(args.preset or "digits") if source_run is None else source_run.model
     if model_over:  # checked at the data's image size, where the network will run
         model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
                                       "in_channels": data.channels})
@@ -155,7 +174,7 @@ def config_from_args(args) -> TrainConfig:
         raise ValueError("--beta-start and --beta-end set the linear schedule; the cosine one has no such ends")
     sched = {k: v for k, v in {"kind": args.schedule, "num_timesteps": args.timesteps, "beta_start": args.beta_start,
                                "beta_end": args.beta_end}.items() if v is not None}
-    schedule = replace(defaults.schedule, **sched)
+    schedule = replace(defaults.schedule if source_run is None else source_run.schedule, **sched)
     flat = {"run_dir": args.run_dir, "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "lr": args.lr, "warmup_steps": args.warmup_steps,
             "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "loss": args.loss,
@@ -164,9 +183,30 @@ def config_from_args(args) -> TrainConfig:
             "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
             "compile": args.compile}
     flat = {k: v for k, v in flat.items() if v is not None}
-    return TrainConfig.for_preset(args.preset, model=model, schedule=schedule, data=data,
-                                  importance_sampling=args.importance_sampling,
-                                  progress=not args.no_progress, **flat)
+    if source_run is None:
+        return TrainConfig.for_preset(args.preset or "digits", model=model, schedule=schedule, data=data,
+                                      importance_sampling=args.importance_sampling,
+                                      progress=not args.no_progress, **flat)
+    _check_fits(args, source_run.model, data, flat.get("variance", source_run.variance))
+    flat = {"variance": source_run.variance, "loss": source_run.loss, **flat}
+    return TrainConfig(model=model, schedule=schedule, data=data, importance_sampling=args.importance_sampling,
+                       progress=not args.no_progress, init_from=str(source_ckpt.resolve()), **flat)
+
+
+def _check_fits(args, model: UNetConfig, data: DataConfig, variance: str) -> None:
+    """Refuse image sizes, channels and variances the network of ``--init-from`` was not made for (its weights
+    would not fit), before any work."""
+    if data.image_size != model.image_size:
+        raise ValueError(f"--image-size {data.image_size}: the network of {args.init_from} works on "
+                         f"{model.image_size}x{model.image_size} images (its attention sits at "
+                         f"{list(model.attention_resolutions)} px); drop --image-size")
+    if data.channels != model.in_channels:
+        raise ValueError(f"--channels {data.channels}: the network of {args.init_from} takes {model.in_channels}-channel "
+                         f"images; pass --channels {model.in_channels} (the data is converted)")
+    if (model.output_channels == 2 * model.in_channels) != (variance == "learned-range"):
+        raise ValueError(f"--variance {variance}: the network of {args.init_from} "
+                         f"{'predicts' if model.output_channels == 2 * model.in_channels else 'has no'} "
+                         "learned-range variance outputs; drop --variance")
 
 
 def _run_train(args) -> int:
@@ -178,6 +218,9 @@ def _run_train(args) -> int:
             saved = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"{cfg_path}: unreadable JSON ({e})") from None
+        if isinstance(saved, dict) and saved.get("imported"):
+            raise UserError(f"{args.resume}: imported by ddpm import, so it holds weights but no training state to "
+                            f"resume; start a new run from them: ddpm train --init-from {args.resume} --data ...")
         _check_resume_flags(args, saved)
         saved["run_dir"] = str(args.resume)
         for key, value in (("steps", args.steps), ("device", args.device)):

@@ -38,6 +38,7 @@ from ..runs.rundir import lock_run_dir, read_metrics, tidy_run_dir
 from ..runtime import distributed
 from ..runtime.atomic import write_json_atomic
 from ..runtime.precision import auto_compile, autocast_dtype
+from .finetune import load_initial_weights
 from .log import TrainingLog
 from .previews import write_preview
 from .rates import ema_decay_at, lr_at
@@ -78,6 +79,8 @@ class Trainer:
         rank = self.world.rank
         torch.manual_seed(config.seed)  # model init (identical on every rank) and rank 0's dropout
         self.model = UNet(config.model).to(self.device)
+        if config.init_from and not resume:  # fine-tuning: start from another run's weights (EMA copied below)
+            load_initial_weights(self.model, config.init_from)
         if rank > 0:
             torch.manual_seed(distributed.rank_seed(config.seed, rank, "dropout"))
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
