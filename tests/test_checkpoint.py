@@ -2,10 +2,14 @@
 import pytest
 import torch
 
+from ddpm.model.unet import UNet, preset
 from ddpm.runs.checkpoint import (
     CheckpointError,
+    check_finite,
+    complete_checkpoints,
     latest_checkpoint,
     load_checkpoint,
+    non_finite,
     save_checkpoint,
 )
 
@@ -53,3 +57,24 @@ def test_latest_is_the_newest_complete_checkpoint_by_step_number(tmp_path):
     save_checkpoint(tmp_path, 10_000_000, model=model, ema=model, trainer_state={"step": 7}, config={"again": 1})
     assert load_checkpoint(tmp_path)["config"] == {"again": 1}  # saving a step again replaces it
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_non_finite_names_the_first_bad_tensor_and_counts():
+    state = {"a": torch.ones(3), "steps": torch.tensor([1, 2]), "b": torch.tensor([1.0, float("nan"), float("inf")]),
+             "c": torch.tensor([float("nan")])}
+    assert non_finite(state) == "b holds NaN and Inf (2 of 3 values)"
+    assert non_finite({"a": torch.ones(2)}) is None
+    with pytest.raises(CheckpointError, match=r"^f\.safetensors: b holds NaN and Inf .* diverged run or a damaged file"):
+        check_finite(state, "f.safetensors")
+
+
+def test_a_diverged_model_writes_no_checkpoint(tmp_path):
+    model, ema = UNet(preset("tiny")), UNet(preset("tiny"))
+    save_checkpoint(tmp_path, 1, model=model, ema=ema, trainer_state={"step": 1}, config={})
+    with torch.no_grad():
+        model.conv_in.bias[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"step 2: the model weights diverged \(conv_in\.bias holds Inf"):
+        save_checkpoint(tmp_path, 2, model=model, ema=ema, trainer_state={"step": 2}, config={})
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_0000001"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000001"
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
