@@ -95,6 +95,8 @@ def test_the_published_configs_translate_to_the_papers_networks():
     lsun = unet_config_from_diffusers({**LSUN256, "sample_size": 256, "norm_num_groups": 32,
                                        "block_out_channels": [128, 128, 256, 256, 512, 512]}, "config.json")
     assert (lsun.channel_mult, lsun.attention_resolutions, lsun.image_size) == ((1, 1, 2, 2, 4, 4), (16,), 256)
+    with torch.device("meta"):
+        assert sum(p.numel() for p in UNet(lsun).parameters()) == 113_673_219  # the 256 px models' count
 
 
 def test_defaults_are_diffusers_own():

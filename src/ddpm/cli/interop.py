@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
+
+import torch
 
 from ..core.diffusion import VARIANCE_TYPES
 from ..core.schedule import SCHEDULE_KINDS, ScheduleConfig
-from ..model.unet import count_parameters
-from ..runs.diffusers_io import check_new_folder, export_diffusers, import_diffusers
-from ..sampling.generate import load_run
+from ..model.unet import UNet, count_parameters
+from ..runs.config import TrainConfig
+from ..runs.diffusers_io import export_diffusers, import_diffusers
 from .args import at_least
 from .errors import UserError, checked
 
@@ -79,14 +82,14 @@ def _schedule(args) -> ScheduleConfig | None:
 
 
 def _run_import(args) -> int:
-    check_new_folder(args.run_dir, "run folder")
     run_dir = import_diffusers(args.src, args.run_dir, schedule=_schedule(args), variance=args.variance,
                                image_size=args.image_size)
-    run = load_run(run_dir, device="cpu")
-    cfg = run.config
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    with torch.device("meta"):  # the parameter count, without the weights
+        params = count_parameters(UNet(cfg.model))
     s = cfg.schedule
     betas = f"linear {s.beta_start:g} to {s.beta_end:g}" if s.kind == "linear" else "cosine"
-    print(f"imported {args.src} into {run_dir}: {count_parameters(run.model):,} parameters, "
+    print(f"imported {args.src} into {run_dir}: {params:,} parameters, "
           f"{cfg.model.image_size}x{cfg.model.image_size}x{cfg.model.in_channels}, T = {s.num_timesteps} ({betas}), "
           f"variance {cfg.variance}")
     print(f"next: ddpm sample {run_dir}")
@@ -94,7 +97,6 @@ def _run_import(args) -> int:
 
 
 def _run_export(args) -> int:
-    check_new_folder(args.out)
     out = export_diffusers(args.run, args.out, which=args.weights)
     print(f"{args.run} ({args.weights} weights) written to {out} as a diffusers DDPMPipeline folder (model_index.json, "
           "unet/, scheduler/, ddpm_config.json, README.md)")

@@ -159,7 +159,9 @@ def read_diffusers(src, *, schedule: ScheduleConfig | None = None, variance: str
     schedule: the betas of a bare UNet2DModel folder (default: ddpm's, the paper's linear 1e-4 to 0.02 over 1,000
     steps); a pipeline folder brings its own and refuses another.  variance: sigma_t^2 of Algorithm 2 and of the
     bound (default: the scheduler's variance_type, else ddpm's fixed-large).  image_size: the side the network was
-    trained at, for a config.json without sample_size.  Every problem is one :class:`CheckpointError` line."""
+    trained at, for a config.json without sample_size.  Weights stored in float16 are widened to float32 (exactly).
+    A ddpm_config.json beside the files (``ddpm export`` writes one) gives the rest of the run's config back when it
+    describes the same network, schedule and variance.  Every problem is one :class:`CheckpointError` line."""
     folder = find_diffusers_folder(src)
     unet_json_path = folder.unet / "config.json"
     if not unet_json_path.is_file():
@@ -181,7 +183,7 @@ def read_diffusers(src, *, schedule: ScheduleConfig | None = None, variance: str
     else:
         schedule = schedule or ScheduleConfig()
         sched_variance = None
-    variance = variance or sched_variance or "fixed-large"
+    chosen, variance = variance, variance or sched_variance or "fixed-large"
     if model.in_channels not in (1, 3):
         raise CheckpointError(f"{unet_json_path}: in_channels = {model.in_channels}; ddpm's runs hold grey (1) or RGB "
                               "(3) images")
@@ -198,8 +200,9 @@ def read_diffusers(src, *, schedule: ScheduleConfig | None = None, variance: str
     config = TrainConfig(model=model, schedule=schedule, data=data, variance=variance,
                          loss="hybrid" if variance == "learned-range" else "simple")
     if known is not None:  # a ddpm export: its own config back, when it describes these files
-        if (same_network(known.model, model) and known.schedule == schedule and known.variance == variance):
-            config = known
+        if same_network(known.model, model) and known.schedule == schedule and known.variance == (sched_variance
+                                                                                                  or variance):
+            config = replace(known, variance=variance) if chosen else known
         else:
             warnings.warn(f"{folder.ddpm_config}: describes another network, schedule or variance than the diffusers "
                           "files beside it; ignored")
