@@ -96,6 +96,31 @@ def test_every_command_reads_an_imported_run(imported, tmp_path, capsys):
     assert "ddpm train --init-from" in capsys.readouterr().err
 
 
+def test_eval_fid_and_quality_draw_their_samples_from_an_imported_run(imported, tmp_path, monkeypatch, capsys):
+    """The metrics themselves need torch-fidelity's Inception weights (FID) or the digit classifier (quality); here
+    they are stand-ins that look at what the commands hand them: samples drawn from the imported network."""
+    import ddpm.cli.evaluate as evaluate
+    seen = {}
+
+    def fid(images, ref):
+        seen["fid"] = images
+        return {"fid": 1.0, "n_generated": len(images), "n_reference": 3}
+
+    def quality(images, out, name):
+        seen["quality"] = images
+        return {}
+    monkeypatch.setattr(evaluate, "check_fid_available", lambda ref=None: None)
+    monkeypatch.setattr(evaluate, "run_fid", fid)
+    monkeypatch.setattr(evaluate, "run_quality", quality)
+    monkeypatch.setattr(evaluate, "quality_summary", lambda report: "")
+    assert main(["eval", "fid", str(imported), "--ref", "refs.npy", "-n", "2", "--steps", "2", "--no-progress"]) == 0
+    assert main(["eval", "quality", str(imported), "-n", "2", "--steps", "2", "--out", str(tmp_path / "q"),
+                 "--no-progress"]) == 0
+    assert seen["fid"].shape == (2, 3, 16, 16) and seen["fid"].dtype == torch.uint8
+    assert seen["quality"].shape == (2, 3, 16, 16)
+    assert "FID 1.000" in capsys.readouterr().out
+
+
 def test_bin_weights_with_old_attention_names_import_like_safetensors(pipeline_folder, imported, tmp_path):
     """The google/ddpm-* files are .bin with the attention names of diffusers before 0.17 (query, key, value,
     proj_attn); torch.load(weights_only=True) reads them."""
