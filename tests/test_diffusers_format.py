@@ -61,7 +61,8 @@ def random_unet2d(config: dict, seed: int = 0):
             if p.ndim > 1:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
             else:
-                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
+                scale = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+                p.copy_(scale + 0.1 * torch.randn(p.shape, generator=g))
     return model
 
 

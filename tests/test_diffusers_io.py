@@ -1,6 +1,6 @@
 """``ddpm import`` and ``ddpm export`` end to end (runs/diffusers_io.py through the CLI): a diffusers folder becomes
-a run every command reads; a run becomes a folder DDPMPipeline loads and samples the same images from; export then import gives
-every tensor back bit for bit; nothing pickled runs; every mistake is one line and exit status 2."""
+a run every command reads; a run becomes a folder DDPMPipeline loads and samples the same images from; export then
+import gives every tensor back bit for bit; nothing pickled runs; every mistake is one line and exit status 2."""
 import json
 import shutil
 
@@ -35,7 +35,8 @@ def _randomise(model: torch.nn.Module, seed: int = 0, out_scale: float = 1.0) ->
             if p.ndim > 1:
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
             else:
-                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
+                scale = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+                p.copy_(scale + 0.1 * torch.randn(p.shape, generator=g))
         for name, p in model.named_parameters():
             if name.startswith("conv_out"):
                 p.mul_(out_scale)

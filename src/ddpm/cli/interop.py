@@ -18,8 +18,8 @@ from .errors import UserError, checked
 __all__ = ["register", "IMPORT_EXAMPLES", "EXPORT_EXAMPLES"]
 
 IMPORT_EXAMPLES = """examples:
-  ddpm import ddpm-cifar10-32 runs/cifar10-paper    # a diffusers DDPMPipeline folder: model_index.json, unet/, scheduler/
-  ddpm import ddpm-cifar10-32 runs/cifar10-large --variance fixed-large   # sigma_t^2 = beta_t for sampling and the bound
+  ddpm import ddpm-cifar10-32 runs/cifar10-paper    # a DDPMPipeline folder: model_index.json, unet/, scheduler/
+  ddpm import ddpm-cifar10-32 runs/cifar10-large --variance fixed-large   # sigma_t^2 = beta_t, sampling and bound
   ddpm import my-unet runs/mine --timesteps 1000 --beta-start 0.0001 --beta-end 0.02   # a bare UNet2DModel folder
   ddpm sample runs/cifar10-paper --sampler ddim --steps 50   # then every command reads it like a trained run
   ddpm train --init-from runs/cifar10-paper --data my_images/ --channels 3 --run-dir runs/finetuned

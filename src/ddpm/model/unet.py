@@ -108,7 +108,8 @@ class UNetConfig:
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
-            raise ValueError(f"downsample_padding must be one of {DOWNSAMPLE_PADDINGS}, got {self.downsample_padding!r}")
+            raise ValueError(f"downsample_padding must be one of {DOWNSAMPLE_PADDINGS}, "
+                             f"got {self.downsample_padding!r}")
         if self.time_embedding_order not in TIME_EMBEDDING_ORDERS:
             raise ValueError(f"time_embedding_order must be one of {TIME_EMBEDDING_ORDERS}, "
                              f"got {self.time_embedding_order!r}")

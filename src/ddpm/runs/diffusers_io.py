@@ -84,7 +84,8 @@ def find_diffusers_folder(src) -> DiffusersFolder:
     UNet2DModel folder (config.json and weights); a one-line :class:`CheckpointError` for anything else."""
     root = Path(src)
     if not root.is_dir():
-        raise CheckpointError(f"{root}: no such folder; download a diffusers model folder first (see docs/pretrained.md)")
+        raise CheckpointError(f"{root}: no such folder; download a diffusers model folder first "
+                              "(see docs/pretrained.md)")
     extra = root / "ddpm_config.json"
     extra = extra if extra.is_file() else None
     index = root / "model_index.json"
@@ -193,7 +194,8 @@ def read_diffusers(src, *, schedule: ScheduleConfig | None = None, variance: str
                               f"eps, which needs the learned-range variance, not {variance}")
     if not learned and variance == "learned-range":
         raise CheckpointError(f"{unet_json_path}: out_channels = {model.output_channels} predicts eps only; the "
-                              "learned-range variance needs twice in_channels outputs: choose fixed-large or fixed-small")
+                              "learned-range variance needs twice in_channels outputs: choose fixed-large or "
+                              "fixed-small")
     diffusers_state, weights_file = _read_weights(folder.unet)
     state = state_dict_from_diffusers(diffusers_state, model, weights_file)
     data = DataConfig(source=UNKNOWN_DATA, image_size=model.image_size, channels=model.in_channels, split="all")
@@ -359,6 +361,6 @@ def model_card(config: TrainConfig, ck: dict, which: str, name: str) -> str:
         lines += [f"- Classifier Frechet distance {quality['fd']:.3f} on {quality.get('n')} samples"
                   f"{f' (real digits: {floor:.3f})' if floor is not None else ''}, in the features of ddpm's small "
                   "digit classifier, not Inception's: comparable between digit models only; from `ddpm eval quality`."]
-    lines += ["", "Paper: Ho, Jain & Abbeel, Denoising Diffusion Probabilistic Models, https://arxiv.org/abs/2006.11239",
-              ""]
+    lines += ["", "Paper: Ho, Jain & Abbeel, Denoising Diffusion Probabilistic Models, "
+                  "https://arxiv.org/abs/2006.11239", ""]
     return "\n".join(lines)

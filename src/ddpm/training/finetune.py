@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..runs.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, mismatch_summary
+from ..runs.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    mismatch_summary,
+)
 from ..runs.config import TrainConfig
 
 __all__ = ["source_config", "load_initial_weights"]
