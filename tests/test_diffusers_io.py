@@ -308,3 +308,19 @@ def test_benchmark_script_runs(tmp_path, load_benchmark, capsys):
                                                     str(data), "--nll-images", "2", "--quick", "2",
                                                     "--out", str(tmp_path / "b")])
     assert result["parameters"] > 0 and result["bpd"] > 0 and {"import_s", "sample_s", "nll_s"} <= set(result)
+
+
+def test_import_sample_and_export_need_no_diffusers(pipeline_folder, tmp_path):
+    """diffusers is a format here, not a dependency: with it unimportable, a folder still imports, samples and
+    exports."""
+    import subprocess
+    import sys
+    script = ("import sys; sys.modules['diffusers'] = None\n"  # any `import diffusers` now raises ImportError
+              "from ddpm.cli.main import main\n"
+              f"assert main(['import', {str(pipeline_folder)!r}, {str(tmp_path / 'run')!r}]) == 0\n"
+              f"assert main(['sample', {str(tmp_path / 'run')!r}, '-n', '1', '--sampler', 'ddim', '--steps', '2', "
+              "'--no-progress']) == 0\n"
+              f"assert main(['export', {str(tmp_path / 'run')!r}, {str(tmp_path / 'out')!r}]) == 0\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
