@@ -326,7 +326,7 @@ def model_card(config: TrainConfig, ck: dict, which: str, name: str) -> str:
              f"A denoising diffusion probabilistic model (Ho, Jain & Abbeel 2020): a U-Net noise predictor "
              f"eps_theta(x_t, t) for {m.image_size}x{m.image_size} {'RGB' if m.in_channels == 3 else 'grey'} images "
              f"({params:,} parameters), with its noise schedule. Written by `ddpm export` "
-             f"({which} weights{f' of training step {step:,}' if step else ''}).", "",
+             f"({'EMA' if which == 'ema' else 'raw'} weights{f' of training step {step:,}' if step else ''}).", "",
              "## Use", "", "```python", "from diffusers import DDPMPipeline", "",
              f'pipe = DDPMPipeline.from_pretrained("{name}")',
              f"images = pipe(batch_size=16, num_inference_steps={T}).images  # Algorithm 2, all {T} steps", "```", "",
@@ -336,7 +336,7 @@ def model_card(config: TrainConfig, ck: dict, which: str, name: str) -> str:
                   "not record its training.", ""]
     rows = [("data", f"{d.source} ({d.split} split)" if d.source in ("digits", "sklearn-digits") else d.source),
             ("network", f"base width {m.base_channels}, channel multipliers {list(m.channel_mult)}, "
-                        f"{m.num_res_blocks} residual blocks per level, attention at {list(m.attention_resolutions)} "
+                        f"{m.num_res_blocks} residual block{'s' if m.num_res_blocks != 1 else ''} per level, attention at {list(m.attention_resolutions)} "
                         f"px, dropout {m.dropout:g}"),
             ("schedule", f"T = {T}, {schedule}"),
             ("variance", config.variance), ("objective", {"simple": "L_simple (eq. 14)", "vlb": "L_vlb",
@@ -348,6 +348,8 @@ def model_card(config: TrainConfig, ck: dict, which: str, name: str) -> str:
     lines += ["| setting | value |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows], ""]
     nll, quality = _measured(run_root / "eval" / "nll.json"), _measured(run_root / "eval" / "quality.json")
     lines += ["## Measured", ""]
+    nll = nll if isinstance(nll, dict) and isinstance(nll.get("bpd"), (int, float)) else None
+    quality = quality if isinstance(quality, dict) and isinstance(quality.get("fd"), (int, float)) else None
     if nll is None and quality is None:
         lines += ["Nothing measured yet (`ddpm eval nll` and `ddpm eval quality` write the numbers this card "
                   "shows).", ""]
@@ -356,8 +358,8 @@ def model_card(config: TrainConfig, ck: dict, which: str, name: str) -> str:
         lines += [f"- Variational bound (eq. 5): {nll['bpd']:.3f} +- {nll.get('bpd_stderr', float('nan')):.3f} "
                   f"bits/dim on {nll.get('num_images')} images ({how}, variance {nll.get('variance')}), "
                   "from `ddpm eval nll`."]
-    if quality is not None and "fd" in quality:
-        floor = quality.get("floor", {}).get("fd")
+    if quality is not None:
+        floor = (quality.get("floor") or {}).get("fd")
         lines += [f"- Classifier Frechet distance {quality['fd']:.3f} on {quality.get('n')} samples"
                   f"{f' (real digits: {floor:.3f})' if floor is not None else ''}, in the features of ddpm's small "
                   "digit classifier, not Inception's: comparable between digit models only; from `ddpm eval quality`."]
