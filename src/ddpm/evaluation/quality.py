@@ -155,10 +155,11 @@ def conditional_accuracy(logits: torch.Tensor, labels) -> dict:
     seen = logits.argmax(1).cpu()
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     confusion.index_put_((y, seen), torch.ones_like(y), accumulate=True)
-    asked = confusion.sum(1)
-    per_class = {str(c): float(confusion[c, c] / asked[c]) for c in range(NUM_CLASSES) if asked[c]}
+    asked = confusion.sum(1).tolist()
+    hits = confusion.diagonal().tolist()
+    per_class = {str(c): hits[c] / asked[c] for c in range(NUM_CLASSES) if asked[c]}
     worst = min(per_class, key=per_class.get)
-    return {"accuracy": float(confusion.diagonal().sum() / len(y)), "per_class": per_class,
+    return {"accuracy": sum(hits) / len(y), "per_class": per_class,
             "per_class_n": {str(c): int(asked[c]) for c in range(NUM_CLASSES) if asked[c]},
             "min_class_accuracy": per_class[worst], "min_class": int(worst), "confusion": confusion.tolist()}
 
