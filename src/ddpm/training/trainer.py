@@ -155,6 +155,7 @@ class Trainer:
         return value in (True, "on", "true", "yes")
 
     def _network(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(x_t, t), or eps_theta(x_t, t, y) with class labels (the unconditional call stays as it was)."""
         return self.forward(x_t, t) if y is None else self.forward(x_t, t, y)
 
     def _first_compiled_gradients(self) -> torch.Tensor:
@@ -271,7 +272,7 @@ class Trainer:
         if self._want("channels_last"):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self._network(x_t, t, y)
+            out = self._network(x_t, t) if y is None else self._network(x_t, t, y)
         if self.vlb is None:
             return loss_simple(out, noise, self.config.variance)
         return self.vlb.loss(out.float(), noise, x0, x_t, t, weights)
