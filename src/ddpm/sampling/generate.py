@@ -49,7 +49,7 @@ from ..runtime.atomic import write_json_atomic
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class_labels", "check_labels", "generate",
+__all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class_labels", "resolve_labels", "generate",
            "sample", "DEFAULT_GUIDANCE"]
 
 #: the guidance weight w of :func:`generate` and ``ddpm sample`` when none is given (0: purely conditional)
@@ -154,7 +154,7 @@ def class_labels(num_classes: int, n: int | None = None, *, classes=None, per_cl
     return [int(classes[k % len(classes)]) for k in range(n)]
 
 
-def check_labels(run: LoadedRun, n: int, labels, guidance: float = 0.0) -> torch.Tensor | None:
+def resolve_labels(run: LoadedRun, n: int, labels, guidance: float = 0.0) -> torch.Tensor | None:
     """The labels of a :func:`generate` call as an int64 (n,) tensor (None: unconditional), checked against the
     run: an int means every sample; a sequence or tensor gives sample k its own label.  ValueError for labels
     asked of an unconditional run, a label outside 0..K-1, the wrong count, or guidance without labels."""
@@ -182,7 +182,8 @@ def check_labels(run: LoadedRun, n: int, labels, guidance: float = 0.0) -> torch
 class Samples:
     """What :func:`generate` draws: ``images``, uint8 (n, C, H, W); ``chain``, with ``chain_samples`` > 0, the
     denoising chain of the first that many samples as a list of (t, uint8 tensor) frames from x_T to x_0
-    (t the paper's time, 0 for x_0), else None."""
+    (t the paper's time, 0 for x_0), else None; ``labels``, the int64 (n,) class of each sample when classes were
+    asked for, else None."""
 
     images: torch.Tensor
     chain: list[tuple[int, torch.Tensor]] | None = None
@@ -207,7 +208,7 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     purely conditional, w > 0 costs one forward pass of twice the batch per step).  ``labels=None`` draws from
     the run's unconditional model.  The labels come back in ``Samples.labels``."""
     cfg = run.config
-    y_all = check_labels(run, n, labels, guidance)
+    y_all = resolve_labels(run, n, labels, guidance)
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     variance = variance or cfg.variance
     if cuda_graph:
@@ -271,7 +272,7 @@ def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
     # "auto" means bf16 on CUDA, and CUDA generators draw other noise than CPU ones: record what it was here
     settings["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
         _autocast_dtype(run.device, settings["precision"])]
-    labels = check_labels(run, n, settings["labels"], settings["guidance"])
+    labels = resolve_labels(run, n, settings["labels"], settings["guidance"])
     settings["labels"] = None if labels is None else labels.tolist()  # one per sample: the same images again
     settings["guidance"] = float(settings["guidance"])
     return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "device": run.device.type,
