@@ -107,7 +107,7 @@ def test_eval_fid_and_quality_draw_their_samples_from_an_imported_run(imported, 
         seen["fid"] = images
         return {"fid": 1.0, "n_generated": len(images), "n_reference": 3}
 
-    def quality(images, out, name):
+    def quality(images, out, name, labels=None):
         seen["quality"] = images
         return {}
     monkeypatch.setattr(evaluate, "check_fid_available", lambda ref=None: None)
@@ -196,11 +196,13 @@ def test_a_bare_unet_folder_takes_its_schedule_from_flags(pipeline_folder, tmp_p
 
 # --- export ------------------------------------------------------------------------------------------------------
 
-def _digits_run(tmp_path, variance="fixed-large", T=40) -> object:
+def _digits_run(tmp_path, variance="fixed-large", T=40, class_cond=False) -> object:
     """A run folder of a small network for 16 px grey digits, with random non-zero weights (an untrained ddpm U-Net
     outputs exactly zero), written as the trainer writes one; plus a measured bound for the model card."""
-    run = tmp_path / f"digits-{variance}"
-    cfg = TrainConfig(run_dir=str(run), data=DataConfig(source="digits", image_size=16, channels=1),
+    run = tmp_path / f"digits-{variance}{'-cond' if class_cond else ''}"
+    names = tuple(str(k) for k in range(10)) if class_cond else None
+    cfg = TrainConfig(run_dir=str(run), data=DataConfig(source="digits", image_size=16, channels=1,
+                                                        class_cond=class_cond, class_names=names),
                       model=UNetConfig(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                                        attention_resolutions=(8,), dropout=0.0, image_size=16, num_groups=4),
                       schedule=ScheduleConfig(num_timesteps=T, beta_end=0.3), variance=variance,
@@ -244,6 +246,32 @@ def test_export_then_import_gives_every_tensor_back_bit_for_bit(tmp_path):
         original = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
         again = TrainConfig.from_dict(json.loads((back / "config.json").read_text()))
         assert again.to_dict() == {**original.to_dict(), "run_dir": str(back)}
+
+
+def test_a_class_conditional_run_goes_out_and_back(tmp_path, capsys):
+    """The class embedding is diffusers' plain one (num_class_embeds = K + 1, the last row 'no class'): the exported
+    UNet2DModel given class_labels computes what ddpm's network computes given y, and the round trip is exact.  A
+    class embedding without ddpm_config.json to say what its rows mean is refused in one line."""
+    run = _digits_run(tmp_path, class_cond=True)
+    out, back = tmp_path / "exported", tmp_path / "back"
+    assert main(["export", str(run), str(out)]) == 0
+    theirs = diffusers.UNet2DModel.from_pretrained(out / "unet").eval()
+    assert theirs.config.num_class_embeds == 11
+    ours = load_run(run).model
+    x, t, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 9, 20, 39]), torch.tensor([3, 7, 10, 0])
+    with torch.no_grad():
+        a, b = ours(x, t, y), theirs(x, t, class_labels=y).sample
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+    assert "class_labels=y" in (out / "README.md").read_text()
+    assert main(["import", str(out), str(back)]) == 0
+    again = load_run(back)
+    assert again.class_names == tuple(str(k) for k in range(10))
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in ours.state_dict().items())
+    (out / "ddpm_config.json").unlink()
+    capsys.readouterr()
+    assert main(["import", str(out), str(tmp_path / "bare")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "num_class_embeds = 11" in err
 
 
 def test_export_writes_a_loadable_folder_with_a_model_card(tmp_path, capsys):

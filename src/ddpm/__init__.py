@@ -3,7 +3,8 @@
     ddpm.train(config)            train, or resume with resume=True
     ddpm.sample(run_dir, n, ...)  sample a run and write grid.png, samples.npz, images/
     ddpm.load_run(run_dir)        the EMA network, schedule and config of a run
-    ddpm.generate(run, n, ...)    Samples: .images, a uint8 tensor (and .chain)
+    ddpm.generate(run, n, ...)    Samples: .images, a uint8 tensor (and .chain); labels=, guidance= for a
+                                  class-conditional run (run.class_names is not None)
     ddpm.TrainConfig              the run configuration
 """
 from ._version import __version__

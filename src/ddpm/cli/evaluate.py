@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 from ..core.samplers import SAMPLERS, steps_or_default
-from ..data.datasets import EMBEDDED, SPLITS, DataConfig, load_images, native_shape
+from ..data.datasets import DIGIT_CLASSES, EMBEDDED, SPLITS, DataConfig, load_images, native_shape
+from ..data.labels import load_labels
 from ..evaluation.fid import FidUnavailable, check_fid_available, run_fid
 from ..evaluation.reports import (
+    load_sample_labels,
     load_samples,
     nll_summary,
     quality_summary,
@@ -16,8 +18,8 @@ from ..evaluation.reports import (
     run_quality,
 )
 from ..evaluation.study import measures_quality, noise_study
-from ..sampling.generate import generate, load_run
-from .args import add_device_and_progress, at_least
+from ..sampling.generate import DEFAULT_GUIDANCE, class_labels, generate, load_run
+from .args import add_device_and_progress, at_least, non_negative_float
 from .errors import UserError, check_out_dir, check_steps, refuse_file_as_folder
 
 __all__ = ["register"]
@@ -26,7 +28,9 @@ EVAL_EXAMPLES = """examples:
   ddpm eval nll runs/digits                     # exact bound over all T terms on the 500 held-out digits
   ddpm eval nll runs/digits --quick 50 -n 100   # stratified estimate from 50 timesteps per image
   ddpm eval nll runs/faces --data faces_test.npz --quick 50   # a run trained on a folder: its held-out images
+  ddpm eval nll runs/digits-cond --class-cond --quick 50   # bound on log p(x | y) with the held-out labels
   ddpm eval quality runs/digits -n 1000 --sampler ddim --steps 50
+  ddpm eval quality runs/digits-cond -n 1000 --sampler ddim --steps 50 --guidance 1   # + conditional accuracy
   ddpm eval quality runs/digits/samples/ddpm/samples.npz
   ddpm eval fid runs/faces/samples/ddpm/samples.npz --ref path/to/real/images
 """
@@ -67,14 +71,21 @@ def register(sub) -> None:
     nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
     nll.add_argument("--weights", choices=["ema", "model"], default="ema",
                      help="the EMA weights or the raw trained ones (default: ema)")
-    nll.add_argument("--out", default=None, help="output folder (default: RUN/eval; RUN/eval/data_NAME with --data)")
+    nll.add_argument("--class-cond", action="store_true",
+                     help="class-conditional runs: the bound on -log p(x | y) with the images' own labels (without it, "
+                          "such a run's bound is that of its unconditional model, label 'no class')")
+    nll.add_argument("--out", default=None, help="output folder (default: RUN/eval; RUN/eval/data_NAME with --data; "
+                                                 "a class_cond folder inside with --class-cond)")
     add_device_and_progress(nll)
     nll.set_defaults(func=_run_nll)
 
     qual = evsub.add_parser("quality", help="classifier Frechet distance, KID and class histogram (digits)",
                             description="Offline sample quality of grey 32x32 digits: Frechet distance and KID in the "
                                         "features of a small digit classifier, its class histogram, and the same "
-                                        "numbers for real digits (the floor).",
+                                        "numbers for real digits (the floor).  Samples with class labels (a "
+                                        "class-conditional run's, drawn here with every class in turn, or a "
+                                        "samples.npz holding 'labels') also get the conditional accuracy: the "
+                                        "share the classifier assigns to the digit asked for, overall and per class.",
                             epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     qual.add_argument("source", help="a run folder (samples are drawn) or a samples.npz / .npy of uint8 images")
     _add_sampling_flags(qual, default_n=1000)
@@ -117,6 +128,9 @@ def _add_sampling_flags(p, default_n):
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250,
                    help="samples per batch when drawing from a run (default: %(default)s)")
+    p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
+                   help="class-conditional runs: guidance weight w of the samples drawn, every class in turn "
+                        f"(default: {DEFAULT_GUIDANCE:g}, purely conditional)")
     add_device_and_progress(p)
 
 
@@ -134,19 +148,31 @@ def _default_out(src: Path) -> Path:
 
 
 def _images_from(args, native: bool = False, ready=lambda: None):
-    """uint8 (N, C, H, W) images: drawn from a run folder, or read from saved samples.  Saved samples become
-    grey 32x32 digits for the classifier, or keep their own shape with ``native``.  ``ready()`` is called once
-    the request has passed every check, before the sampling (the output folder's check goes there)."""
+    """(uint8 (N, C, H, W) images, their class labels or None): drawn from a run folder (a class-conditional
+    run's with every class in turn and ``--guidance``), or read from saved samples (with the labels a samples.npz
+    holds).  Saved samples become grey 32x32 digits for the classifier, or keep their own shape with ``native``.
+    ``ready()`` is called once the request has passed every check, before the sampling (the output folder's check
+    goes there)."""
     src = Path(args.source)
     if _is_run(src):
         run = load_run(src, device=args.device)
         steps = steps_or_default(args.sampler, args.steps)
         check_steps(steps, run, given=args.steps is not None)
+        names = run.config.class_names
+        if names is None and args.guidance is not None:
+            raise UserError(f"--guidance {args.guidance:g}: {src} is an unconditional run (trained without class "
+                            "labels); drop --guidance")
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
+        labels = class_labels(len(names), args.num) if names is not None else None
         ready()
-        return generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
-                        steps=steps, progress=not args.no_progress).images
+        drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                         steps=steps, progress=not args.no_progress, labels=labels,
+                         **({} if labels is None or args.guidance is None else {"guidance": args.guidance}))
+        return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
+    if args.guidance is not None:
+        raise UserError(f"--guidance {args.guidance:g} applies to samples drawn from a run folder; {src} holds "
+                        "samples already drawn; drop --guidance")
     if src.exists():
         channels, size = native_shape(src)
         if not native and (channels, size) != (1, 32):
@@ -154,8 +180,12 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         images = load_samples(src, None, None) if native else load_samples(src)
         if len(images) < 2:
             raise UserError(f"{src}: holds {len(images)} image; the metrics need at least 2")
+        labels = load_sample_labels(src)
+        if labels is not None and (labels.shape != (len(images),) or labels.min() < 0 or labels.max() > 9):
+            raise UserError(f"{src}: its labels are not one digit 0-9 per image ({tuple(labels.shape)} labels for "
+                            f"{len(images)} images); the conditional accuracy needs the digit each was drawn as")
         ready()
-        return images
+        return images, labels
     raise UserError(f"{src}: no such run folder or samples file")
 
 
@@ -182,21 +212,24 @@ def _run_nll(args) -> int:
         if args.split != "train" and trained.split != "train":
             print(f"note: {args.run} was trained on the {trained.split} split of {trained.source}, so the "
                   f"{args.split} images are not held out", file=sys.stderr)
+    labels = _nll_labels(args, run, dcfg) if args.class_cond else None
     x0 = load_images(dcfg)
     if args.num is not None:
-        x0 = x0[: args.num]
+        x0, labels = x0[: args.num], None if labels is None else labels[: args.num]
     if len(x0) == 0:
         raise UserError(f"{args.run}: the {args.split} split is empty")
-    # another data source's bound goes to a folder of its own, so it never replaces the run's own
-    default_out = Path(args.run) / "eval" / ("" if args.data is None else f"data_{Path(args.data).stem}")
+    # another data source's bound goes to a folder of its own, so it never replaces the run's own; so does p(x | y)
+    default_out = (Path(args.run) / "eval" / ("" if args.data is None else f"data_{Path(args.data).stem}")
+                   / ("class_cond" if args.class_cond else ""))
     out = check_out_dir(args.out or default_out)
 
-    def f(x, t):  # full precision: the bound's smallest terms need it
-        return run.model(x, t).float()
+    def f(x, t, y=None):  # full precision: the bound's smallest terms need it
+        return (run.model(x, t) if y is None else run.model(x, t, y)).float()
     result = run_nll(f, run.schedule, x0, out, variance=run.config.variance, quick_k=args.quick,
-                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device)
+                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device,
+                     labels=labels)
     print(nll_summary(result))
-    print(f"  on {len(x0)} images: {dcfg.source}, {dcfg.split} split")
+    print(f"  on {len(x0)} images: {dcfg.source}, {dcfg.split} split{', with their class labels' if args.class_cond else ''}")
     print(f"written: {out / 'nll.json'}, {out / 'nll_terms.png'}")
     return 0
 
@@ -204,13 +237,26 @@ def _run_nll(args) -> int:
 def _run_quality(args) -> int:
     src = Path(args.source)
     out = Path(args.out or _default_out(src))
-    images = _images_from(args, ready=lambda: check_out_dir(out))
+    images, labels = _images_from(args, ready=lambda: check_out_dir(out))
     # one report per samples file, so that two files in one folder keep their own (samples_quality.json, ...)
     name = f"{src.stem}_quality.json" if src.is_file() else "quality.json"
-    result = run_quality(images, out, name=name)
+    result = run_quality(images, out, name=name, labels=labels)
     print(quality_summary(result))
     print(f"written: {out / name}")
     return 0
+
+
+def _nll_labels(args, run, dcfg: DataConfig):
+    """The class labels of the images ``eval nll --class-cond`` bounds, checked against the run's classes."""
+    names = run.config.class_names
+    if names is None:
+        raise UserError(f"--class-cond: {args.run} is an unconditional run (trained without class labels), so it "
+                        "has no log p(x | y) to bound; drop --class-cond")
+    labels, found = load_labels(DataConfig.from_dict({**dcfg.to_dict(), "class_cond": True, "class_names": None}))
+    if tuple(found) != tuple(names):
+        raise UserError(f"--class-cond: {dcfg.source} holds the classes {', '.join(found)}, but {args.run} was "
+                        f"trained on {', '.join(names)}; bound images of the run's own classes")
+    return labels
 
 
 def _run_fid(args) -> int:
@@ -218,7 +264,7 @@ def _run_fid(args) -> int:
         check_fid_available(args.ref)  # before drawing any sample
     except FidUnavailable as e:
         raise UserError(str(e)) from None
-    images = _images_from(args, native=True)
+    images, _ = _images_from(args, native=True)
     try:
         result = run_fid(images, args.ref)
     except FidUnavailable as e:

@@ -8,8 +8,8 @@ from ..core.respace import SPACINGS
 from ..core.samplers import SAMPLERS, steps_or_default
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS
-from ..sampling.generate import default_samples_dir, load_run, sample
-from .args import add_device_and_progress, at_least
+from ..sampling.generate import DEFAULT_GUIDANCE, class_labels, default_samples_dir, load_run, sample
+from .args import add_device_and_progress, at_least, non_negative_float
 from .errors import UserError, check_out_dir, check_steps, refuse_file_as_folder
 
 __all__ = ["register", "SAMPLE_EXAMPLES"]
@@ -21,6 +21,9 @@ SAMPLE_EXAMPLES = """examples:
   ddpm sample runs/digits --sampler dpm++2m --steps 20 --out samples/fast
   ddpm sample runs/digits --sampler ddim --steps 50 --eta 1 --seed 7   # stochastic DDIM, other images
   ddpm sample runs/digits --precision bf16      # bf16 autocast on the CPU (1.2x faster where it is native)
+  ddpm sample runs/digits-cond --class 7 -n 16  # a class-conditional run (ddpm train --class-cond): sixteen 7s
+  ddpm sample runs/digits-cond --classes 0,1,2 --guidance 2 --sampler ddim --steps 50   # 0, 1, 2, 0, 1, ...
+  ddpm sample runs/digits-cond --per-class 8 --sampler ddim --steps 50   # a 10 x 8 grid, one row per digit
 """
 
 
@@ -29,7 +32,7 @@ def register(sub) -> None:
                        description="Generate images from a run folder's latest checkpoint (EMA weights by default).",
                        epilog=SAMPLE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder (or one checkpoint folder inside it)")
-    p.add_argument("-n", "--num", type=at_least(1), default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("-n", "--num", type=at_least(1), default=None, help="number of samples (default: 64)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/SAMPLER)")
     p.add_argument("--seed", type=int, default=0, help="base seed; sample k has its own seed (default: 0)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: %(default)s)")
@@ -44,6 +47,19 @@ def register(sub) -> None:
                    help="sigma_t^2 for ddpm (default: the run's)")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default: ema)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="class_", metavar="C", default=None,
+                       help="class-conditional runs: draw every sample of class C (its name, e.g. 7 for the digits, "
+                            "or its index)")
+    which.add_argument("--classes", metavar="C1,C2,...", default=None,
+                       help="class-conditional runs: draw these classes in turn (sample k of the k-th mod their count)")
+    which.add_argument("--per-class", type=at_least(1), metavar="K", default=None,
+                       help="class-conditional runs: K samples of every class, the grid one row per class "
+                            "(replaces -n: K x classes samples)")
+    p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
+                   help="classifier-free guidance weight w: eps~ = (1 + w) eps(x, t, y) - w eps(x, t); 0 is purely "
+                        "conditional, larger is more typical of the class and less varied (the 'guidance scale' of "
+                        f"other libraries is 1 + w) (default: {DEFAULT_GUIDANCE:g})")
     p.add_argument("--chain", type=at_least(0), default=0, metavar="K",
                    help="also save the denoising chain of the first K samples (strip PNG + GIF)")
     p.add_argument("--no-individual", action="store_true", help="skip the one-PNG-per-sample folder")
@@ -56,7 +72,52 @@ def register(sub) -> None:
     p.set_defaults(func=_run_sample)
 
 
+def _class_index(names, token: str, flag: str) -> int:
+    """A class given on the command line, by name (tried first) or by index."""
+    token = token.strip()
+    if token in names:
+        return names.index(token)
+    if token.lstrip("-").isdigit() and 0 <= int(token) < len(names):
+        return int(token)
+    raise UserError(f"{flag} {token}: not a class of this run; its classes are {', '.join(names)} "
+                    f"(names, or indices 0-{len(names) - 1})")
+
+
+def _labels(args, run):
+    """The per-sample labels the class flags ask for (None: none given), checked against the run."""
+    flags = _class_flags(args)
+    if not flags:
+        return None
+    names = run.config.class_names
+    if names is None:
+        raise UserError(f"{args.run}: an unconditional run (trained without class labels) cannot draw a chosen "
+                        f"class; drop {flags[0]}, or train a class-conditional run with ddpm train --class-cond")
+    if args.per_class is not None:
+        return class_labels(len(names), per_class=args.per_class)
+    n = args.num if args.num is not None else 64
+    if args.class_ is not None:
+        return class_labels(len(names), n, classes=_class_index(names, args.class_, "--class"))
+    tokens = [c for c in args.classes.split(",") if c.strip()]
+    if not tokens:
+        raise UserError(f"--classes {args.classes!r}: name at least one class, e.g. --classes 0,1,2")
+    return class_labels(len(names), n, classes=[_class_index(names, c, "--classes") for c in tokens])
+
+
+def _shown(names, labels: list[int]) -> str:
+    """The classes drawn, by name, each once in order of first appearance."""
+    return ",".join(names[k] for k in dict.fromkeys(labels))
+
+
+def _class_flags(args) -> list[str]:
+    return [f for f, v in (("--class", args.class_), ("--classes", args.classes), ("--per-class", args.per_class))
+            if v is not None]
+
+
 def _run_sample(args) -> int:
+    if args.guidance is not None and not _class_flags(args):
+        raise UserError(f"--guidance {args.guidance:g} guides towards a class; add --class, --classes or --per-class")
+    if args.per_class is not None and args.num is not None:
+        raise UserError(f"--per-class {args.per_class} draws {args.per_class} samples of every class; drop -n")
     if not 0.0 <= args.eta <= 1.0:
         raise UserError(f"--eta must lie in [0, 1], got {args.eta}")
     if args.cuda_graph:
@@ -71,22 +132,30 @@ def _run_sample(args) -> int:
     if args.spacing is not None and args.sampler == "ddpm" and args.steps is None:
         raise UserError(f"--spacing {args.spacing} picks the steps a shortened sampler keeps; ddpm without --steps "
                          "runs all T of them; add --steps or drop --spacing")
-    if args.chain > args.num:
+    if args.num is not None and args.chain > args.num:
         raise UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
     refuse_file_as_folder(args.out, "--out")  # before loading the run; check_out_dir below tries a write
     steps = steps_or_default(args.sampler, args.steps)
     run = load_run(args.run, which=args.weights, device=args.device)
+    labels = _labels(args, run)
+    n = len(labels) if labels is not None else args.num if args.num is not None else 64
+    if args.chain > n:
+        raise UserError(f"--chain {args.chain}: only {n} samples are drawn; pass --chain {n} or less")
     trained, mc = run.config.variance, run.config.model
     if args.variance and (args.variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
         raise UserError(f"{args.run}: a network trained with --variance {trained} cannot be sampled with "
                          f"--variance {args.variance} (learned-range needs the variance outputs); drop --variance")
     check_steps(steps, run, given=args.steps is not None)
     out = check_out_dir(args.out or default_samples_dir(run, args.sampler))
-    out = sample(run, args.num, out, individual=not args.no_individual, chain_samples=args.chain,
-                 seed=args.seed, batch_size=args.batch_size, sampler=args.sampler, steps=steps, eta=args.eta,
-                 spacing=args.spacing, variance=args.variance, clip_denoised=not args.no_clip,
-                 cuda_graph=args.cuda_graph, precision=args.precision, progress=not args.no_progress)
-    print(f"samples of {run.checkpoint} ({args.weights} weights) written to {out} (grid.png, samples.npz"
+    w = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    guidance = {} if labels is None else {"labels": labels, "guidance": w}
+    out = sample(run, n, out, individual=not args.no_individual, chain_samples=args.chain,
+                 grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                 steps=steps, eta=args.eta, spacing=args.spacing, variance=args.variance,
+                 clip_denoised=not args.no_clip, cuda_graph=args.cuda_graph, precision=args.precision,
+                 progress=not args.no_progress, **guidance)
+    drawn = "" if labels is None else f", classes {_shown(run.config.class_names, labels)}, guidance w = {w:g}"
+    print(f"samples of {run.checkpoint} ({args.weights} weights{drawn}) written to {out} (grid.png, samples.npz"
           f"{', images/' if not args.no_individual else ''}{', chain.png, chain.gif' if args.chain else ''})")
     return 0
 

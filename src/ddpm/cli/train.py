@@ -27,6 +27,8 @@ __all__ = ["register", "config_from_args", "TRAIN_EXAMPLES"]
 TRAIN_EXAMPLES = """examples:
   ddpm train                                   # small preset on the embedded MNIST digits (train split)
   ddpm train --steps 20000 --run-dir runs/long
+  ddpm train --class-cond --run-dir runs/digits-cond   # class-conditional: the digits' labels, 10% dropped
+  ddpm train --data path/to/classes --class-cond --image-size 64 --channels 3   # one sub-folder per class
   ddpm train --data path/to/images --image-size 64 --channels 3 --preset cifar10 --hflip
   ddpm train --data faces.npz --loss hybrid --variance learned-range
   ddpm train --preset tiny --attention-resolutions 16 --base-channels 8  # the tiny net, reshaped for 32x32
@@ -90,6 +92,13 @@ def register(sub) -> None:
     p.add_argument("--channels", type=int, choices=[1, 3], default=None,
                    help="1 (grey) or 3 (RGB) (default: what --data holds; 1 for the embedded digits)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (off for digits)")
+    p.add_argument("--class-cond", action="store_true",
+                   help="train a class-conditional network eps_theta(x_t, t, y) on the data's class labels (the "
+                        "embedded digits' own; a folder's sub-folder names, one per class; an .npz's 'y' or "
+                        "'labels' array), for classifier-free guidance at sampling (ddpm sample --class)")
+    p.add_argument("--label-dropout", type=float, default=None, metavar="P",
+                   help=f"with --class-cond: probability of training an image as 'no class', which teaches the "
+                        f"unconditional model guidance needs (default: {d.label_dropout:g})")
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"optimisation steps in total (default: {_recipe_default('steps')})")
     p.add_argument("--batch-size", type=at_least(1), default=None,
@@ -164,8 +173,18 @@ def config_from_args(args) -> TrainConfig:
     if channels is None:  # colour data trains in colour unless told otherwise
         on_disk = source not in EMBEDDED and Path(source).exists()
         channels = native_shape(source)[0] if on_disk else defaults.data.channels
+    class_cond = args.class_cond
+    if source_run is not None:  # the network of --init-from has a class embedding or has none
+        if class_cond and not source_run.model.num_classes:
+            raise ValueError(f"--class-cond: the network of {args.init_from} is unconditional (no class embedding); "
+                             "drop --class-cond")
+        class_cond = bool(source_run.model.num_classes)
+    if args.label_dropout is not None and not class_cond:
+        raise ValueError(f"--label-dropout {args.label_dropout:g} applies to class-conditional training; add "
+                         "--class-cond or drop --label-dropout")
     image_size = args.image_size or (source_run.model.image_size if source_run else defaults.data.image_size)
-    data = DataConfig(source=source, image_size=image_size, channels=channels, split=args.split, hflip=args.hflip)
+    data = DataConfig(source=source, image_size=image_size, channels=channels, split=args.split, hflip=args.hflip,
+                      class_cond=class_cond)
     model = preset(args.preset or "digits") if source_run is None else source_run.model
     if model_over:  # checked at the data's image size, where the network will run
         model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
@@ -181,7 +200,7 @@ def config_from_args(args) -> TrainConfig:
             "hybrid_lambda": args.hybrid_lambda, "variance": args.variance, "seed": args.seed,
             "log_every": args.log_every, "sample_every": args.sample_every, "checkpoint_every": args.checkpoint_every,
             "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
-            "compile": args.compile}
+            "compile": args.compile, "label_dropout": args.label_dropout}
     flat = {k: v for k, v in flat.items() if v is not None}
     if source_run is None:
         return TrainConfig.for_preset(args.preset or "digits", model=model, schedule=schedule, data=data,

@@ -165,6 +165,13 @@ def _chunks(n: int, batch_size: int | None):
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def _predict(model: Callable, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None, lo: int, hi: int):
+    """The model's float32 output for images lo..hi-1: model(x_t, t), or model(x_t, t, y) with their labels."""
+    if labels is None:
+        return model(x_t, t).float()
+    return model(x_t, t, labels[lo:hi].to(x_t.device)).float()
+
+
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
@@ -173,10 +180,12 @@ def _progress(total: int, enabled: bool, desc: str):
 
 @torch.no_grad()
 def calc_bpd_full(model: ModelFn, schedule: Schedule, x0: torch.Tensor, *, generator: torch.Generator | None = None,
-                  variance: str = "fixed-large", batch_size: int | None = None, progress: bool = False) -> BpdResult:
+                  variance: str = "fixed-large", batch_size: int | None = None, progress: bool = False,
+                  labels: torch.Tensor | None = None) -> BpdResult:
     """The whole bound of eq. 5 for each image: every one of the T terms (exact over t), each from one draw of
     x_t ~ q(x_t | x_0) (eq. 4), plus L_T.  model(x_t, t) -> output; x0 (N, C, H, W) on the 256-level grid.
-    One forward pass per timestep and chunk of ``batch_size`` images.
+    One forward pass per timestep and chunk of ``batch_size`` images.  ``labels``: the images' (N,) class labels,
+    passed as model(x_t, t, y): the bound on -log p(x_0 | y) of a class-conditional model.
     """
     T, n = schedule.num_timesteps, x0.shape[0]
     terms = torch.zeros(n, T, dtype=torch.float64)
@@ -188,7 +197,7 @@ def calc_bpd_full(model: ModelFn, schedule: Schedule, x0: torch.Tensor, *, gener
             t = torch.full((hi - lo,), i, dtype=torch.long, device=xb.device)
             noise = torch.randn(xb.shape, generator=generator, device=xb.device, dtype=xb.dtype)
             x_t = q_sample(schedule, xb, t, noise)
-            term, out = _terms(schedule, model(x_t, t).float(), xb, x_t, t, variance)
+            term, out = _terms(schedule, _predict(model, x_t, t, labels, lo, hi), xb, x_t, t, variance)
             terms[lo:hi, i] = term.double().cpu()
             eps_mse[lo:hi, i] = _mean_flat((out.pred_eps - noise) ** 2).double().cpu()
             x0_mse[lo:hi, i] = _mean_flat((out.pred_x0 - xb) ** 2).double().cpu()
@@ -243,8 +252,10 @@ class QuickBpdResult:
 @torch.no_grad()
 def calc_bpd_quick(model: ModelFn, schedule: Schedule, x0: torch.Tensor, k: int = 50, *,
                    generator: torch.Generator | None = None, variance: str = "fixed-large", spacing: str = "log",
-                   batch_size: int | None = None, progress: bool = False) -> QuickBpdResult:
-    """An unbiased estimate of :func:`calc_bpd_full`'s total from k + 1 forward passes per image.
+                   batch_size: int | None = None, progress: bool = False,
+                   labels: torch.Tensor | None = None) -> QuickBpdResult:
+    """An unbiased estimate of :func:`calc_bpd_full`'s total from k + 1 forward passes per image (``labels``: as
+    there, for the bound on -log p(x_0 | y)).
 
     L_T and L_0 are computed as in the full sum (L_0, the decoder, is usually the largest and least smooth
     term, so it is not left to chance).  The T - 1 KL terms (0-based t = 1..T-1) are split into k strata
@@ -269,7 +280,7 @@ def calc_bpd_quick(model: ModelFn, schedule: Schedule, x0: torch.Tensor, k: int 
             t = t.to(xb.device)
             noise = torch.randn(xb.shape, generator=generator, device=xb.device, dtype=xb.dtype)
             x_t = q_sample(schedule, xb, t, noise)
-            term = vlb_terms(schedule, model(x_t, t).float(), xb, x_t, t, variance).double().cpu()
+            term = vlb_terms(schedule, _predict(model, x_t, t, labels, lo, hi), xb, x_t, t, variance).double().cpu()
             if h < 0:
                 decoder[lo:hi] = term
             else:

@@ -1,4 +1,5 @@
-"""Endless, resumable, shardable random minibatches of an in-memory uint8 image tensor, in [-1, 1].
+"""Endless, resumable, shardable random minibatches of an in-memory uint8 image tensor, in [-1, 1], with the
+images' class labels beside them when there are any.
 
 Every batch is a function of (seed, epoch, position) alone, so a run resumes from three integers and the
 ranks of a distributed run read disjoint shards of one permutation per epoch.  On an accelerator the whole
@@ -53,15 +54,22 @@ class Batches:
     epoch's order) there, so a batch is a gather on the device; None (default) does so when
     :func:`fits_on_device`.
 
+    ``labels``: an optional int64 (N,) tensor of class labels; then every batch is a pair (images, labels), the
+    labels taken with the same indices (so they follow the images through the shuffling, the sharding and a
+    resume) and delivered to ``device`` too; without labels a batch is the image tensor alone.
+
     ``next(batches)`` (or iterating) never stops; ``len(batches)`` is the number of batches per epoch.
     ``state_dict()`` gives plain ints (JSON-friendly); ``load_state_dict`` resumes with the same batches.
     """
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int | torch.Generator, *,
                  hflip: bool = False, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True, hold_on_device: bool | None = None):
+                 drop_last: bool = True, hold_on_device: bool | None = None, labels: torch.Tensor | None = None):
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
             raise TypeError("Batches needs a uint8 tensor of shape (N, C, H, W)")
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != (len(images),)
+                                   or labels.is_floating_point() or labels.dtype == torch.bool):
+            raise TypeError(f"labels must be an integer tensor of shape ({len(images)},), one per image")
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         if batch_size < 1:
@@ -72,6 +80,7 @@ class Batches:
         if hold_on_device is None:
             hold_on_device = fits_on_device(images.numel(), self.device)
         self.images = images.to(self.device) if hold_on_device else images
+        self.labels = None if labels is None else labels.to(self.images.device, torch.long)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.hflip = bool(hflip)
@@ -90,7 +99,7 @@ class Batches:
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         return self
 
     def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,7 +116,7 @@ class Batches:
         self._cached = (epoch, order, flips)
         return order, flips
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.position >= self.batches_per_epoch:
             self.epoch += 1
             self.position = 0
@@ -118,7 +127,9 @@ class Batches:
         if flips is not None:
             x = torch.where(flips[sl][:, None, None, None], x.flip(-1), x)
         self.position += 1
-        return to_model_range(x, self.device)
+        if self.labels is None:
+            return to_model_range(x, self.device)
+        return to_model_range(x, self.device), self.labels[idx].to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "batch_size": self.batch_size,

@@ -24,13 +24,18 @@ a folder
     (``channels`` 3; alpha is dropped), resized so its short side equals ``image_size`` and
     centre-cropped to a square.
 a ``.npy`` / ``.npz`` file
-    One array (from an ``.npz``: key ``"images"``, else ``"x"``, else ``"arr_0"``, else the first array)
+    One array (from an ``.npz``: key ``"images"``, else ``"x"``, else ``"arr_0"``, else the only array that is not
+    a label array ``y`` / ``labels``)
     shaped (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}.  Accepted dtypes: uint8; any other
     integer dtype whose values all lie in 0..255; floating point with every value in [0, 1] (mapped with
     round(x * 255)).  Anything else (negative or [-1, 1] floats, NaN, bool, object) is refused, not guessed.
     A layout with C in {1, 3} on both axis 1 and axis 3 is read as NHWC when H == W on axes 1, 2.
     Images whose size or channel count differ from the config are converted exactly like folder
     images (resize short side, centre crop; RGB -> L by Pillow's luminance, L -> RGB by repetition).
+
+Class labels (:attr:`DataConfig.class_cond`, read by :func:`ddpm.data.labels.load_labels`): the embedded digits
+carry theirs (classes "0" to "9"); a folder takes its classes from its sub-folder names (one sub-folder per class,
+classes sorted by name); an ``.npz`` may hold a label array ``y`` or ``labels`` beside the images.
 
 Splits apply to the embedded datasets only; for a folder or an array file ``"train"`` and ``"all"`` both
 mean every image and ``"test"`` is refused (there is no held-out part to take it from).
@@ -58,7 +63,7 @@ from ..core.config_io import from_known_fields
 __all__ = [
     "DataError", "DataConfig", "load_images", "digits_split", "digits_split_indices", "sklearn_digits_split",
     "check_image_size", "to_model_range", "to_uint8", "native_shape", "IMAGE_EXTENSIONS", "DIGITS_SPLIT_SEED",
-    "SKLEARN_SPLIT_SEED", "DIGITS_TEST_PER_CLASS", "SKLEARN_TEST_PER_CLASS",
+    "SKLEARN_SPLIT_SEED", "DIGITS_TEST_PER_CLASS", "SKLEARN_TEST_PER_CLASS", "DIGIT_CLASSES", "LABEL_KEYS",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -69,6 +74,10 @@ SKLEARN_TEST_PER_CLASS = 18
 SPLITS = ("train", "test", "all")
 EMBEDDED = ("digits", "sklearn-digits")
 _NPZ_KEYS = ("images", "x", "arr_0")
+#: keys of the label array in an .npz file, in order of preference
+LABEL_KEYS = ("y", "labels")
+#: the class names of the embedded digit sets: label k is the digit k
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 
 class DataError(Exception):
@@ -83,6 +92,10 @@ class DataConfig:
     image_size: H = W of every image.  channels: 1 (grey) or 3 (RGB).
     split: "train", "test" or "all" (embedded datasets only, see the module docstring).
     hflip: randomly mirror training images left-right (used by :class:`Batches`).
+    class_cond: train on the images' class labels too (see the module docstring for where they come from).
+    class_names: with ``class_cond``, the name of each class: label k is ``class_names[k]``.  Filled in for the
+    embedded digits at once ("0" to "9"), for a folder or array file when the data is read
+    (:func:`ddpm.data.labels.load_labels`), and saved in the run's config.json.
     """
 
     source: str = "digits"
@@ -90,6 +103,8 @@ class DataConfig:
     channels: int = 1
     split: str = "train"
     hflip: bool = False
+    class_cond: bool = False
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1:
@@ -99,9 +114,26 @@ class DataConfig:
         if self.split not in SPLITS:
             raise DataError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         self.source = str(self.source)
+        if not isinstance(self.class_cond, bool):
+            raise DataError(f"class_cond must be true or false, got {self.class_cond!r}")
+        if self.class_names is not None:
+            if not self.class_cond:
+                raise DataError("class names are given but class_cond is off; turn class_cond on or drop the names")
+            self.class_names = tuple(str(c) for c in self.class_names)
+            if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+                raise DataError(f"class names must be distinct and at least one, got {list(self.class_names)}")
+        elif self.class_cond and self.source in EMBEDDED:
+            self.class_names = DIGIT_CLASSES
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A JSON-friendly dict.  ``class_cond`` and ``class_names`` are left out when class_cond is off, so an
+        unconditional run's saved config is the one older versions wrote and read."""
+        d = asdict(self)
+        if not self.class_cond:
+            del d["class_cond"], d["class_names"]
+        elif self.class_names is not None:
+            d["class_names"] = list(self.class_names)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":
@@ -344,7 +376,8 @@ def _read_array(path: Path, header_only: bool = False):
         names = list(loaded.files)
         if not names:
             raise DataError(f"{path}: the .npz file holds no arrays; save the images under the key 'images'")
-        key = next((k for k in _NPZ_KEYS if k in names), names[0] if len(names) == 1 else None)
+        others = [n for n in names if n not in LABEL_KEYS]  # an array beside the labels is the images
+        key = next((k for k in _NPZ_KEYS if k in names), others[0] if len(others) == 1 else None)
         if key is None:
             raise DataError(f"{path}: holds the arrays {', '.join(names)} and none is named "
                             f"{' or '.join(map(repr, _NPZ_KEYS))}; save the images under the key 'images'")

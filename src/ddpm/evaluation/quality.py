@@ -5,6 +5,10 @@ against real digits, and its predictions give the histogram of generated classes
 These numbers are comparable only with numbers from the same classifier recipe (the report carries its key)
 and the same sample sizes: FD and KID are measured against real test digits, and :func:`real_floor` measures
 real train digits the same way, the value a perfect copy of the training data would get.
+
+Samples drawn for chosen classes (a class-conditional run; ``labels``, label k being the digit k) also get their
+**conditional accuracy**: the share of samples the classifier assigns to the class that was asked for, overall
+and per class (:func:`conditional_accuracy`).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from .classifier import (
 __all__ = [
     "CACHE_ENV", "cache_dir", "ClassifierRecipe", "DigitClassifier", "prepare_images", "train_classifier",
     "load_classifier", "classifier_outputs", "feature_stats", "frechet_distance", "fd_from_features",
-    "mmd2_unbiased", "kid", "class_histogram", "quality_report", "real_floor", "format_quality",
+    "mmd2_unbiased", "kid", "class_histogram", "conditional_accuracy", "quality_report", "real_floor",
+    "format_quality",
 ]
 
 
@@ -135,12 +140,40 @@ def class_histogram(logits: torch.Tensor, min_share: float = 0.05) -> dict:
     }
 
 
-def _metrics(model, x: torch.Tensor, ref_feats: torch.Tensor, kid_subsets: int, kid_subset_size: int, seed: int):
+def conditional_accuracy(logits: torch.Tensor, labels) -> dict:
+    """How often the classifier's class (argmax of ``logits``, (N, 10)) is the class asked for, ``labels`` (N,)
+    digits 0..9: overall (``accuracy``, over every sample), per class asked for (``per_class``: digit -> share,
+    ``per_class_n``: digit -> samples; only classes that were asked for), the lowest class's share
+    (``min_class_accuracy``, ``min_class``), and ``confusion`` (10 x 10 counts, row = asked, column = seen)."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long).cpu()
+    if y.shape != (len(logits),):
+        raise ValueError(f"need one label per image: {tuple(y.shape)} labels for {len(logits)} images")
+    if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        raise ValueError(f"labels must be digits 0..{NUM_CLASSES - 1} (the classifier's classes), got "
+                         f"{int(y.min())}..{int(y.max())}")
+    seen = logits.argmax(1).cpu()
+    confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    confusion.index_put_((y, seen), torch.ones_like(y), accumulate=True)
+    asked = confusion.sum(1).tolist()
+    hits = confusion.diagonal().tolist()
+    per_class = {str(c): hits[c] / asked[c] for c in range(NUM_CLASSES) if asked[c]}
+    worst = min(per_class, key=per_class.get)
+    return {"accuracy": sum(hits) / len(y), "per_class": per_class,
+            "per_class_n": {str(c): int(asked[c]) for c in range(NUM_CLASSES) if asked[c]},
+            "min_class_accuracy": per_class[worst], "min_class": int(worst), "confusion": confusion.tolist()}
+
+
+def _metrics(model, x: torch.Tensor, ref_feats: torch.Tensor, kid_subsets: int, kid_subset_size: int, seed: int,
+             labels=None):
     feats, logits = _outputs(model, x)
     kid_mean, kid_std = kid(feats, ref_feats, kid_subsets, kid_subset_size, seed)
-    return {"n": len(x), "fd": fd_from_features(feats, ref_feats), "kid_mean": kid_mean, "kid_std": kid_std,
-            "kid_subset_size": max(2, min(kid_subset_size, len(x) // 2, len(ref_feats) // 2)),
-            "classes": class_histogram(logits)}
+    out = {"n": len(x), "fd": fd_from_features(feats, ref_feats), "kid_mean": kid_mean, "kid_std": kid_std,
+           "kid_subset_size": max(2, min(kid_subset_size, len(x) // 2, len(ref_feats) // 2)),
+           "classes": class_histogram(logits)}
+    if labels is not None:
+        out["conditional"] = conditional_accuracy(logits, labels)
+    return out
 
 
 def _reference(reference) -> tuple[str, torch.Tensor]:
@@ -172,9 +205,10 @@ def real_floor(n: int | None = None, reference: str = "test", *, classifier=None
 
 def quality_report(images, reference="test", *, classifier=None, cache=None,
                    recipe: ClassifierRecipe = ClassifierRecipe(), kid_subsets: int = 100, kid_subset_size: int = 1000,
-                   seed: int = 0, floor: bool = True) -> dict:
+                   seed: int = 0, floor: bool = True, labels=None) -> dict:
     """Classifier FD, KID and class histogram of uint8 digits ``images`` against ``reference`` ("test" or
-    "train" split of the embedded digits, or a uint8 image tensor).
+    "train" split of the embedded digits, or a uint8 image tensor).  ``labels``: the digit each image was drawn
+    as (a class-conditional run's samples); adds ``conditional``, the :func:`conditional_accuracy`.
 
     classifier: (model, info) from :func:`load_classifier` (default: loaded or trained from ``recipe`` in
     ``cache``).  floor: add ``real_floor`` measured with the same number of images (for "test"/"train").
@@ -187,7 +221,7 @@ def quality_report(images, reference="test", *, classifier=None, cache=None,
         raise ValueError("quality metrics need at least 2 images")
     ref_feats, _ = _outputs(model, ref)
     report = {"reference": name, "reference_n": len(ref), **_metrics(model, x, ref_feats, kid_subsets,
-                                                                       kid_subset_size, seed),
+                                                                       kid_subset_size, seed, labels),
               "classifier": {"key": info["key"], "test_accuracy": info["test_accuracy"]}}
     if floor and name != "custom":
         report["floor"] = real_floor(len(x), name, classifier=(model, info), kid_subsets=kid_subsets,
@@ -208,6 +242,11 @@ def format_quality(report: dict) -> str:
         f"{c['entropy_bits']:.2f}/{c['max_entropy_bits']:.2f} bits, mean confidence {c['mean_confidence']:.3f}",
         f"  counts         {' '.join(f'{d}:{k}' for d, k in enumerate(c['counts']))}",
     ]
+    if "conditional" in report:
+        a = report["conditional"]
+        lines.append(f"  conditional accuracy {100 * a['accuracy']:.1f}% (the classifier sees the digit asked for); "
+                     f"lowest class {a['min_class']} at {100 * a['min_class_accuracy']:.1f}%")
+        lines.append(f"  per class      {' '.join(f'{d}:{100 * v:.0f}%' for d, v in a['per_class'].items())}")
     if "floor" in report:
         f = report["floor"]
         lines.append(f"  real floor ({f['n']} {f['images']} digits): FD {f['fd']:.3f}, KID {f['kid_mean']:.5f}, "

@@ -19,8 +19,8 @@ __all__ = ["GraphedNetwork"]
 
 
 class GraphedNetwork:
-    """``f(x, t) -> float32 output`` replaying a CUDA graph of ``net(x, t)``, captured at the first call of
-    each input shape.
+    """``f(x, t, y=None) -> float32 output`` replaying a CUDA graph of ``net(x, t)`` (``net(x, t, y)`` when class
+    labels y are given), captured at the first call of each input shape.
 
     net: a callable of (x, t) returning a tensor (a module in eval mode, no dropout: the graph replays the
     same kernels, so randomness inside the network would repeat).  autocast_dtype: run the network under
@@ -36,37 +36,40 @@ class GraphedNetwork:
         self.autocast_dtype = autocast_dtype
         self.memory_format = memory_format
         self.warmup_calls = warmup_calls
-        self.graphs: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple, tuple] = {}
 
-    def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         # autocast's weight cache must be off during capture: its casts have to be recorded in the graph
         ctx = (torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
                if self.autocast_dtype is not None else contextlib.nullcontext())
         with ctx:
-            return self.net(x, t)
+            return self.net(x, t) if y is None else self.net(x, t, y)
 
-    def _capture(self, x: torch.Tensor, t: torch.Tensor):
+    def _capture(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None):
         if x.device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device, the input is on {x.device}")
         static_x = torch.empty_like(x, memory_format=self.memory_format).copy_(x)
         static_t = t.clone()
+        static_y = None if y is None else y.clone()
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up off the capture stream (cuDNN picks its algorithms here)
             for _ in range(self.warmup_calls):
-                self._forward(static_x, static_t)
+                self._forward(static_x, static_t, static_y)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = self._forward(static_x, static_t)
-        return static_x, static_t, graph, static_out
+            static_out = self._forward(static_x, static_t, static_y)
+        return static_x, static_t, static_y, graph, static_out
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape))
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape), None if y is None else tuple(y.shape))
         if key not in self.graphs:
-            self.graphs[key] = self._capture(x, t)
-        static_x, static_t, graph, static_out = self.graphs[key]
+            self.graphs[key] = self._capture(x, t, y)
+        static_x, static_t, static_y, graph, static_out = self.graphs[key]
         static_x.copy_(x)
         static_t.copy_(t)
+        if static_y is not None:
+            static_y.copy_(y)
         graph.replay()
         return static_out.to(torch.float32, copy=True)

@@ -1,8 +1,15 @@
-"""The noise predictor eps_theta(x_t, t): the U-Net of Ho et al. 2020, Appendix B.
+"""The noise predictor eps_theta(x_t, t[, y]): the U-Net of Ho et al. 2020, Appendix B.
 
 A PixelCNN++-style backbone (Salimans et al. 2017) with group normalisation, a sinusoidal timestep
 embedding added to every residual block, and self-attention (one head by default) at chosen feature-map sizes.
 The paper's CIFAR-10 network is :func:`preset("cifar10") <preset>` (35.7M parameters).
+
+Class-conditional (``num_classes`` K > 0): a learned embedding of the class label y is added to the time
+embedding, as improved-diffusion (Nichol & Dhariwal 2021) does, so every residual block sees both.  The
+embedding has K + 1 rows: row K is "no class" (:attr:`UNet.null_class`), the label the trainer substitutes with
+probability ``label_dropout`` so that one network learns eps_theta(x_t, t, y) and the unconditional
+eps_theta(x_t, t) (classifier-free guidance, Ho & Salimans 2022).  With K = 0 (the default) no embedding is
+created: the network, its parameters and its state dict are exactly those of the unconditional U-Net.
 
 The network knows nothing of the noise schedule: ``t`` is the same 0-based index the rest of the
 package uses (see :mod:`ddpm.core.schedule`), passed as a (B,) tensor of ints or floats.
@@ -62,6 +69,9 @@ class UNetConfig:
     where attention goes and checked for divisibility.  num_groups: the GroupNorm group count, lowered per
     layer to the largest divisor of that layer's width (see :func:`group_count`).  num_heads: attention heads.
 
+    num_classes: K > 0 makes the network class-conditional (K classes plus the "no class" label K); 0 (the
+    default) is the unconditional network of the paper.
+
     The switches, each defaulting to ddpm's own behaviour (the values of Ho et al.'s code, except
     ``downsample_padding``); :data:`SWITCHES` lists them:
     norm_eps: the epsilon of every GroupNorm.  downsample_padding: one of :data:`DOWNSAMPLE_PADDINGS`.
@@ -83,6 +93,7 @@ class UNetConfig:
     image_size: int = 32
     num_groups: int = 32
     num_heads: int = 1
+    num_classes: int = 0
     # switches (SWITCHES): defaults are ddpm's behaviour
     norm_eps: float = 1e-6
     downsample_padding: str = "symmetric"
@@ -97,6 +108,8 @@ class UNetConfig:
         for name in ("in_channels", "base_channels", "image_size", "num_groups", "num_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be a whole number >= 0 (0: unconditional), got {self.num_classes!r}")
         if self.out_channels is not None and self.out_channels < 1:
             raise ValueError(f"out_channels must be >= 1 or None, got {self.out_channels}")
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -140,6 +153,11 @@ class UNetConfig:
         return self.in_channels if self.out_channels is None else self.out_channels
 
     @property
+    def conditional(self) -> bool:
+        """Whether the network takes a class label: num_classes > 0."""
+        return self.num_classes > 0
+
+    @property
     def num_downsamples(self) -> int:
         """How many times the feature map is halved: len(channel_mult) - 1."""
         return len(self.channel_mult) - 1
@@ -166,8 +184,11 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         """A JSON-friendly dict (tuples become lists; :meth:`from_dict` turns them back), without the switches
-        that are at their defaults (a config.json written before they existed reads back the same)."""
+        that are at their defaults and without ``num_classes`` when it is 0, so the config.json of a network that
+        uses none of them reads as older versions wrote and read it."""
         d = asdict(self)
+        if not self.num_classes:
+            del d["num_classes"]
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
         for name, default in SWITCHES.items():
@@ -348,10 +369,11 @@ class _Stage(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t) of Ho et al. 2020 (Appendix B), built from a :class:`UNetConfig`.
+    """eps_theta(x_t, t[, y]) of Ho et al. 2020 (Appendix B), built from a :class:`UNetConfig`.
 
-    forward(x, t): x (B, in_channels, H, W) with H, W multiples of ``config.size_divisor``; t (B,) 0-based
-    timesteps.  Returns (B, output_channels, H, W).
+    forward(x, t, y=None): x (B, in_channels, H, W) with H, W multiples of ``config.size_divisor``; t (B,) 0-based
+    timesteps; y (B,) integer class labels in 0..num_classes, num_classes meaning "no class" (None: no class for
+    every sample), for a class-conditional network only.  Returns (B, output_channels, H, W).
     """
 
     def __init__(self, config: UNetConfig):
@@ -397,8 +419,15 @@ class UNet(nn.Module):
 
         self.norm_out = _norm(cur, cfg.num_groups, cfg.norm_eps)
         self.conv_out = _zero(nn.Conv2d(cur, cfg.output_channels, 3, padding=1))
+        # made last, so the other layers start from the same weights as the unconditional network's of that seed
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.conditional else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_class(self) -> int | None:
+        """The "no class" label (num_classes), or None for an unconditional network."""
+        return self.config.num_classes if self.config.conditional else None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"expected x of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
@@ -410,6 +439,10 @@ class UNet(nn.Module):
 
         emb = self.time_mlp(timestep_embedding(t, cfg.base_channels, order=cfg.time_embedding_order,
                                                freq_shift=cfg.time_freq_shift))
+        if self.class_emb is not None:
+            emb = emb + self.class_emb(self._labels(y, x.shape[0], emb.device))
+        elif y is not None:
+            raise ValueError("this network is unconditional (num_classes 0) and takes no class labels y")
         h = self.conv_in(x)
         skips = [h]
         for level, stages in enumerate(self.down):
@@ -429,3 +462,13 @@ class UNet(nn.Module):
                 h = self.upsample[i](h)
 
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _labels(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """y as (B,) int64 on ``device``; None becomes the "no class" label for every sample."""
+        if y is None:
+            return torch.full((batch,), self.config.num_classes, dtype=torch.long, device=device)
+        if y.ndim == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must be a ({batch},) tensor of integer class labels, got {y.dtype} {tuple(y.shape)}")
+        return y.to(device=device, dtype=torch.long)

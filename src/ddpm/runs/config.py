@@ -5,7 +5,7 @@ they need from the JSON saved beside every checkpoint.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..core.config_io import from_known_fields
 from ..core.diffusion import VARIANCE_TYPES
@@ -26,7 +26,14 @@ PRESET_RECIPES = {"digits": {"lr": 1e-3, "batch_size": 64, "steps": 3000, "lr_sc
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs.  ``model``, ``schedule`` and ``data`` are the component configs."""
+    """Everything a training run needs.  ``model``, ``schedule`` and ``data`` are the component configs.
+
+    Class-conditional runs: ``data.class_cond`` turns them on, ``data.class_names`` names the classes (the network's
+    ``model.num_classes`` follows it), and ``label_dropout`` is the probability with which a training label is
+    replaced by "no class", so that the network also learns the unconditional eps_theta(x_t, t) that classifier-free
+    guidance needs (Ho & Salimans 2022 train with 0.1 or 0.2).  :attr:`class_names` says whether a run is
+    conditional and what its classes are.
+    """
 
     run_dir: str = "runs/digits"
     model: UNetConfig = field(default_factory=lambda: preset("digits"))
@@ -37,6 +44,7 @@ class TrainConfig:
     variance: str = "fixed-large"
     hybrid_lambda: float = 0.001
     importance_sampling: bool = False
+    label_dropout: float = 0.1  # class-conditional runs: P(label -> "no class") per training image
     # optimisation
     steps: int = 4000
     batch_size: int = 64
@@ -81,6 +89,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
         if not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout} (1 would never show the "
+                             "network a label)")
         for name in ("warmup_steps", "weight_decay", "hybrid_lambda", "preview_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -90,10 +101,15 @@ class TrainConfig:
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check_precision(self.precision)
-        # the network's shape follows the data and the variance type (learned-range doubles the outputs)
+        # the network's shape follows the data and the variance type (learned-range doubles the outputs), its
+        # class embedding the data's classes (a folder's are known once it is read: see with_class_names)
         want = {"in_channels": self.data.channels, "image_size": self.data.image_size,
                 "out_channels": self.data.channels * (2 if self.variance == "learned-range" else 1)}
-        have = self.model.to_dict()
+        if not self.data.class_cond:
+            want["num_classes"] = 0
+        elif self.data.class_names is not None:
+            want["num_classes"] = len(self.data.class_names)
+        have = {"num_classes": 0, **self.model.to_dict()}
         if any(have.get(k) != v for k, v in want.items()):
             try:
                 self.model = UNetConfig.from_dict({**have, **want})
@@ -111,8 +127,23 @@ class TrainConfig:
         data = DataConfig(image_size=model.image_size)
         return cls(**{"model": model, "data": data, **PRESET_RECIPES.get(name, {}), **overrides})
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The class names of a class-conditional run (label k is ``class_names[k]``), None for an unconditional
+        one (or a conditional one whose folder has not been read yet)."""
+        return self.data.class_names if self.data.class_cond else None
+
+    def with_class_names(self, names) -> "TrainConfig":
+        """A copy whose data has the class ``names`` and whose network one class embedding row per class (plus
+        "no class")."""
+        return replace(self, data=replace(self.data, class_names=tuple(names)))
+
     def to_dict(self) -> dict:
+        """A JSON-friendly dict; ``label_dropout`` is left out of an unconditional run's (which never uses it), so
+        its config.json is the one older versions wrote and read."""
         d = asdict(self)
+        if not self.data.class_cond:
+            del d["label_dropout"]
         d["model"] = self.model.to_dict()
         d["schedule"] = self.schedule.to_dict()
         d["data"] = self.data.to_dict()

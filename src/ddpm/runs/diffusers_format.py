@@ -85,7 +85,7 @@ _REQUIRED = {
     "center_input_sample": (False,), "time_embedding_type": ("positional",), "mid_block_type": ("UNetMidBlock2D",),
     "mid_block_scale_factor": (1,), "downsample_type": ("conv",), "upsample_type": ("conv",),
     "act_fn": ("silu", "swish"), "resnet_time_scale_shift": ("default",), "add_attention": (True,),
-    "class_embed_type": (None,), "num_class_embeds": (None,),
+    "class_embed_type": (None,),
 }
 _PADDING = {1: "symmetric", 0: "bottom-right"}
 _VARIANCE_FROM = {"fixed_small": "fixed-small", "fixed_small_log": "fixed-small", "fixed_large": "fixed-large",
@@ -95,16 +95,20 @@ _VARIANCE_TO = {"fixed-small": "fixed_small", "fixed-large": "fixed_large", "lea
 #: taught to it, or a network using that field is refused rather than exported without it)
 _EXPORTED_FIELDS = ("in_channels", "out_channels", "base_channels", "channel_mult", "num_res_blocks",
                     "attention_resolutions", "dropout", "image_size", "num_groups", "num_heads", "norm_eps",
-                    "downsample_padding", "time_embedding_order", "time_freq_shift", "head_channels")
+                    "downsample_padding", "time_embedding_order", "time_freq_shift", "head_channels", "num_classes")
 
 
 # ------------------------------------------------------------------------------------------------ the network
 
-def unet_config_from_diffusers(config: dict, where, image_size: int | None = None) -> UNetConfig:
+def unet_config_from_diffusers(config: dict, where, image_size: int | None = None,
+                               num_classes: int | None = None) -> UNetConfig:
     """The :class:`UNetConfig` of the network a ``UNet2DModel`` config.json describes, or a one-line
     :class:`CheckpointError` naming ``where`` (the file) and the field ddpm cannot reproduce.
 
-    ``image_size`` stands in for a missing ``sample_size`` (which places the attention levels in pixels)."""
+    ``image_size`` stands in for a missing ``sample_size`` (which places the attention levels in pixels).
+    A class embedding (``num_class_embeds``) is read only when ``num_classes`` says what its rows are: K classes
+    and, last, ddpm's "no class" row (K + 1 rows, what ``ddpm export`` writes of a class-conditional run); the
+    rows of another library's class embedding carry no such meaning, so such a network is refused."""
     name = config.get("_class_name", "UNet2DModel")
     if name != "UNet2DModel":
         raise CheckpointError(f"{where}: a {name}, not a UNet2DModel; ddpm reads the unconditional DDPM network only")
@@ -116,6 +120,10 @@ def unet_config_from_diffusers(config: dict, where, image_size: int | None = Non
     for key, allowed in _REQUIRED.items():
         if c[key] not in allowed:
             refuse(key, f"ddpm's U-Net has no such option (it needs {' or '.join(_json(a) for a in allowed)})")
+    rows = c["num_class_embeds"]
+    if rows is not None and (num_classes is None or rows != num_classes + 1):
+        refuse("num_class_embeds", "a class embedding whose rows ddpm cannot place; ddpm reads the class-conditional "
+                                   "networks that ddpm export wrote (with ddpm_config.json: K classes, then 'no class')")
     widths = c["block_out_channels"]
     if not isinstance(widths, (list, tuple)) or not widths or any(not isinstance(w, int) or w < 1 for w in widths):
         refuse("block_out_channels", "expected a list of positive widths")
@@ -172,7 +180,8 @@ def unet_config_from_diffusers(config: dict, where, image_size: int | None = Non
                           dropout=float(c["dropout"]), image_size=int(size), num_groups=groups,
                           norm_eps=float(c["norm_eps"]), downsample_padding=_PADDING[c["downsample_padding"]],
                           time_embedding_order="cos-sin" if c["flip_sin_to_cos"] else "sin-cos",
-                          time_freq_shift=float(c["freq_shift"]), head_channels=head_dim)
+                          time_freq_shift=float(c["freq_shift"]), head_channels=head_dim,
+                          num_classes=0 if rows is None else rows - 1)
     except ValueError as e:  # e.g. a sample_size the levels cannot halve
         raise CheckpointError(f"{where}: not a network ddpm can build ({e})") from None
 
@@ -232,7 +241,9 @@ def diffusers_unet_config(cfg: UNetConfig) -> dict:
         "downsample_type": "conv", "upsample_type": "conv", "dropout": cfg.dropout, "act_fn": "silu",
         "attention_head_dim": head_dim, "norm_num_groups": cfg.num_groups, "attn_norm_num_groups": None,
         "norm_eps": cfg.norm_eps, "resnet_time_scale_shift": "default", "add_attention": True,
-        "class_embed_type": None, "num_class_embeds": None, "num_train_timesteps": None,
+        "class_embed_type": None, "num_train_timesteps": None,
+        # ddpm's class embedding is diffusers' plain one (added to the time embedding): K classes, then "no class"
+        "num_class_embeds": cfg.num_classes + 1 if cfg.num_classes else None,
     }
 
 
@@ -244,6 +255,7 @@ _ATTN = {"norm": ("group_norm",), "qkv": ("to_q", "to_k", "to_v"), "proj": ("to_
 #: (ddpm key prefix pattern, diffusers prefix, what sits under it)
 _PREFIXES = (
     (r"time_mlp\.0\.", "time_embedding.linear_1.", None), (r"time_mlp\.2\.", "time_embedding.linear_2.", None),
+    (r"class_emb\.", "class_embedding.", None),
     (r"conv_in\.", "conv_in.", None), (r"norm_out\.", "conv_norm_out.", None), (r"conv_out\.", "conv_out.", None),
     (r"down\.(\d+)\.(\d+)\.res\.", r"down_blocks.\1.resnets.\2.", _RES),
     (r"down\.(\d+)\.(\d+)\.attn\.", r"down_blocks.\1.attentions.\2.", _ATTN),

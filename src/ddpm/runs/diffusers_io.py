@@ -168,13 +168,14 @@ def read_diffusers(src, *, schedule: ScheduleConfig | None = None, variance: str
     if not unet_json_path.is_file():
         raise CheckpointError(f"{unet_json_path}: missing; the folder is incomplete")
     unet_json = _read_json(unet_json_path)
-    model = unet_config_from_diffusers(unet_json, unet_json_path, image_size)
     known = None
     if folder.ddpm_config is not None:
         try:
             known = TrainConfig.from_dict(_read_json(folder.ddpm_config))
         except (TypeError, ValueError) as e:
             warnings.warn(f"{folder.ddpm_config}: not a ddpm config ({e}); ignored")
+    model = unet_config_from_diffusers(unet_json, unet_json_path, image_size,
+                                       num_classes=known.model.num_classes if known else None)
     notes = []
     if folder.scheduler is not None:
         if schedule is not None:
@@ -327,10 +328,24 @@ def model_card(config: TrainConfig, ck: dict, which: str, name: str) -> str:
              f"eps_theta(x_t, t) for {m.image_size}x{m.image_size} {'RGB' if m.in_channels == 3 else 'grey'} images "
              f"({params:,} parameters), with its noise schedule. Written by `ddpm export` "
              f"({'EMA' if which == 'ema' else 'raw'} weights{f' of training step {step:,}' if step else ''}).", "",
-             "## Use", "", "```python", "from diffusers import DDPMPipeline", "",
-             f'pipe = DDPMPipeline.from_pretrained("{name}")',
-             f"images = pipe(batch_size=16, num_inference_steps={T}).images  # Algorithm 2, all {T} steps", "```", "",
-             "## Training", ""]
+             "## Use", ""]
+    if m.num_classes:  # DDPMPipeline passes no class labels: the network and the scheduler, by hand
+        classes = ", ".join(d.class_names or [str(k) for k in range(m.num_classes)])
+        lines += [f"Class-conditional: class k of ({classes}) is label k; label {m.num_classes} is \"no class\" (the "
+                  "unconditional model of classifier-free guidance).", "", "```python", "import torch",
+                  "from diffusers import DDPMScheduler, UNet2DModel", "",
+                  f'unet = UNet2DModel.from_pretrained("{name}", subfolder="unet")',
+                  f'scheduler = DDPMScheduler.from_pretrained("{name}", subfolder="scheduler")',
+                  f"x, y = torch.randn(16, {m.in_channels}, {m.image_size}, {m.image_size}), torch.full((16,), 0)",
+                  f"scheduler.set_timesteps({T})", "for t in scheduler.timesteps:  # Algorithm 2",
+                  "    with torch.no_grad():", "        eps = unet(x, t, class_labels=y).sample",
+                  "    x = scheduler.step(eps, t, x).prev_sample", "```", ""]
+    else:
+        lines += ["```python", "from diffusers import DDPMPipeline", "",
+                  f'pipe = DDPMPipeline.from_pretrained("{name}")',
+                  f"images = pipe(batch_size=16, num_inference_steps={T}).images  # Algorithm 2, all {T} steps",
+                  "```", ""]
+    lines += ["## Training", ""]
     if imported:
         lines += [f"Imported into ddpm from the diffusers folder {Path(str(imported.get('source'))).name}, which does "
                   "not record its training.", ""]

@@ -105,14 +105,20 @@ def save_individual(folder, images, prefix: str = "sample", start: int = 0) -> l
     return paths
 
 
-def save_npz(path, images) -> Path:
-    """Store images as uint8 (N, H, W, C) under the key "images" of a compressed .npz file."""
+def save_npz(path, images, labels=None) -> Path:
+    """Store images as uint8 (N, H, W, C) under the key "images" of a compressed .npz file, and class ``labels``
+    (N integers), when given, as int64 under "labels"."""
     a = as_nhwc_uint8(images)
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"{path}: an image archive needs the .npz extension")
+    arrays = {"images": a}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
+        if arrays["labels"].shape != (len(a),):
+            raise ValueError(f"{path}: {arrays['labels'].shape} labels for {len(a)} images; pass one per image")
     with atomic_write_path(path) as tmp:
-        np.savez_compressed(tmp, images=a)
+        np.savez_compressed(tmp, **arrays)
     return path
 
 

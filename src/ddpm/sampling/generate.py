@@ -2,6 +2,11 @@
 
 ``sample(run, n)`` is the Python twin of ``ddpm sample``.  Sample k of a call with base seed s is drawn
 from its own generator seeded with ``sample_seed(s, k)``, so it is the same image whatever the batch size.
+
+Class-conditional runs (``run.config.class_names`` is not None): ``generate(run, n, labels=..., guidance=w)``
+draws sample k of class ``labels[k]`` (again whatever the batch size), with classifier-free guidance of weight w
+(:mod:`ddpm.core.guidance`: w = 0 purely conditional; the "guidance scale" of other libraries is 1 + w).
+:func:`class_labels` builds the usual label lists (one class, classes in turn, one row per class).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..core.guidance import check_guidance, guided_model
 from ..core.samplers import (
     DEFAULT_SPACING,
     Chain,
@@ -43,17 +49,29 @@ from ..runtime.atomic import write_json_atomic
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS, autocast_dtype, check_precision
 
-__all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "generate", "sample"]
+__all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class_labels", "resolve_labels", "generate",
+           "sample", "DEFAULT_GUIDANCE"]
+
+#: the guidance weight w of :func:`generate` and ``ddpm sample`` when none is given (0: purely conditional)
+DEFAULT_GUIDANCE = 0.0
 
 
 @dataclass
 class LoadedRun:
+    """A run ready to sample: the network (eval mode, on ``device``), its schedule and config, and which checkpoint
+    and weights it came from.  ``config.class_names`` says whether the run is class-conditional (None: not)."""
+
     model: torch.nn.Module
     schedule: Schedule
     config: TrainConfig
     checkpoint: Path
     device: torch.device
     weights: str = "ema"
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The classes a conditional run draws (label k is ``class_names[k]``); None for an unconditional run."""
+        return self.config.class_names
 
 
 def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
@@ -104,40 +122,93 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 
 def model_fn(model: torch.nn.Module, device: torch.device, precision: str = "auto"):
-    """Wrap a network as ``f(x, t)``: inputs in the channels_last layout (faster convolutions on CPU and GPU
-    alike), outputs float32.  precision: "auto" (bf16 autocast on CUDA, float32 elsewhere), "fp32" or "bf16"
-    (autocast on any device; on a CPU with native bf16 it samples 1.2x faster, see docs/performance.md)."""
+    """Wrap a network as ``f(x, t, y=None)``: inputs in the channels_last layout (faster convolutions on CPU and GPU
+    alike), outputs float32; ``y``, class labels, is passed on to a conditional network (None: not passed).
+    precision: "auto" (bf16 autocast on CUDA, float32 elsewhere), "fp32" or "bf16" (autocast on any device; on a
+    CPU with native bf16 it samples 1.2x faster, see docs/performance.md)."""
     dtype = _autocast_dtype(device, precision)
     ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
 
-    def f(x, t):
+    def f(x, t, y=None):
+        x = x.contiguous(memory_format=torch.channels_last)
         with ctx():
-            return model(x.contiguous(memory_format=torch.channels_last), t).float()
+            return (model(x, t) if y is None else model(x, t, y)).float()
     return f
+
+
+def class_labels(num_classes: int, n: int | None = None, *, classes=None, per_class: int | None = None) -> list[int]:
+    """Per-sample labels for :func:`generate`: ``classes`` (an int, or a list taken in turn: sample k gets
+    ``classes[k % len(classes)]``) for ``n`` samples; or, with ``per_class`` K, K samples of every class in order
+    (0, 0, ..., 1, 1, ...), which a grid K images wide shows one class per row.  Neither: every class in turn."""
+    if per_class is not None:
+        if classes is not None or n is not None:
+            raise ValueError("per_class gives the labels and their number; pass neither classes nor n with it")
+        return [c for c in range(num_classes) for _ in range(per_class)]
+    if n is None:
+        raise ValueError("pass n, the number of samples, or per_class")
+    if classes is None:
+        classes = range(num_classes)
+    classes = [classes] if isinstance(classes, int) else list(classes)
+    if not classes:
+        raise ValueError("classes is empty; name at least one class")
+    return [int(classes[k % len(classes)]) for k in range(n)]
+
+
+def resolve_labels(run: LoadedRun, n: int, labels, guidance: float = 0.0) -> torch.Tensor | None:
+    """The labels of a :func:`generate` call as an int64 (n,) tensor (None: unconditional), checked against the
+    run: an int means every sample; a sequence or tensor gives sample k its own label.  ValueError for labels
+    asked of an unconditional run, a label outside 0..K-1, the wrong count, or guidance without labels."""
+    check_guidance(guidance)
+    names = run.config.class_names
+    if labels is None:
+        if guidance != 0:
+            raise ValueError(f"guidance {guidance} needs class labels to guide towards; pass labels")
+        return None
+    if names is None:
+        raise ValueError(f"{run.checkpoint} is an unconditional run (trained without class labels) and draws no "
+                         "chosen class; drop the labels, or train with class labels (ddpm train --class-cond)")
+    y = torch.full((n,), labels, dtype=torch.long) if isinstance(labels, int) else torch.as_tensor(labels)
+    if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be one class index per sample, {n} integers; got {y.dtype} {tuple(y.shape)}")
+    y = y.to(torch.long).cpu()
+    if n and (y.min() < 0 or y.max() >= len(names)):
+        bad = int(y[(y < 0) | (y >= len(names))][0])
+        raise ValueError(f"class label {bad} is outside this run's classes 0..{len(names) - 1} "
+                         f"({', '.join(names)})")
+    return y
 
 
 @dataclass
 class Samples:
     """What :func:`generate` draws: ``images``, uint8 (n, C, H, W); ``chain``, with ``chain_samples`` > 0, the
     denoising chain of the first that many samples as a list of (t, uint8 tensor) frames from x_T to x_0
-    (t the paper's time, 0 for x_0), else None."""
+    (t the paper's time, 0 for x_0), else None; ``labels``, the int64 (n,) class of each sample when classes were
+    asked for, else None."""
 
     images: torch.Tensor
     chain: list[tuple[int, torch.Tensor]] | None = None
+    labels: torch.Tensor | None = None
 
 
 def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sampler: str = "ddpm",
              steps: int | None = None, eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True,
              progress: bool = True, chain_samples: int = 0, chain_every: int | None = None,
              cuda_graph: bool = False, precision: str = "auto", on_step: OnStep | None = None,
-             **sampler_kw) -> Samples:
+             labels=None, guidance: float = DEFAULT_GUIDANCE, **sampler_kw) -> Samples:
     """Draw ``n`` samples; returns :class:`Samples` (the uint8 images, and the chain of the first
     ``chain_samples`` of them, one frame every ``chain_every`` steps, by default a tenth of the steps).
     ``cuda_graph``: replay the network from CUDA graphs (:class:`ddpm.model.cudagraph.GraphedNetwork`; CUDA
     only).  ``precision``: see :func:`model_fn`.  ``on_step``: called with every batch's
     :class:`~ddpm.core.samplers.Step` (x_t and the predicted x_0 in the model's [-1, 1] range), e.g. to show
-    the images forming."""
+    the images forming.
+
+    Class-conditional runs: ``labels``, an int (every sample of that class) or n class indices (sample k of class
+    ``labels[k]``, whatever the batch size; :func:`class_labels` builds them), and ``guidance``, the weight w of
+    classifier-free guidance, eps~ = (1 + w) eps(x, t, y) - w eps(x, t) (:mod:`ddpm.core.guidance`; w = 0 is
+    purely conditional, w > 0 costs one forward pass of twice the batch per step).  ``labels=None`` draws from
+    the run's unconditional model.  The labels come back in ``Samples.labels``."""
     cfg = run.config
+    y_all = resolve_labels(run, n, labels, guidance)
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     variance = variance or cfg.variance
     if cuda_graph:
@@ -151,12 +222,15 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         noise = PerSampleNoise([sample_seed(seed, k) for k in idx], run.device)
+        model = f if y_all is None else guided_model(f, y_all[start:start + len(idx)].to(run.device), guidance,
+                                                     null_label=cfg.model.num_classes,
+                                                     eps_channels=cfg.model.in_channels)
         observers = [on_step] if on_step is not None else []
         if start < chain_samples:  # the chain's samples may span several batches
             chains.append(Chain(chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10),
                                 first=chain_samples - start))
             observers.append(chains[-1])
-        x = run_sampler(f, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
+        x = run_sampler(model, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
                         clip_denoised=clip_denoised, progress=progress and bar is None,
                         on_step=_all_of(observers), **sampler_kw)
         out.append(to_uint8(x.clamp(-1, 1)).cpu())
@@ -168,7 +242,7 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     if chains:
         frames = [(t, to_uint8(torch.cat([c.frames[i][1] for c in chains]).clamp(-1, 1)))
                   for i, (t, _) in enumerate(chains[0].frames)]
-    return Samples(torch.cat(out), frames)
+    return Samples(torch.cat(out), frames, y_all)
 
 
 def _all_of(observers: list) -> OnStep | None:
@@ -185,7 +259,8 @@ def _all_of(observers: list) -> OnStep | None:
 
 
 #: the keyword arguments of :func:`generate` that decide which images come out
-SAMPLING_SETTINGS = ("seed", "sampler", "steps", "eta", "spacing", "variance", "clip_denoised", "precision")
+SAMPLING_SETTINGS = ("seed", "sampler", "steps", "eta", "spacing", "variance", "clip_denoised", "precision", "labels",
+                     "guidance")
 
 
 def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
@@ -201,6 +276,9 @@ def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
     # "auto" means bf16 on CUDA, and CUDA generators draw other noise than CPU ones: record what it was here
     settings["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
         _autocast_dtype(run.device, settings["precision"])]
+    labels = resolve_labels(run, n, settings["labels"], settings["guidance"])
+    settings["labels"] = None if labels is None else labels.tolist()  # one per sample: the same images again
+    settings["guidance"] = float(settings["guidance"])
     return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "device": run.device.type,
             "n": n, **settings}
 
@@ -211,9 +289,11 @@ def default_samples_dir(run: LoadedRun, sampler: str) -> Path:
 
 
 def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = "auto", individual: bool = True,
-           chain_samples: int = 0, **kw) -> Path:
-    """Sample ``n`` images from a run folder and write ``grid.png``, ``samples.npz`` (uint8 N x H x W x C),
-    one PNG per sample under ``images/``, and with ``chain_samples`` the chain strip PNG and GIF.
+           chain_samples: int = 0, grid_width: int | None = None, **kw) -> Path:
+    """Sample ``n`` images from a run folder and write ``grid.png`` (``grid_width`` images a row; default near
+    square), ``samples.npz`` (uint8 N x H x W x C under "images"; with class labels, their int64 (N,) indices under
+    "labels"), one PNG per sample under ``images/``, and with ``chain_samples`` the chain strip PNG and GIF.
+    ``kw`` goes to :func:`generate` (``labels=``, ``guidance=`` for a class-conditional run).
     Returns the output folder (default ``RUN/samples/<sampler>``).  What an earlier call wrote there (its
     ``images/sample_*.png``, its chain, a ``samples_quality.json`` of its samples) is replaced, so the folder never
     mixes two calls' samples; other files are left alone.  ``samples.json`` records the checkpoint and settings."""
@@ -228,8 +308,8 @@ def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = 
                   out / "samples_quality.json"]:
         stale.unlink(missing_ok=True)
     write_json_atomic(out / "samples.json", sampling_record(loaded, n, kw))
-    save_grid(out / "grid.png", images)
-    save_npz(out / "samples.npz", images)
+    save_grid(out / "grid.png", images, nrow=grid_width)
+    save_npz(out / "samples.npz", images, labels=drawn.labels)
     if individual:
         save_individual(out / "images", images)
     if chain:

@@ -6,6 +6,11 @@ Per step: x_0 from the data, t ~ Uniform{1..T} (0-based in code), eps ~ N(0, I),
 x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4), and a gradient step on
 ||eps - eps_theta(x_t, t)||^2 (eq. 14), or on L_vlb / L_hybrid when the config asks.
 
+Class-conditional runs (``data.class_cond``) also take each image's label y, replaced by "no class" with
+probability ``label_dropout`` (a coin per image from the trainer's generator, after t and eps), and train
+eps_theta(x_t, t, y): one network for the conditional and the unconditional predictor (Ho & Salimans 2022,
+Algorithm 1).
+
 Data parallel (``torchrun --nproc_per_node=N -m ddpm train ...``; see :mod:`ddpm.runtime.distributed`): every rank holds
 the same weights, reads its own strided shard of the same per-epoch permutation, draws its own t and eps, and
 DistributedDataParallel averages the gradients, so one optimisation step sees a global batch of
@@ -27,6 +32,7 @@ from ..core.likelihood import TrainingVLB
 from ..core.schedule import make_schedule
 from ..data import datasets as data_mod
 from ..data.batches import Batches
+from ..data.labels import load_labels
 from ..model.unet import UNet
 from ..runs.checkpoint import (
     CheckpointError,
@@ -75,6 +81,13 @@ class Trainer:
         if self.num_images < config.batch_size:
             raise data_mod.DataError(f"{config.data.source}: {self.num_images} images, fewer than the batch size "
                                      f"{config.batch_size}; lower --batch-size")
+        labels = None
+        if config.data.class_cond:
+            labels, names = load_labels(config.data)
+            if config.data.class_names is not None and tuple(config.data.class_names) != names:
+                raise data_mod.DataError(f"{config.data.source}: holds the classes {', '.join(names)}, but the run "
+                                         f"was made for {', '.join(config.data.class_names)}; use the run's own data")
+            self.config = config = config.with_class_names(names)
 
         rank = self.world.rank
         torch.manual_seed(config.seed)  # model init (identical on every rank) and rank 0's dropout
@@ -94,7 +107,7 @@ class Trainer:
                                            **({"fused": True} if fused else {}))
         # same seed on every rank: the ranks read disjoint strided shards of one permutation per epoch
         self.batches = Batches(images, batch_size=config.batch_size, seed=config.seed, hflip=config.data.hflip,
-                               device=self.device, rank=rank, world_size=self.world.world_size)
+                               device=self.device, rank=rank, world_size=self.world.world_size, labels=labels)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(config.seed + 1 if rank == 0 else distributed.rank_seed(config.seed, rank, "noise"))
         self.step = 0
@@ -144,8 +157,9 @@ class Trainer:
             return flag == "channels_last" or auto_compile(self.device)
         return value in (True, "on", "true", "yes")
 
-    def _network(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.forward(x_t, t)
+    def _network(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(x_t, t), or eps_theta(x_t, t, y) with class labels (the unconditional call stays as it was)."""
+        return self.forward(x_t, t) if y is None else self.forward(x_t, t, y)
 
     def _first_compiled_gradients(self) -> torch.Tensor:
         """:meth:`accumulate_gradients` on the first step of compile="auto": if the compiled forward or its
@@ -238,7 +252,16 @@ class Trainer:
         distributed.barrier(self.world)
 
     # -- one optimisation step -------------------------------------------------------------------
-    def _loss(self, x0: torch.Tensor) -> torch.Tensor:
+    def _drop_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """Each label replaced by "no class" (index num_classes) with probability ``label_dropout``, one coin per
+        image from ``self.gen`` (so a resumed run draws the same coins)."""
+        p = self.config.label_dropout
+        if p == 0:
+            return y
+        drop = torch.rand(y.shape, generator=self.gen, device=self.device) < p
+        return torch.where(drop, torch.full_like(y, self.config.model.num_classes), y)
+
+    def _loss(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         n = x0.shape[0]
         weights = None
         if self.vlb is not None and self.vlb.importance is not None:
@@ -247,10 +270,12 @@ class Trainer:
             t = sample_timesteps(n, self.schedule.num_timesteps, self.gen, self.device)
         noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
         x_t = q_sample(self.schedule, x0, t, noise)
+        if y is not None:
+            y = self._drop_labels(y)
         if self._want("channels_last"):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self._network(x_t, t)
+            out = self._network(x_t, t) if y is None else self._network(x_t, t, y)
         if self.vlb is None:
             return loss_simple(out, noise, self.config.variance)
         return self.vlb.loss(out.float(), noise, x0, x_t, t, weights)
@@ -266,7 +291,8 @@ class Trainer:
         for i in range(cfg.grad_accum):
             last = i == cfg.grad_accum - 1
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
-                loss = self._loss(next(self.batches)) / cfg.grad_accum
+                batch = next(self.batches)  # images, or (images, labels) for a class-conditional run
+                loss = (self._loss(*batch) if isinstance(batch, tuple) else self._loss(batch)) / cfg.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         return total
