@@ -20,11 +20,11 @@ from PIL import Image, UnidentifiedImageError
 
 from ..core.editing import Noised, noise_to, repaint_calls, repaint_sample, sdedit_sample
 from ..core.samplers import OnStep, PerSampleNoise
-from ..data.datasets import to_model_range, to_uint8
+from ..data.datasets import EMBEDDED, DataConfig, load_images, to_model_range, to_uint8
 from .generate import LoadedRun, Samples, model_fn, sample_seed
 
-__all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "read_picture", "fit_images", "fit_mask", "half_mask",
-           "noised", "edit", "inpaint", "inpaint_calls"]
+__all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "held_out", "read_picture", "fit_images", "fit_mask", "half_mask",
+           "noised", "edit", "inpaint_settings", "inpaint_calls", "inpaint"]
 
 #: RePaint's settings when none are given: 100 respaced steps, jumps of 5 steps, each window denoised 5 times
 #: (about 480 network calls; the paper's 250 / 10 / 10 takes 2,260, too slow for a CPU page).
@@ -71,6 +71,19 @@ def read_picture(path) -> np.ndarray:
     except (OSError, UnidentifiedImageError) as e:
         raise ImageError(f"{path}: cannot read this image ({type(e).__name__}); pass a PNG, a JPEG or a .npz") from None
     return (a[..., None] if a.ndim == 2 else a)[None]
+
+
+def held_out(run: LoadedRun, first: int, last: int | None = None) -> torch.Tensor:
+    """Images ``first`` .. ``last`` (inclusive; default just ``first``) of the test split of the embedded dataset
+    the run was trained on (see :mod:`ddpm.data.datasets`), at the run's size: uint8 (N, C, H, W)."""
+    d, mc = run.config.data, run.config.model
+    if d.source not in EMBEDDED:
+        raise ImageError(f"the run was trained on {d.source}, which has no held-out split; pass a picture instead")
+    images = load_images(DataConfig(source=d.source, image_size=mc.image_size, channels=mc.in_channels, split="test"))
+    last = first if last is None else last
+    if not 0 <= first <= last < len(images):
+        raise ImageError(f"held-out images {first}-{last}: the {d.source} test split has images 0-{len(images) - 1}")
+    return images[first:last + 1].clone()
 
 
 def _nhwc(images) -> np.ndarray:
@@ -205,11 +218,23 @@ def edit(run: LoadedRun, images, t: int, *, seed: int = 0, sampler: str = "ddpm"
     return Samples(torch.cat(out))
 
 
-def inpaint_calls(steps: int | None = None, jump_length: int | None = None, resample: int | None = None) -> int:
-    """Network calls of one :func:`inpaint` batch (``None``: :data:`INPAINT_DEFAULTS`)."""
+def inpaint_settings(num_timesteps: int, steps: int | None = None, jump_length: int | None = None,
+                     resample: int | None = None) -> dict:
+    """RePaint's settings with every ``None`` filled from :data:`INPAINT_DEFAULTS`, fitted to a run of T =
+    ``num_timesteps``: steps at most T, and a default jump length below the steps (no resampling with 1 step)."""
     d = INPAINT_DEFAULTS
-    return repaint_calls(d["steps"] if steps is None else steps, d["jump_length"] if jump_length is None else jump_length,
-                         d["resample"] if resample is None else resample)
+    steps = min(d["steps"], num_timesteps) if steps is None else steps
+    if jump_length is None:
+        jump_length = min(d["jump_length"], max(1, steps - 1))
+    if resample is None:
+        resample = d["resample"] if steps > 1 else 1
+    return {"steps": steps, "jump_length": jump_length, "resample": resample}
+
+
+def inpaint_calls(num_timesteps: int, steps: int | None = None, jump_length: int | None = None,
+                  resample: int | None = None) -> int:
+    """Network calls of one :func:`inpaint` batch (see :func:`inpaint_settings` for the ``None`` s)."""
+    return repaint_calls(**inpaint_settings(num_timesteps, steps, jump_length, resample))
 
 
 def inpaint(run: LoadedRun, images, mask, *, seed: int = 0, steps: int | None = None, jump_length: int | None = None,
@@ -220,13 +245,12 @@ def inpaint(run: LoadedRun, images, mask, *, seed: int = 0, steps: int | None = 
 
     mask: True (or white) where the model paints; one mask (H, W) / (1, 1, H, W) for all images or one per
     image (N, 1, H, W); see :func:`fit_mask`.  steps: levels of the respaced schedule; jump_length and
-    resample: RePaint's j and r (``resample=1`` is plain replacement); ``None`` takes :data:`INPAINT_DEFAULTS`.
+    resample: RePaint's j and r (``resample=1`` is plain replacement); ``None`` takes :data:`INPAINT_DEFAULTS`
+    (fitted to the run by :func:`inpaint_settings`).
     Pixels outside the mask come back exactly as given.  Deterministic for a fixed ``seed``.  Returns
     :class:`~ddpm.sampling.generate.Samples` (uint8 images)."""
-    d = INPAINT_DEFAULTS
-    steps = d["steps"] if steps is None else steps
-    jump_length = d["jump_length"] if jump_length is None else jump_length
-    resample = d["resample"] if resample is None else resample
+    settings = inpaint_settings(run.schedule.num_timesteps, steps, jump_length, resample)
+    steps, jump_length, resample = settings["steps"], settings["jump_length"], settings["resample"]
     if not 1 <= steps <= run.schedule.num_timesteps:
         raise ValueError(f"steps must lie in [1, {run.schedule.num_timesteps}] (the run's T), got {steps}")
     repaint_calls(steps, jump_length, resample)  # refuse a bad jump length or resample count before any work
