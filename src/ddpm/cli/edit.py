@@ -56,7 +56,7 @@ def _common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--image", required=True, metavar="X",
                    help="the picture(s): a PNG/JPEG, a .npy/.npz of uint8 images, or test:K / test:K-L for held-out "
                         "images of the run's embedded dataset; the run's size or a whole multiple of it")
-    p.add_argument("-n", "--num", type=at_least(1), default=1, help=f"{what} per picture, each from its own seed "
+    p.add_argument("-n", "--num", type=at_least(1), default=1, help="results per picture, each from its own seed "
                                                                    "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="base seed; result k has its own seed (default: 0)")
     p.add_argument("--out", default=None, help=f"output folder (default: RUN/{what})")

@@ -1,5 +1,5 @@
 """``ddpm`` command line: the parser of every subcommand, and :func:`main`, which turns the library's errors into
-one line and an exit status.  Each subcommand lives in its own module (train, sample, evaluate, edit)."""
+one line and an exit status.  Each subcommand lives in its own module (train, sample, evaluate, edit, serve)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from .._version import __version__
 from ..data.datasets import DataError
 from ..runs.checkpoint import CheckpointError, complete_checkpoints
 from ..runtime.distributed import DeviceError, DistributedError
-from . import edit, evaluate, sample, train
+from . import edit, evaluate, sample, serve, train
 from .errors import UserError, one_line_warning
 
 __all__ = ["main", "build_parser"]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.register(sub)
     evaluate.register(sub)
     edit.register(sub)
+    serve.register(sub)
     return parser
 
 
