@@ -23,7 +23,7 @@ from ..core.samplers import OnStep, PerSampleNoise
 from ..data.datasets import EMBEDDED, DataConfig, load_images, to_model_range, to_uint8
 from .generate import LoadedRun, Samples, model_fn, sample_seed
 
-__all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "held_out", "read_picture", "fit_images", "fit_mask", "half_mask",
+__all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "held_out_images", "held_out", "read_picture", "fit_images", "fit_mask", "half_mask",
            "noised", "edit", "inpaint_settings", "inpaint_calls", "inpaint"]
 
 #: RePaint's settings when none are given: 100 respaced steps, jumps of 5 steps, each window denoised 5 times
@@ -73,16 +73,23 @@ def read_picture(path) -> np.ndarray:
     return (a[..., None] if a.ndim == 2 else a)[None]
 
 
-def held_out(run: LoadedRun, first: int, last: int | None = None) -> torch.Tensor:
-    """Images ``first`` .. ``last`` (inclusive; default just ``first``) of the test split of the embedded dataset
-    the run was trained on (see :mod:`ddpm.data.datasets`), at the run's size: uint8 (N, C, H, W)."""
+def held_out_images(run: LoadedRun) -> torch.Tensor:
+    """The test split of the embedded dataset the run was trained on (see :mod:`ddpm.data.datasets`), at the run's
+    size: uint8 (N, C, H, W); :class:`ImageError` for a run trained on a folder or an array file."""
     d, mc = run.config.data, run.config.model
     if d.source not in EMBEDDED:
         raise ImageError(f"the run was trained on {d.source}, which has no held-out split; pass a picture instead")
-    images = load_images(DataConfig(source=d.source, image_size=mc.image_size, channels=mc.in_channels, split="test"))
+    return load_images(DataConfig(source=d.source, image_size=mc.image_size, channels=mc.in_channels, split="test"))
+
+
+def held_out(run: LoadedRun, first: int, last: int | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
+    """Held-out images ``first`` .. ``last`` (inclusive; default just ``first``) of :func:`held_out_images` (or of
+    ``images``, that split already loaded)."""
+    images = held_out_images(run) if images is None else images
     last = first if last is None else last
     if not 0 <= first <= last < len(images):
-        raise ImageError(f"held-out images {first}-{last}: the {d.source} test split has images 0-{len(images) - 1}")
+        raise ImageError(f"held-out images {first}-{last}: the {run.config.data.source} test split has images "
+                         f"0-{len(images) - 1}")
     return images[first:last + 1].clone()
 
 

@@ -192,7 +192,8 @@ def build_app(page: Page):
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 with gr.Column(scale=2):
                     gen_out = gr.Image(label="x_t and the predicted x_0 while sampling; the samples at the end",
-                                       type="numpy", format="png", interactive=False, elem_id="gen-out")
+                                       show_label=False, type="numpy", format="png", interactive=False,
+                                       elem_id="gen-out")
                     gen_text = gr.Textbox(label="Status", interactive=False, elem_id="gen-status")
                     gen_files = gr.File(label="Download (PNG grid, .npz)", file_count="multiple",
                                         interactive=False, elem_id="gen-file")
@@ -225,8 +226,8 @@ def build_app(page: Page):
                         den_sampler = gr.Dropdown(list(SAMPLERS), value="ddpm", label="Sampler")
                         den_steps = gr.Slider(0, T, value=0, step=1, label="Steps (0 = one per time step)")
                         den_every = gr.Slider(1, 50, value=5, step=1, label="Show the picture every N steps")
-                    fwd_out = gr.Image(label="x_0, x_t, and the denoising", type="numpy", format="png",
-                                       interactive=False, elem_id="fwd-out")
+                    fwd_out = gr.Image(label="x_0, x_t, and the denoising", show_label=False, type="numpy",
+                                       format="png", interactive=False, elem_id="fwd-out")
                     fwd_text = gr.Textbox(label="abar_t and the signal-to-noise ratio", interactive=False,
                                           elem_id="fwd-status")
                     den_files = gr.File(label="Download (PNG, .npz)", file_count="multiple", interactive=False)
@@ -266,8 +267,8 @@ def build_app(page: Page):
                                                  label="Resample count r (1 = plain replacement)")
                         inp_every = gr.Slider(1, 100, value=10, step=1, label="Show the picture every N calls")
                     inp_btn = gr.Button("Inpaint", variant="primary", elem_id="inp-btn")
-                    inp_out = gr.Image(label="Inpainting", type="numpy", format="png", interactive=False,
-                                       elem_id="inp-out")
+                    inp_out = gr.Image(label="Inpainting", show_label=False, type="numpy", format="png",
+                                       interactive=False, elem_id="inp-out")
                     inp_text = gr.Textbox(label="Status", interactive=False, elem_id="inp-status")
                     inp_files = gr.File(label="Download (PNG grid, .npz)", file_count="multiple", interactive=False)
             inp_load.click(_shown(gr, held_out), inp_index, inp_in, api_name=False)

@@ -37,6 +37,7 @@ from ..sampling.edit import (
     fit_mask,
     half_mask,
     held_out,
+    held_out_images,
     inpaint,
     inpaint_calls,
     inpaint_settings,
@@ -188,6 +189,7 @@ class Page:
         self.run: LoadedRun = run if isinstance(run, LoadedRun) else self._load(run)
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ddpm-page-"))
         self._downloads = 0
+        self._test: tuple[LoadedRun, torch.Tensor] | None = None  # the run's held-out images, once loaded
 
     # ------------------------------------------------------------------------------------------- the run
     def _load(self, path) -> LoadedRun:
@@ -225,7 +227,9 @@ class Page:
     def held_out(self, index: int) -> np.ndarray:
         """Held-out image ``index`` of the run's embedded dataset, enlarged 8 times, as an RGB picture to edit."""
         try:
-            image = held_out(self.run, int(index))
+            if self._test is None or self._test[0] is not self.run:
+                self._test = (self.run, held_out_images(self.run))
+            image = held_out(self.run, int(index), images=self._test[1])
         except ImageError as e:
             raise PageError(str(e)) from None
         a = image[0].permute(1, 2, 0).numpy()
