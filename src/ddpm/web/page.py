@@ -119,9 +119,10 @@ class _Stopped(Exception):
 
 
 def _stream(work: Callable[[Callable[[Step], None]], object], total: int, every: int,
-            show: Callable[[Step, int], Update]) -> Iterator[Update | object]:
+            show: Callable[[Step, int], Update], min_interval: float = 0.1) -> Iterator[Update | object]:
     """Run ``work(on_step)`` in a thread; yield ``show(step, done)`` for the first step and then every ``every``
-    network calls (never faster than 10 a second, the cost of a picture on the page), then work's result."""
+    network calls, at most one per ``min_interval`` seconds (a picture costs the page about 50 ms), then work's
+    result."""
     events: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     state = {"done": 0, "last": 0.0}
@@ -133,7 +134,7 @@ def _stream(work: Callable[[Callable[[Step], None]], object], total: int, every:
             state["done"] += 1
         now = time.monotonic()
         first = step.x0 is None and state["done"] == 0
-        if first or (state["done"] % every == 0 and now - state["last"] >= 0.1 and state["done"] < total):
+        if first or (state["done"] % every == 0 and now - state["last"] >= min_interval and state["done"] < total):
             state["last"] = now
             update = show(step, state["done"])
             while not stop.is_set():
@@ -182,10 +183,11 @@ def _as_error(e: Exception) -> PageError:
 
 class Page:
     """The state behind the page: the loaded run (one for every visitor; the page is a local tool) and a scratch
-    folder for downloads.  ``run``: a :class:`~ddpm.sampling.generate.LoadedRun` or a run folder to load."""
+    folder for downloads.  ``run``: a :class:`~ddpm.sampling.generate.LoadedRun` or a run folder to load.
+    ``min_interval``: the least time between two live pictures, in seconds."""
 
-    def __init__(self, run, *, device: str = "auto", workdir: str | Path | None = None):
-        self.device = device
+    def __init__(self, run, *, device: str = "auto", workdir: str | Path | None = None, min_interval: float = 0.1):
+        self.device, self.min_interval = device, min_interval
         self.run: LoadedRun = run if isinstance(run, LoadedRun) else self._load(run)
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ddpm-page-"))
         self._downloads = 0
@@ -299,7 +301,7 @@ class Page:
             return Update(side_by_side([(f"x_t, t = {step.t}", step.x), ("predicted x_0", x0)]),
                           f"step {done} of {total}: t = {step.t}", done, total)
 
-        for item in self._guarded(_stream(work, total, every, show)):
+        for item in self._guarded(_stream(work, total, every, show, self.min_interval)):
             if isinstance(item, Update):
                 yield item
             else:
@@ -348,7 +350,7 @@ class Page:
             return Update(side_by_side([("x_0", x0), (f"x_t, t = {step.t}", step.x), ("predicted x_0", step.x0)]),
                           f"step {done} of {total}: t = {step.t}", done, total)
 
-        for item in self._guarded(_stream(work, max(total, 1), max(1, int(every)), show)):
+        for item in self._guarded(_stream(work, max(total, 1), max(1, int(every)), show, self.min_interval)):
             if isinstance(item, Update):
                 yield item
             else:
@@ -384,7 +386,7 @@ class Page:
                                         ("predicted x_0", step.x0[:1] if step.x0 is not None else None)]),
                           f"call {done} of {total}: t = {step.t}", done, total)
 
-        for item in self._guarded(_stream(work, total, max(1, int(every)), show)):
+        for item in self._guarded(_stream(work, total, max(1, int(every)), show, self.min_interval)):
             if isinstance(item, Update):
                 yield item
             else:
