@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddpm.cli.main import main
+
 torch.set_num_threads(1)
 
 
@@ -37,3 +39,16 @@ def load_benchmark():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+#: the flags of a tiny training run: the `tiny` U-Net on scikit-learn's 8x8 digits, 20 timesteps
+TINY_TRAIN = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
+              "--batch-size", "8", "--no-progress", "--sample-every", "100"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run folder trained for 3 steps with :data:`TINY_TRAIN`: untrained pictures, but every file in place."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", *TINY_TRAIN, "--run-dir", str(run_dir), "--steps", "3"]) == 0
+    return run_dir

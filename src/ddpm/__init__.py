@@ -5,11 +5,14 @@
     ddpm.load_run(run_dir)        the EMA network, schedule and config of a run
     ddpm.generate(run, n, ...)    Samples: .images, a uint8 tensor (and .chain); labels=, guidance= for a
                                   class-conditional run (run.class_names is not None)
+    ddpm.edit(run, images, t)     SDEdit: noise to time t and denoise back (Samples)
+    ddpm.inpaint(run, images, m)  RePaint: paint where the mask m is True, keep the rest (Samples)
     ddpm.TrainConfig              the run configuration
 """
 from ._version import __version__
 from .runs.config import TrainConfig  # noqa: E402
+from .sampling.edit import edit, inpaint  # noqa: E402
 from .sampling.generate import generate, load_run, sample  # noqa: E402
 from .training.trainer import train  # noqa: E402  (binds the function over the submodule of the same name)
 
-__all__ = ["__version__", "TrainConfig", "train", "sample", "generate", "load_run"]
+__all__ = ["__version__", "TrainConfig", "train", "sample", "generate", "load_run", "edit", "inpaint"]
