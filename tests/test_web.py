@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY
 from ddpm.cli.main import main
 from ddpm.data.datasets import sklearn_digits_split
-from ddpm.web.page import DRAWN, Page, PageError, Update, num_classes
+from ddpm.web.page import DRAWN, Page, PageError, Update, class_choices, num_classes
 
 # gradio's queue estimates waiting times with pandas and trips pandas 3's deprecation warnings (nothing of ours)
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
@@ -26,6 +27,24 @@ def _digit(k=0, scale=1) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ the page itself
+
+def test_a_class_conditional_run_generates_the_class_chosen_by_name(tmp_path):
+    """The Class control names the run's classes; the page draws what generate() draws for those labels and w."""
+    from ddpm.sampling.generate import generate
+    run_dir = tmp_path / "cond"
+    assert main(["train", *TINY, "--class-cond", "--run-dir", str(run_dir), "--steps", "2"]) == 0
+    page = Page(run_dir, device="cpu", workdir=tmp_path / "dl", min_interval=0.0)
+    assert num_classes(page.run) == 10 and class_choices(page.run) == ["any", *map(str, range(10))]
+    kw = page._class_kwargs("7", 1.5, 3)
+    assert kw["labels"].tolist() == [7, 7, 7] and kw["guidance"] == 1.5
+    assert page._class_kwargs("any", None, 12)["labels"].tolist() == [*range(10), 0, 1]
+    npz = list(page.generate("ddim", 4, 0.0, 5, 3, every=100, label="7", guidance=1.5))[-1].files[1]
+    want = generate(page.run, 3, seed=5, batch_size=3, sampler="ddim", steps=4, labels=7, guidance=1.5).images
+    assert np.array_equal(np.load(npz)["images"], want.permute(0, 2, 3, 1).numpy())
+    for label, guidance in (("11", 1.0), ("7", -1.0)):
+        with pytest.raises(PageError):
+            page._class_kwargs(label, guidance, 3)
+
 
 def test_generate_streams_x_t_and_x0_then_files(page):
     updates = list(page.generate("ddim", 10, 0.0, 3, 4, every=2))

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..core.samplers import SAMPLERS
 from ..sampling.edit import INPAINT_DEFAULTS
-from .page import DRAWN, MASK_CHOICES, Page, PageError, num_classes
+from ..sampling.generate import DEFAULT_GUIDANCE
+from .page import DRAWN, MASK_CHOICES, Page, PageError, class_choices, num_classes
 
 __all__ = ["WebUnavailable", "GRADIO_REQUIREMENT", "check_gradio", "build_app", "launch", "close", "free_port"]
 
@@ -128,12 +129,11 @@ def build_app(page: Page):
     def load_run(path):
         text = page.load(path)
         k = num_classes(page.run)
-        return (text, gr.update(visible=k > 0, choices=["any", *map(str, range(k))], value="any"),
+        return (text, gr.update(visible=k > 0, choices=class_choices(page.run), value="any"),
                 gr.update(visible=k > 0), gr.update(maximum=page.T), gr.update(maximum=page.T))
 
     def generate(sampler, steps, eta, seed, n, every, label, guidance, progress=gr.Progress()):
-        for update in page.generate(sampler, steps, eta, seed, n, every,
-                                    None if label in (None, "any") else int(label), guidance):
+        for update in page.generate(sampler, steps, eta, seed, n, every, label, guidance):
             progress_of(progress, update)
             yield update.picture, update.text, update.files
 
@@ -187,8 +187,9 @@ def build_app(page: Page):
                     n = gr.Slider(1, 64, value=16, step=1, label="Number of images", elem_id="gen-n")
                     every = gr.Slider(1, 50, value=5, step=1, label="Show the picture every N steps")
                     # class-conditional runs only (hidden otherwise): see ddpm.web.page.num_classes
-                    label = gr.Dropdown(["any", *map(str, range(k))], value="any", label="Class", visible=k > 0)
-                    guidance = gr.Slider(0.0, 10.0, value=1.0, step=0.5, label="Guidance scale", visible=k > 0)
+                    label = gr.Dropdown(class_choices(page.run), value="any", label="Class", visible=k > 0)
+                    guidance = gr.Slider(0.0, 8.0, value=DEFAULT_GUIDANCE, step=0.5, visible=k > 0,
+                                         label="Guidance w (0: purely conditional; other libraries' scale is 1 + w)")
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 with gr.Column(scale=2):
                     gen_out = gr.Image(label="x_t and the predicted x_0 while sampling; the samples at the end",

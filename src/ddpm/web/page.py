@@ -43,7 +43,7 @@ from ..sampling.edit import (
     inpaint_settings,
     noised,
 )
-from ..sampling.generate import LoadedRun, generate, load_run
+from ..sampling.generate import DEFAULT_GUIDANCE, LoadedRun, generate, load_run
 
 __all__ = ["PageError", "Update", "Page", "num_classes", "side_by_side", "MASK_CHOICES", "DRAWN"]
 
@@ -72,11 +72,14 @@ class Update:
 
 
 def num_classes(run: LoadedRun) -> int:
-    """How many classes a class-conditional run was trained on, 0 for an unconditional one.
+    """How many classes a class-conditional run was trained on, 0 for an unconditional one: the Generate tab shows
+    its class and guidance controls only when this is positive, and :meth:`Page.generate` passes them on only then."""
+    return run.config.model.num_classes
 
-    The hook for class-conditional runs: the Generate tab shows its class and guidance controls only when this is
-    positive, and :meth:`Page.generate` passes them on to ``generate`` only then."""
-    return int(getattr(run.config.model, "num_classes", 0) or getattr(run.config, "num_classes", 0) or 0)
+
+def class_choices(run: LoadedRun) -> list[str]:
+    """The Class control's choices: "any" (the classes in turn), then the run's class names."""
+    return ["any", *(run.class_names or ())]
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -310,17 +313,25 @@ class Page:
                              f"done: {n} samples in {total} steps", total, total, self._files(images, "samples"))
 
     def _class_kwargs(self, label, guidance, n: int) -> dict:
-        """generate()'s class arguments: none for an unconditional run (the hook of :func:`num_classes`)."""
+        """generate()'s class arguments: none for an unconditional run.  ``label``: "any" or None (the classes in
+        turn), a class name of the run, or a class index; ``guidance``: the w of eps~ = (1 + w) eps(x, t, y) -
+        w eps(x, t) (0: purely conditional)."""
         k = num_classes(self.run)
         if not k:
             return {}
-        if label is None or label == "" or label == "any":
+        names = list(self.run.class_names or map(str, range(k)))
+        if label is None or label in ("", "any"):
             labels = torch.arange(n) % k
+        elif str(label) in names:
+            labels = torch.full((n,), names.index(str(label)), dtype=torch.long)
+        elif isinstance(label, int) and 0 <= label < k:
+            labels = torch.full((n,), label, dtype=torch.long)
         else:
-            if not 0 <= int(label) < k:
-                raise PageError(f"class must lie in 0..{k - 1}, got {label}")
-            labels = torch.full((n,), int(label), dtype=torch.long)
-        return {"labels": labels, "guidance": float(guidance if guidance is not None else 1.0)}
+            raise PageError(f"class must be one of {', '.join(names)} (or any), got {label}")
+        w = float(guidance if guidance is not None else DEFAULT_GUIDANCE)
+        if w < 0:
+            raise PageError(f"guidance w must be >= 0 (0 is purely conditional), got {w:g}")
+        return {"labels": labels, "guidance": w}
 
     def forward(self, picture, t, seed: int = 0) -> tuple[np.ndarray, str]:
         """The notes' stage 1 at one t: (x_0 | x_t picture, a line with abar_t and the SNR)."""
