@@ -24,13 +24,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ddpm.data.batches import Batches
 from ddpm.core.diffusion import p_mean_variance
 from ddpm.core.samplers import PerSampleNoise
 from ddpm.core.schedule import ScheduleConfig
-from ddpm.training.trainer import Trainer
-from ddpm.training.rates import ema_decay_at, lr_at
+from ddpm.data.batches import Batches
 from ddpm.model.unet import UNetConfig, count_parameters, group_count
+from ddpm.training.rates import ema_decay_at, lr_at
+from ddpm.training.trainer import Trainer
 
 __all__ = ["diffusers_unet", "diffusers_scheduler", "check_same_size", "interleaved", "median", "rate",
            "machine", "cpu_model", "forward_flops", "format_table", "Setting", "TOKENS", "parse_variant",

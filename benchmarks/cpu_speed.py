@@ -33,14 +33,26 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (diffusers_available, check_same_size, diffusers_unet, format_table, interleaved, machine,  # noqa: E402
-                     our_sampling_step, parse_variant, rate, resolve_setting, Setting, their_sampling_step,
-                     their_training_step)
+from _common import (  # noqa: E402
+    Setting,
+    check_same_size,
+    diffusers_available,
+    diffusers_unet,
+    format_table,
+    interleaved,
+    machine,
+    our_sampling_step,
+    parse_variant,
+    rate,
+    resolve_setting,
+    their_sampling_step,
+    their_training_step,
+)
 
-from ddpm.runs.config import TrainConfig  # noqa: E402
 from ddpm.data.datasets import load_images  # noqa: E402
-from ddpm.training.trainer import Trainer  # noqa: E402
 from ddpm.model.unet import preset  # noqa: E402
+from ddpm.runs.config import TrainConfig  # noqa: E402
+from ddpm.training.trainer import Trainer  # noqa: E402
 
 DEFAULT_VARIANTS = "default,fp32+nchw,fp32+channels_last,bf16+nchw,bf16+channels_last"
 
@@ -77,7 +89,8 @@ def op_group(name: str) -> str:
 
 def profile(cases: dict, steps: int) -> str:
     """Share of each op group in the self CPU time of ``steps`` calls of every case (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     shares, totals = {}, {}
     for label, fn in cases.items():

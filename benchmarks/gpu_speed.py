@@ -33,14 +33,26 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (diffusers_available, check_same_size, diffusers_unet, eval_copy, format_table, forward_flops,  # noqa: E402
-                     interleaved, machine, our_sampling_step, rate, resolve_setting, their_sampling_step,
-                     their_training_step)
+from _common import (  # noqa: E402
+    check_same_size,
+    diffusers_available,
+    diffusers_unet,
+    eval_copy,
+    format_table,
+    forward_flops,
+    interleaved,
+    machine,
+    our_sampling_step,
+    rate,
+    resolve_setting,
+    their_sampling_step,
+    their_training_step,
+)
 
-from ddpm.runs.config import TrainConfig  # noqa: E402
 from ddpm.data.datasets import DataConfig, load_images  # noqa: E402
-from ddpm.training.trainer import Trainer  # noqa: E402
 from ddpm.model.unet import UNet, preset  # noqa: E402
+from ddpm.runs.config import TrainConfig  # noqa: E402
+from ddpm.training.trainer import Trainer  # noqa: E402
 
 #: dense bf16 tensor-core peaks in TFLOP/s, matched against torch.cuda.get_device_name() in order
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),

@@ -17,7 +17,7 @@ import time
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ddpm.data.datasets import digits_split
+from ddpm.data.embedded import digits_split
 from ddpm.evaluation.classifier import load_classifier
 from ddpm.evaluation.quality import classifier_outputs
 from ddpm.runs.images import make_grid

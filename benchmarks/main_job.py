@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from ddpm.cli.main import build_parser
-from ddpm.cli.train import config_from_args  # the same flag -> config mapping as `ddpm train`
-from ddpm.sampling.generate import sample
+from ddpm.cli.train import (
+    config_from_args,  # the same flag -> config mapping as `ddpm train`
+)
 from ddpm.runs.rundir import read_metrics
+from ddpm.sampling.generate import sample
 from ddpm.training.trainer import train
 
 

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ddpm.data.datasets import digits_split
-from ddpm.sampling.generate import generate, load_run, sample_seed
-from ddpm.runs.images import make_grid
 from ddpm.core.samplers import PerSampleNoise
+from ddpm.data.embedded import digits_split
+from ddpm.runs.images import make_grid
+from ddpm.sampling.generate import generate, load_run, sample_seed
 
 #: name -> generate() keywords
 SAMPLERS = {"ddim-50": dict(sampler="ddim", steps=50), "ddim-100": dict(sampler="ddim", steps=100),

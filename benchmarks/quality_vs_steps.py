@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ddpm.sampling.generate import generate, load_run
 from ddpm.evaluation.quality import load_classifier, quality_report
-
+from ddpm.sampling.generate import generate, load_run
 
 #: name -> (sampler, eta, spacing); spacing None is the sampler's default (uniform; log-SNR for dpm++2m)
 SETTINGS = {"ddim": ("ddim", 0.0, None), "ddim-eta1": ("ddim", 1.0, None), "dpm++2m": ("dpm++2m", 0.0, None),

@@ -11,8 +11,8 @@ import argparse
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ddpm.sampling.generate import generate, load_run
 from ddpm.runs.images import make_grid
+from ddpm.sampling.generate import generate, load_run
 
 ROWS = [("DDPM-1000", dict(sampler="ddpm")), ("DDIM-50, eta=0", dict(sampler="ddim", steps=50)),
         ("DPM-Solver++ 20", dict(sampler="dpm++2m", steps=20)),

@@ -20,10 +20,10 @@ TINY = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--
         "--batch-size", "8", "--log-every", "1", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A tiny run folder trained for 3 steps through the CLI, shared by the tests of one module."""
-    from ddpm.cli.main import main
+    """A tiny run folder trained for 3 steps through the CLI (untrained pictures, but every file in place), shared
+    by the whole test process: tests read it and write only into folders of their own."""
     run_dir = tmp_path_factory.mktemp("tinyrun") / "run"
     assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "3"]) == 0
     return run_dir
@@ -39,16 +39,3 @@ def load_benchmark():
         spec.loader.exec_module(module)
         return module
     return load
-
-
-#: the flags of a tiny training run: the `tiny` U-Net on scikit-learn's 8x8 digits, 20 timesteps
-TINY_TRAIN = ["--preset", "tiny", "--data", "sklearn-digits", "--image-size", "8", "--timesteps", "20",
-              "--batch-size", "8", "--no-progress", "--sample-every", "100"]
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A run folder trained for 3 steps with :data:`TINY_TRAIN`: untrained pictures, but every file in place."""
-    run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    assert main(["train", *TINY_TRAIN, "--run-dir", str(run_dir), "--steps", "3"]) == 0
-    return run_dir

@@ -9,7 +9,8 @@ import torch
 from ddpm.cli.main import main
 from ddpm.core.schedule import ScheduleConfig, make_schedule
 from ddpm.data.batches import Batches
-from ddpm.data.datasets import DIGIT_CLASSES, DataConfig, DataError
+from ddpm.data.datasets import DataConfig, DataError
+from ddpm.data.embedded import DIGIT_CLASSES
 from ddpm.data.labels import load_labels
 from ddpm.model.unet import UNet, UNetConfig, preset
 from ddpm.runs.config import TrainConfig
@@ -190,7 +191,7 @@ def test_npy_has_no_labels(tmp_path):
 
 
 def test_embedded_digits_carry_their_labels():
-    from ddpm.data.datasets import sklearn_digits_split
+    from ddpm.data.embedded import sklearn_digits_split
     labels, names = load_labels(DataConfig(source="sklearn-digits", image_size=8, split="test", class_cond=True))
     assert names == DIGIT_CLASSES and torch.equal(labels, sklearn_digits_split("test")[1])
 

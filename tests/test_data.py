@@ -10,13 +10,11 @@ from ddpm.data.datasets import (
     DataConfig,
     DataError,
     check_image_size,
-    digits_split,
-    digits_split_indices,
     load_images,
-    sklearn_digits_split,
     to_model_range,
     to_uint8,
 )
+from ddpm.data.embedded import digits_split, digits_split_indices, sklearn_digits_split
 
 # ------------------------------------------------------------------------------------------ embedded digits
 
@@ -337,7 +335,7 @@ def test_native_shape_of_array_files_from_their_header(tmp_path, shape, expected
     a = np.zeros(shape, np.uint8)
     path = tmp_path / f"a.{save[:3]}"
     {"npy": np.save, "npz": lambda p, x: np.savez(p, images=x), "npz_compressed": np.savez_compressed}[save](path, a)
-    from ddpm.data import datasets as data
+    from ddpm.data import files as data
     # the shape comes from the header: the data itself is read once, later, by load_images
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda *a: pytest.fail("read the array"))
     assert data.native_shape(path) == expected
@@ -348,7 +346,7 @@ def test_an_npz_member_without_the_npy_suffix_is_read(tmp_path):
     import io
     import zipfile
 
-    from ddpm.data import datasets as data
+    from ddpm.data import files as data
     buf = io.BytesIO()
     np.save(buf, np.zeros((5, 8, 8, 3), np.uint8))
     with zipfile.ZipFile(tmp_path / "x.npz", "w") as z:

@@ -23,7 +23,16 @@ from ddpm.core.editing import (
 from ddpm.core.respace import timestep_sequence
 from ddpm.core.samplers import PerSampleNoise
 from ddpm.core.schedule import ScheduleConfig, make_schedule
-from ddpm.sampling.edit import ImageError, edit, fit_images, fit_mask, half_mask, inpaint, noised, read_picture
+from ddpm.sampling.edit import (
+    ImageError,
+    edit,
+    fit_images,
+    fit_mask,
+    half_mask,
+    inpaint,
+    noised,
+    read_picture,
+)
 from ddpm.sampling.generate import load_run
 
 T = 100
@@ -279,7 +288,7 @@ def run(tiny_run):
 
 
 def _digits(n=3):
-    from ddpm.data.datasets import sklearn_digits_split
+    from ddpm.data.embedded import sklearn_digits_split
     return sklearn_digits_split("test")[0][:n]
 
 

@@ -79,7 +79,7 @@ def test_load_samples_reads_an_npz(tmp_path):
 
 def test_load_samples_keeps_the_files_own_shape_when_asked(tmp_path):
     """Inception FID reads colour samples at their own size; the digit yardstick makes them grey 32x32."""
-    from ddpm.data.datasets import native_shape
+    from ddpm.data.files import native_shape
     from ddpm.runs.images import save_npz
     x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     save_npz(tmp_path / "samples.npz", x)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.data.datasets import digits_split
+from ddpm.data.embedded import digits_split
 from ddpm.evaluation import classifier as C
 from ddpm.evaluation import quality as Q
 

@@ -4,12 +4,11 @@ import socket
 
 import numpy as np
 import pytest
-import torch
+from conftest import TINY
 from PIL import Image
 
-from conftest import TINY
 from ddpm.cli.main import main
-from ddpm.data.datasets import sklearn_digits_split
+from ddpm.data.embedded import sklearn_digits_split
 from ddpm.web.page import DRAWN, Page, PageError, Update, class_choices, num_classes
 
 # gradio's queue estimates waiting times with pandas and trips pandas 3's deprecation warnings (nothing of ours)

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from ..core.samplers import SAMPLERS, steps_or_default
-from ..data.datasets import DIGIT_CLASSES, EMBEDDED, SPLITS, DataConfig, load_images, native_shape
+from ..data.datasets import EMBEDDED, DataConfig, load_images
+from ..data.embedded import DIGIT_CLASSES, SPLITS
+from ..data.files import native_shape
 from ..data.labels import load_labels
 from ..evaluation.fid import FidUnavailable, check_fid_available, run_fid
 from ..evaluation.reports import (

@@ -8,7 +8,13 @@ from ..core.respace import SPACINGS
 from ..core.samplers import SAMPLERS, steps_or_default
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS
-from ..sampling.generate import DEFAULT_GUIDANCE, class_labels, default_samples_dir, load_run, sample
+from ..sampling.generate import (
+    DEFAULT_GUIDANCE,
+    class_labels,
+    default_samples_dir,
+    load_run,
+    sample,
+)
 from .args import add_device_and_progress, at_least, non_negative_float
 from .errors import UserError, check_out_dir, check_steps, refuse_file_as_folder
 

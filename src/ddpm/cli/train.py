@@ -11,7 +11,9 @@ from pathlib import Path
 
 from ..core.diffusion import VARIANCE_TYPES
 from ..core.schedule import SCHEDULE_KINDS, ScheduleConfig
-from ..data.datasets import EMBEDDED, SPLITS, DataConfig, native_shape
+from ..data.datasets import EMBEDDED, DataConfig
+from ..data.embedded import SPLITS
+from ..data.files import native_shape
 from ..model.unet import PRESETS, UNetConfig, preset
 from ..runs.checkpoint import CheckpointError, latest_checkpoint
 from ..runs.config import LOSS_TYPES, LR_SCHEDULES, PRESET_RECIPES, TrainConfig

@@ -19,18 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import (
-    DIGIT_CLASSES,
-    EMBEDDED,
-    IMAGE_EXTENSIONS,
-    LABEL_KEYS,
-    DataConfig,
-    DataError,
-    _list_images,
-    _read_array,
-    digits_split,
-    sklearn_digits_split,
-)
+from .datasets import EMBEDDED, DataConfig, DataError
+from .embedded import DIGIT_CLASSES, digits_split, sklearn_digits_split
+from .files import IMAGE_EXTENSIONS, LABEL_KEYS, list_images, read_array
 
 __all__ = ["load_labels", "class_folders", "check_labels"]
 
@@ -49,7 +40,7 @@ def _folder_labels(folder: Path) -> tuple[np.ndarray, tuple[str, ...]]:
                         "put each class's images in a sub-folder named after the class")
     index = {name: k for k, name in enumerate(names)}
     labels = []
-    for p in _list_images(folder):
+    for p in list_images(folder):
         parts = p.relative_to(folder).parts
         if len(parts) == 1:
             raise DataError(f"{p}: sits in {folder} itself, outside the class sub-folders; move it into the "
@@ -95,7 +86,7 @@ def _array_labels(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     if path.suffix.lower() != ".npz":
         raise DataError(f"{path}: a {path.suffix or 'plain'} file holds images only; save images and labels together "
                         "with numpy.savez(path, images=images, y=labels)")
-    num_images = _read_array(path, header_only=True)[0]
+    num_images = read_array(path, header_only=True)[0]
     try:
         with np.load(path, allow_pickle=False) as loaded:
             key = next((k for k in LABEL_KEYS if k in loaded.files), None)

@@ -1,7 +1,7 @@
 """The digit classifier behind the sample-quality metrics of :mod:`ddpm.evaluation.quality`.
 
 A small CNN trained reproducibly (fixed seeds) on the embedded digits' train split
-(:func:`ddpm.data.datasets.digits_split`, 28x28 padded to 32x32, as the data module pads them), in well under a
+(:func:`ddpm.data.embedded.digits_split`, 28x28 padded to 32x32, as the data module pads them), in well under a
 minute on two CPU cores, and cached as safetensors under ``cache_dir()`` (``$DDPM_CACHE`` or
 ``~/.cache/ddpm``), keyed by a hash of its recipe and of the training data, written atomically.
 Its penultimate layer gives the features of the classifier FD and KID; its predictions the class histogram.
@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data.datasets import digits_split
+from ..data.embedded import digits_split
 from ..runtime.atomic import atomic_write_path
 
 __all__ = ["CACHE_ENV", "NUM_CLASSES", "IMAGE_SIZE", "cache_dir", "ClassifierRecipe", "DigitClassifier",

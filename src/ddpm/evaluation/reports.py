@@ -16,7 +16,8 @@ import torch
 
 from ..core.likelihood import calc_bpd_full, calc_bpd_quick
 from ..core.schedule import Schedule
-from ..data.datasets import LABEL_KEYS, DataConfig, load_images, native_shape, to_model_range
+from ..data.datasets import DataConfig, load_images, to_model_range
+from ..data.files import LABEL_KEYS, native_shape
 from ..runs.images import atomic_write_path
 from ..runtime.atomic import write_json_atomic
 from .quality import ClassifierRecipe, format_quality, quality_report

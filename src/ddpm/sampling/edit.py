@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..core.editing import Noised, noise_to, repaint_calls, repaint_sample, sdedit_sample
+from ..core.editing import (
+    Noised,
+    noise_to,
+    repaint_calls,
+    repaint_sample,
+    sdedit_sample,
+)
 from ..core.samplers import OnStep, PerSampleNoise
 from ..data.datasets import EMBEDDED, DataConfig, load_images, to_model_range, to_uint8
 from .generate import LoadedRun, Samples, model_fn, sample_seed
