@@ -8,8 +8,14 @@
     ddpm.edit(run, images, t)     SDEdit: noise to time t and denoise back (Samples)
     ddpm.inpaint(run, images, m)  RePaint: paint where the mask m is True, keep the rest (Samples)
     ddpm.TrainConfig              the run configuration
+
+Importing ddpm first sets its OpenMP spin default (``ddpm.runtime.threads``), before torch starts its threads.
 """
-from ._version import __version__
+from .runtime.threads import apply_default as _apply_thread_default
+
+_apply_thread_default()  # before anything imports torch: its OpenMP pool reads the policy once, when it starts
+
+from ._version import __version__  # noqa: E402
 from .runs.config import TrainConfig  # noqa: E402
 from .sampling.edit import edit, inpaint  # noqa: E402
 from .sampling.generate import generate, load_run, sample  # noqa: E402
