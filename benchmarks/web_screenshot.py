@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
     if webdriver is None:
         raise SystemExit("this script needs Selenium: pip install selenium")
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # Chromium writes no screenshot into a missing folder
     t0 = time.perf_counter()
     app = build_app(Page(args.run))
     _, url, _ = launch(app, block=False)
