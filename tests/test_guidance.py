@@ -17,14 +17,6 @@ from ddpm.core.samplers import SAMPLERS, Chain, PerSampleNoise, run_sampler
 from ddpm.core.schedule import ScheduleConfig, make_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 T = 100
 SCHED = make_schedule(ScheduleConfig(num_timesteps=T, beta_start=1e-3, beta_end=0.2))  # as in test_samplers
 S = 0.5          # the classes' standard deviation s

@@ -41,14 +41,6 @@ def with_chain(sampler_fn, *args, every, **kw):
     return sampler_fn(*args, on_step=chain, **kw), chain.frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids contention on a shared machine (10x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 T = 100
 # The paper's linear schedule rescaled to T = 100 steps (beta x 1000 / T, as improved-diffusion does), so that
 # abar_T = 2e-5 and x_T ~ N(0, I) is as good a start as with T = 1000.
