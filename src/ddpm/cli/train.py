@@ -121,6 +121,9 @@ def register(sub) -> None:
                    help=f"L_simple (eq. 14), L_vlb, or L_simple + lambda L_vlb (default: {d.loss})")
     p.add_argument("--hybrid-lambda", type=float, default=None,
                    help=f"lambda of the hybrid loss (default: {d.hybrid_lambda:g})")
+    p.add_argument("--min-snr-gamma", type=float, default=None, metavar="GAMMA",
+                   help="weigh L_simple by min(SNR_t, GAMMA) / SNR_t (Min-SNR, Hang et al. 2023; 5 in the paper); "
+                        "default: unweighted, eq. 14")
     p.add_argument("--variance", choices=VARIANCE_TYPES, default=None,
                    help=f"sigma_t^2: beta_t, beta~_t or learned (default: {d.variance})")
     p.add_argument("--importance-sampling", action="store_true", help="sample t by the history of L_vlb terms")
@@ -199,7 +202,8 @@ def config_from_args(args) -> TrainConfig:
     flat = {"run_dir": args.run_dir, "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "lr": args.lr, "warmup_steps": args.warmup_steps,
             "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "loss": args.loss,
-            "hybrid_lambda": args.hybrid_lambda, "variance": args.variance, "seed": args.seed,
+            "hybrid_lambda": args.hybrid_lambda, "min_snr_gamma": args.min_snr_gamma, "variance": args.variance,
+            "seed": args.seed,
             "log_every": args.log_every, "sample_every": args.sample_every, "checkpoint_every": args.checkpoint_every,
             "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
             "compile": args.compile, "label_dropout": args.label_dropout}

@@ -14,7 +14,8 @@ from .schedule import Schedule, extract
 
 __all__ = [
     "VARIANCE_TYPES", "q_sample", "q_posterior", "predict_x0_from_eps", "predict_eps_from_x0",
-    "model_variance", "split_model_output", "PMeanVariance", "p_mean_variance", "loss_simple", "sample_timesteps",
+    "model_variance", "split_model_output", "PMeanVariance", "p_mean_variance", "loss_simple", "min_snr_weights",
+    "sample_timesteps",
 ]
 
 #: sigma_t^2 choices: beta_t ("fixed-large"), beta~_t ("fixed-small"), or interpolated by the network
@@ -126,11 +127,29 @@ def sample_timesteps(batch_size: int, num_timesteps: int, generator: torch.Gener
     return torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
 
 
-def loss_simple(model_output: torch.Tensor, noise: torch.Tensor, variance: str = "fixed-large") -> torch.Tensor:
+def loss_simple(model_output: torch.Tensor, noise: torch.Tensor, variance: str = "fixed-large",
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """L_simple (eq. 14): mean over batch and pixels of ||eps - eps_theta(x_t, t)||^2, Algorithm 1 line 5.
 
     ``model_output`` is the network applied to x_t = q_sample(x0, t, noise); for learned-range only the
-    eps half enters this loss.
+    eps half enters this loss.  ``weights`` (B,), e.g. :func:`min_snr_weights`, weigh each sample's mean over its
+    pixels before the mean over the batch; None is the paper's unweighted L_simple.
     """
     eps = model_output[:, : noise.shape[1]] if variance == "learned-range" else model_output
-    return F.mse_loss(eps.float(), noise.float())
+    if weights is None:
+        return F.mse_loss(eps.float(), noise.float())
+    per_sample = (eps.float() - noise.float()).square().flatten(1).mean(1)
+    return (weights.to(per_sample) * per_sample).mean()
+
+
+def min_snr_weights(schedule: Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for eps-prediction (Hang et al. 2023, eq. 9 with eps as the target):
+    w_t = min(SNR_t, gamma) / SNR_t with SNR_t = abar_t / (1 - abar_t), float32 (B,).
+
+    The weight is 1 where the noise dominates (SNR_t <= gamma, most of the T steps) and gamma / SNR_t < 1 at the
+    few low-noise steps whose easy, conflicting gradients the paper found to slow training down."""
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    abar = schedule.alpha_bars.to(t.device)[t]
+    snr = abar / (1.0 - abar)
+    return (snr.clamp(max=gamma) / snr).float()

@@ -43,6 +43,7 @@ class TrainConfig:
     loss: str = "simple"
     variance: str = "fixed-large"
     hybrid_lambda: float = 0.001
+    min_snr_gamma: float | None = None  # L_simple weighted by min(SNR_t, gamma) / SNR_t (Hang et al. 2023)
     importance_sampling: bool = False
     label_dropout: float = 0.1  # class-conditional runs: P(label -> "no class") per training image
     # optimisation
@@ -95,6 +96,9 @@ class TrainConfig:
         for name in ("warmup_steps", "weight_decay", "hybrid_lambda", "preview_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_snr_gamma is not None and (self.loss != "simple" or not self.min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma {self.min_snr_gamma}: Min-SNR weighting takes a gamma > 0 and weighs "
+                             f"L_simple (loss simple), not loss {self.loss}")
         if self.variance == "learned-range" and self.loss == "simple":
             raise ValueError("variance learned-range needs loss hybrid or vlb: L_simple never trains the variance "
                              "outputs (Nichol & Dhariwal 2021, Sec. 3.1); pass --loss hybrid")

@@ -123,7 +123,8 @@ def unet_config_from_diffusers(config: dict, where, image_size: int | None = Non
     rows = c["num_class_embeds"]
     if rows is not None and (num_classes is None or rows != num_classes + 1):
         refuse("num_class_embeds", "a class embedding whose rows ddpm cannot place; ddpm reads the class-conditional "
-                                   "networks that ddpm export wrote (with ddpm_config.json: K classes, then 'no class')")
+                                   "networks that ddpm export wrote (with ddpm_config.json: K classes, then "
+                                   "'no class')")
     widths = c["block_out_channels"]
     if not isinstance(widths, (list, tuple)) or not widths or any(not isinstance(w, int) or w < 1 for w in widths):
         refuse("block_out_channels", "expected a list of positive widths")

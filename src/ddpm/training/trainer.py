@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..core.diffusion import loss_simple, q_sample, sample_timesteps
+from ..core.diffusion import loss_simple, min_snr_weights, q_sample, sample_timesteps
 from ..core.likelihood import TrainingVLB
 from ..core.schedule import make_schedule
 from ..data import datasets as data_mod
@@ -277,7 +277,9 @@ class Trainer:
         with self._autocast():
             out = self._network(x_t, t) if y is None else self._network(x_t, t, y)
         if self.vlb is None:
-            return loss_simple(out, noise, self.config.variance)
+            gamma = self.config.min_snr_gamma
+            return loss_simple(out, noise, self.config.variance,
+                               None if gamma is None else min_snr_weights(self.schedule, t, gamma))
         return self.vlb.loss(out.float(), noise, x0, x_t, t, weights)
 
     def accumulate_gradients(self) -> torch.Tensor:
