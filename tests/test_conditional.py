@@ -335,6 +335,15 @@ def test_tiny_conditional_run_end_to_end(cond_run, tmp_path, capsys):
     assert main(["sample", str(cond_run), "--classes", "0,3", "-n", "3", "--sampler", "ddim", "--steps", "2",
                  "--no-progress", "--out", str(tmp_path / "turns")]) == 0
     assert np.load(tmp_path / "turns" / "samples.npz")["labels"].tolist() == [0, 3, 0]
+    # guidance in an interval of t: recorded, and the same images as generate() draws with it
+    assert main(["sample", str(cond_run), "--class", "2", "-n", "2", "--guidance", "3", "--guidance-interval", "5-15",
+                 "--sampler", "ddim", "--steps", "4", "--no-progress", "--out", str(tmp_path / "interval")]) == 0
+    record = json.loads((tmp_path / "interval" / "samples.json").read_text())
+    assert record["guidance_interval"] == [5, 15] and record["guidance"] == 3.0
+    from ddpm.sampling.generate import generate, load_run
+    want = generate(load_run(cond_run), 2, seed=record["seed"], sampler="ddim", steps=4, labels=2, guidance=3.0,
+                    guidance_interval=(5, 15), progress=False).images
+    assert np.array_equal(np.load(tmp_path / "interval" / "samples.npz")["images"], want.permute(0, 2, 3, 1).numpy())
 
 
 def test_eval_of_a_conditional_run(cond_run, tmp_path, capsys):
@@ -370,6 +379,10 @@ def plain_run(tmp_path_factory):
     (["eval", "nll", "PLAIN", "--class-cond"], ["unconditional run", "drop --class-cond"]),
     (["eval", "quality", "PLAIN", "--guidance", "1", "--steps", "2"], ["unconditional run", "drop --guidance"]),
     (["sample", "COND", "--guidance", "2"], ["--guidance 2", "add --class"]),
+    (["sample", "COND", "--class", "1", "--guidance-interval", "2-9"], ["--guidance-interval 2-9", "add --guidance"]),
+    (["sample", "COND", "--class", "1", "--guidance", "1", "--guidance-interval", "5-30"], ["t = 1..20"]),
+    (["eval", "quality", "COND", "--steps", "2", "--guidance-interval", "2-9"],
+     ["--guidance-interval 2-9", "add --guidance"]),
     (["sample", "COND", "--class", "11"], ["--class 11", "its classes are 0, 1"]),
     (["sample", "COND", "--per-class", "2", "-n", "5"], ["--per-class 2", "drop -n"]),
     (["sample", "COND", "--class", "1", "--chain", "9", "-n", "4"], ["--chain 9"]),

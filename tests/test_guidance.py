@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.core.guidance import check_guidance, guidance_combine, guided_model
+from ddpm.core.guidance import (
+    check_guidance,
+    check_interval,
+    guidance_combine,
+    guided_model,
+)
 from ddpm.core.respace import timestep_sequence
 from ddpm.core.samplers import SAMPLERS, Chain, PerSampleNoise, run_sampler
 from ddpm.core.schedule import ScheduleConfig, make_schedule
-
 
 T = 100
 SCHED = make_schedule(ScheduleConfig(num_timesteps=T, beta_start=1e-3, beta_end=0.2))  # as in test_samplers
@@ -79,6 +83,31 @@ def test_guided_model_is_one_forward_on_the_doubled_batch():
     calls.clear()
     assert torch.equal(guided_model(net, labels, 0.0, null_label=9)(x, t), net(x, t, labels))
     assert len(calls) == 2 and calls[0][0].shape[0] == 3          # w = 0: one pass on the batch as it is
+
+
+def test_guidance_in_an_interval_guides_only_there_at_the_price_of_one_pass_elsewhere():
+    calls = []
+
+    def net(x, t, y):
+        calls.append(x.shape[0])
+        return x * (1 + y.float()).reshape(-1, 1, 1, 1) + t.float().reshape(-1, 1, 1, 1)
+
+    x, labels = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 4])
+    everywhere = guided_model(net, labels, 2.0, null_label=9)
+    inside = guided_model(net, labels, 2.0, null_label=9, interval=(10, 20))
+    for step, guided in ((10, True), (15, True), (20, True), (9, False), (21, False)):
+        t = torch.full((3,), step)
+        calls.clear()
+        want = everywhere(x, t) if guided else net(x, t, labels)
+        calls.clear()
+        assert torch.equal(inside(x, t), want)
+        assert calls == ([6] if guided else [3])                 # outside: one pass of the batch, not the double
+    t = torch.tensor([5, 15, 25])                                 # samples at different t: each as its t says
+    mixed = inside(x, t)
+    assert torch.equal(mixed[1], everywhere(x, t)[1]) and torch.equal(mixed[[0, 2]], net(x, t, labels)[[0, 2]])
+    for bad in ((5, 4), (-1, 3), (0, 100)):
+        with pytest.raises(ValueError, match="guidance interval"):
+            check_interval(bad, 100)
 
 
 def test_a_no_class_label_is_drawn_unguided():

@@ -29,6 +29,16 @@ def int_list(value: str) -> tuple[int, ...]:
     return out
 
 
+def t_range(value: str) -> tuple[int, int]:
+    """An argparse type: two whole numbers LO-HI (or LO,HI), a range of the paper's t."""
+    parts = value.replace(",", "-").split("-")
+    try:
+        lo, hi = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI, two whole numbers, e.g. 100-700; got {value!r}") from None
+    return lo, hi
+
+
 def positive_float(value: str) -> float:
     """An argparse type: a number > 0."""
     try:

@@ -7,7 +7,8 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["UserError", "checked", "check_steps", "refuse_file_as_folder", "check_out_dir", "one_line_warning"]
+__all__ = ["UserError", "checked", "check_steps", "check_guidance_interval",
+           "refuse_file_as_folder", "check_out_dir", "one_line_warning"]
 
 
 class UserError(Exception):
@@ -21,6 +22,18 @@ def check_steps(steps: int | None, run, given: bool = True) -> None:
     if steps is not None and not 1 <= steps <= T:
         what = f"got {steps}" if given else f"the sampler's default is {steps}; pass --steps {T} or fewer"
         raise UserError(f"--steps must lie in [1, {T}] (the run's T), {what}")
+
+
+def check_guidance_interval(interval, guidance, run) -> None:
+    """Refuse ``--guidance-interval LO-HI`` without a guidance weight w > 0, or outside 1..T of ``run``."""
+    if interval is None:
+        return
+    lo, hi = interval
+    if not guidance:
+        raise UserError(f"--guidance-interval {lo}-{hi} says where to guide; add --guidance W with W > 0")
+    T = run.schedule.num_timesteps
+    if not 1 <= lo <= hi <= T:
+        raise UserError(f"--guidance-interval {lo}-{hi} must lie within the run's t = 1..{T}, its start first")
 
 
 def checked(build, where, flags=()):

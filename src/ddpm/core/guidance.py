@@ -19,6 +19,12 @@ sampler (Algorithm 2, respaced DDPM, DDIM, DPM-Solver++) guides without knowing 
 conditional and the unconditional pass as **one** forward of the network on the batch doubled
 (concat([x, x]), labels concat([y, no class])), then splits the output; with w = 0 it makes one pass on the
 batch as it is.  Pure tensor functions: no network, no schedule.
+
+**Guidance in an interval** (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval improves sample and
+distribution quality"): ``interval=(lo, hi)`` guides only the steps whose 0-based time index lies in lo..hi and
+makes the plain conditional pass elsewhere, so a step outside costs one pass of the batch, not of twice the batch.
+They found guidance at the noisiest steps to cost variety (every sample driven to the same few modes early) and
+at the last steps to do little; a middle interval kept most of its benefit.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["LabelledModelFn", "guidance_combine", "guided_model", "check_guidance"]
+__all__ = ["LabelledModelFn", "guidance_combine", "guided_model", "check_guidance", "check_interval"]
 
 #: a labelled noise predictor f(x_t, t, y) -> output: y (B,) int64 labels, "no class" included
 LabelledModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,6 +46,18 @@ def check_guidance(w: float) -> float:
     return w
 
 
+def check_interval(interval, num_timesteps: int) -> tuple[int, int] | None:
+    """``interval`` (lo, hi) of 0-based time indices as ints with 0 <= lo <= hi < num_timesteps (ValueError
+    otherwise); None stays None (guidance at every step)."""
+    if interval is None:
+        return None
+    lo, hi = (int(v) for v in interval)
+    if not 0 <= lo <= hi < num_timesteps:
+        raise ValueError(f"guidance interval {lo}..{hi} (0-based time indices) must lie within 0..{num_timesteps - 1} "
+                         "with its start no later than its end")
+    return lo, hi
+
+
 def guidance_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> torch.Tensor:
     """eps~ = (1 + w) eps_cond - w eps_uncond (Ho & Salimans 2022, eq. 6); w = 0 returns eps_cond."""
     if w == 0:
@@ -48,7 +66,8 @@ def guidance_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float)
 
 
 def guided_model(model: LabelledModelFn, labels: torch.Tensor, w: float, null_label: int,
-                 eps_channels: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                 eps_channels: int | None = None, interval: tuple[int, int] | None = None
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``model(x, t)`` for the samplers: the guided prediction eps~ of :func:`guidance_combine` for the (B,) class
     ``labels`` of the batch (sample k has label ``labels[k]``; a sample labelled ``null_label`` is drawn from the
     unconditional model, since eps~ = eps_u for it).
@@ -57,6 +76,8 @@ def guided_model(model: LabelledModelFn, labels: torch.Tensor, w: float, null_la
     conditional half and the unconditional half.  w = 0: one call ``model(x, t, labels)``.
     eps_channels: how many leading output channels are eps (None: all).  The other channels (a learned variance,
     Nichol & Dhariwal 2021) are not mixed; they come from the conditional pass, as GLIDE does.
+    interval: (lo, hi), 0-based time indices: guide only where lo <= t <= hi; elsewhere the conditional pass alone
+    (a batch whose samples stand at different t is guided where each sample's t says).
     """
     w = check_guidance(w)
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -67,7 +88,7 @@ def guided_model(model: LabelledModelFn, labels: torch.Tensor, w: float, null_la
     if w == 0:
         return conditional
 
-    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def guided_everywhere(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         y = labels.to(x.device)
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
@@ -76,4 +97,17 @@ def guided_model(model: LabelledModelFn, labels: torch.Tensor, w: float, null_la
         eps = guidance_combine(cond[:, :c], uncond[:, :c], w)
         return eps if c == cond.shape[1] else torch.cat([eps, cond[:, c:]], dim=1)
 
-    return guided
+    if interval is None:
+        return guided_everywhere
+    lo, hi = interval
+
+    def guided_in_interval(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        inside = (t >= lo) & (t <= hi)
+        if not bool(inside.any()):
+            return conditional(x, t)
+        out = guided_everywhere(x, t)
+        if bool(inside.all()):
+            return out
+        return torch.where(inside.view(-1, *[1] * (x.ndim - 1)), out, conditional(x, t))
+
+    return guided_in_interval

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..core.guidance import check_guidance, guided_model
+from ..core.guidance import check_guidance, check_interval, guided_model
 from ..core.samplers import (
     DEFAULT_SPACING,
     Chain,
@@ -194,7 +194,8 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
              steps: int | None = None, eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True,
              progress: bool = True, chain_samples: int = 0, chain_every: int | None = None,
              cuda_graph: bool = False, precision: str = "auto", on_step: OnStep | None = None,
-             labels=None, guidance: float = DEFAULT_GUIDANCE, **sampler_kw) -> Samples:
+             labels=None, guidance: float = DEFAULT_GUIDANCE, guidance_interval: tuple[int, int] | None = None,
+             **sampler_kw) -> Samples:
     """Draw ``n`` samples; returns :class:`Samples` (the uint8 images, and the chain of the first
     ``chain_samples`` of them, one frame every ``chain_every`` steps, by default a tenth of the steps).
     ``cuda_graph``: replay the network from CUDA graphs (:class:`ddpm.model.cudagraph.GraphedNetwork`; CUDA
@@ -206,9 +207,17 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     ``labels[k]``, whatever the batch size; :func:`class_labels` builds them), and ``guidance``, the weight w of
     classifier-free guidance, eps~ = (1 + w) eps(x, t, y) - w eps(x, t) (:mod:`ddpm.core.guidance`; w = 0 is
     purely conditional, w > 0 costs one forward pass of twice the batch per step).  ``labels=None`` draws from
-    the run's unconditional model.  The labels come back in ``Samples.labels``."""
+    the run's unconditional model.  The labels come back in ``Samples.labels``.  ``guidance_interval``: (lo, hi)
+    in the paper's t (1..T): guide only those steps, the conditional pass alone elsewhere (Kynkäänniemi et al. 2024;
+    the steps outside cost one pass of the batch); None guides every step."""
     cfg = run.config
     y_all = resolve_labels(run, n, labels, guidance)
+    interval = None
+    if guidance_interval is not None:
+        if not guidance:
+            raise ValueError("a guidance interval needs a guidance weight w > 0 to apply in it")
+        lo, hi = guidance_interval
+        interval = check_interval((int(lo) - 1, int(hi) - 1), cfg.schedule.num_timesteps)  # 0-based indices
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     variance = variance or cfg.variance
     if cuda_graph:
@@ -224,7 +233,7 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
         noise = PerSampleNoise([sample_seed(seed, k) for k in idx], run.device)
         model = f if y_all is None else guided_model(f, y_all[start:start + len(idx)].to(run.device), guidance,
                                                      null_label=cfg.model.num_classes,
-                                                     eps_channels=cfg.model.in_channels)
+                                                     eps_channels=cfg.model.in_channels, interval=interval)
         observers = [on_step] if on_step is not None else []
         if start < chain_samples:  # the chain's samples may span several batches
             chains.append(Chain(chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10),
@@ -260,7 +269,7 @@ def _all_of(observers: list) -> OnStep | None:
 
 #: the keyword arguments of :func:`generate` that decide which images come out
 SAMPLING_SETTINGS = ("seed", "sampler", "steps", "eta", "spacing", "variance", "clip_denoised", "precision", "labels",
-                     "guidance")
+                     "guidance", "guidance_interval")
 
 
 def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
@@ -279,6 +288,8 @@ def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
     labels = resolve_labels(run, n, settings["labels"], settings["guidance"])
     settings["labels"] = None if labels is None else labels.tolist()  # one per sample: the same images again
     settings["guidance"] = float(settings["guidance"])
+    if settings["guidance_interval"] is not None:
+        settings["guidance_interval"] = [int(v) for v in settings["guidance_interval"]]
     return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "device": run.device.type,
             "n": n, **settings}
 
