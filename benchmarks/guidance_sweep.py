@@ -55,6 +55,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
+    p.add_argument("--intervals", nargs="*", default=[], metavar="LO-HI",
+                   help="also guide only in these ranges of the paper's t (Kynkaanniemi et al. 2024), one row each")
+    p.add_argument("--interval-guidance", type=float, nargs="+", default=[2.0], metavar="W",
+                   help="the weights w of the interval rows (default: 2)")
     p.add_argument("--no-timing", action="store_true", help="skip the time-per-step measurement")
     p.add_argument("--time-batch", type=int, default=64, help="batch of the timing (default: %(default)s)")
     p.add_argument("--time-steps", type=int, default=10, help="sampler steps per timed call (default: %(default)s)")
@@ -84,6 +88,11 @@ def _two_pass_guided(f, labels: torch.Tensor, w: float, null: int):
     return model
 
 
+def _interval(text: str) -> tuple[int, int]:
+    lo, hi = (int(v) for v in text.replace(",", "-").split("-"))
+    return lo, hi
+
+
 def time_per_step(run, uncond, args) -> dict:
     """Seconds per sampler step at batch ``time_batch``: guided (one doubled pass), conditional (w = 0), the
     unconditional run, and guided as two passes; round-robin, median of ``time_repeats`` rounds."""
@@ -100,6 +109,10 @@ def time_per_step(run, uncond, args) -> dict:
         "conditional w=0 (one pass)": guided_model(f, labels, 0.0, null, cfg.in_channels),
         "guided w=1 (two passes)": _two_pass_guided(f, labels, 1.0, null),
     }
+    for text in args.intervals:  # the share of the timed sampler's steps inside sets the cost
+        lo, hi = _interval(text)
+        cases[f"guided w=1 in t {lo}-{hi}"] = guided_model(f, labels, 1.0, null, cfg.in_channels,
+                                                           interval=(lo - 1, hi - 1))
     if uncond is not None:
         cases["unconditional run"] = model_fn(uncond.model, uncond.device, "fp32")
 
@@ -180,6 +193,15 @@ def main(argv=None) -> None:
                               floor=not rows)}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "per_class"}), flush=True)
+    for text in args.intervals:
+        lo, hi = _interval(text)
+        for w in args.interval_guidance:
+            t0 = time.perf_counter()
+            drawn = generate(run, args.n, labels=labels, guidance=w, guidance_interval=(lo, hi), **kw)
+            rows.append({"w_interval": w, "interval": [lo, hi],
+                         **_row(f"w={w:g}, t in {lo}-{hi}", drawn.images, drawn.labels, classifier,
+                                time.perf_counter() - t0, floor=False)})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_class"}), flush=True)
     t0 = time.perf_counter()
     rows.append(_row("no class", generate(run, args.n, **kw).images, None, classifier, time.perf_counter() - t0,
                      floor=False))
