@@ -3,13 +3,16 @@
 For each policy a fresh child process (the policy is read when torch's OpenMP runtime starts, so it cannot change
 inside one process) times the digits preset's training step (batch 64, the Trainer itself) and one step of
 Algorithm 2's loop (batch 64), first on the idle machine, then with a neighbour: a one-thread busy loop this script
-starts beside it (a second program on a 2-core laptop).  It prints steps/s idle and busy, the slowdown busy/idle,
-and each policy's idle speed relative to torch's own default.
+starts beside it (a second program on a 2-core laptop).  The spin and two-thread policies run with the thread count
+fixed at 2 (DDPM_THREADS=2), so that only their OpenMP setting differs.  It prints steps/s idle and busy, the
+slowdown busy/idle, and each policy's idle speed relative to torch's own default.
 
     python benchmarks/busy_machine.py                       # every policy, 20 s per measurement
     python benchmarks/busy_machine.py --policies ddpm,torch --seconds 30
 
-Policies: ``ddpm`` is what the library sets on import when the user sets nothing (runtime/threads.py);
+Policies: ``ddpm`` is what the library does when the user sets nothing: the spin count of runtime/threads.py
+and the thread governor of runtime/governor.py (the thread count follows the cores the neighbour leaves free);
+``fixed-2`` is the same spin count with two threads throughout (DDPM_THREADS=2);
 ``torch`` is libgomp's own default (GOMP_SPINCOUNT 300000, active spinning); ``passive`` is
 OMP_WAIT_POLICY=PASSIVE; ``one-thread`` is OMP_NUM_THREADS=1; ``spinN`` is GOMP_SPINCOUNT=N.
 """
@@ -27,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 POLICIES = {
     "ddpm": {},
-    "torch": {"GOMP_SPINCOUNT": "300000"},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "fixed-2": {"DDPM_THREADS": "2"},
+    "torch": {"GOMP_SPINCOUNT": "300000", "DDPM_THREADS": "2"},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE", "DDPM_THREADS": "2"},
     "one-thread": {"OMP_NUM_THREADS": "1"},
-    "spin1000": {"GOMP_SPINCOUNT": "1000"},
-    "spin10000": {"GOMP_SPINCOUNT": "10000"},
-    "spin30000": {"GOMP_SPINCOUNT": "30000"},
-    "spin100000": {"GOMP_SPINCOUNT": "100000"},
+    "spin1000": {"GOMP_SPINCOUNT": "1000", "DDPM_THREADS": "2"},
+    "spin10000": {"GOMP_SPINCOUNT": "10000", "DDPM_THREADS": "2"},
+    "spin30000": {"GOMP_SPINCOUNT": "30000", "DDPM_THREADS": "2"},
+    "spin100000": {"GOMP_SPINCOUNT": "100000", "DDPM_THREADS": "2"},
 }
 #: variables a policy may set; every child starts with none of them, then gets its policy's
 POLICY_VARS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "DDPM_THREADS")
@@ -46,22 +50,27 @@ def child(seconds: float) -> None:
     import torch
 
     from ddpm.core.diffusion import p_mean_variance
+    from ddpm.runtime.governor import governor_for
     from ddpm.runs.config import TrainConfig
     from ddpm.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(TrainConfig.for_preset("digits", run_dir=f"{tmp}/run", device="cpu", progress=False))
-        out = {"threads": torch.get_num_threads(), "spincount": os.environ.get("GOMP_SPINCOUNT"),
+        out = {"threads_at_start": torch.get_num_threads(), "spincount": os.environ.get("GOMP_SPINCOUNT"),
                "wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         out["train_steps_per_s"] = _rate(trainer.train_step, seconds)
         model = trainer.ema.to(memory_format=torch.channels_last)
         x = torch.randn(64, 1, 32, 32).contiguous(memory_format=torch.channels_last)
         t = torch.full((64,), 500)
 
+        threads = governor_for("cpu")  # what ddpm's samplers call before every network call
+
         @torch.inference_mode()
         def sampling_step():
+            threads.tick()
             p_mean_variance(trainer.schedule, model(x, t), x, t, variance="fixed-large", clip_denoised=True)
         out["sample_steps_per_s"] = _rate(sampling_step, seconds)
+        out["threads_at_end"] = torch.get_num_threads()
         trainer.close()
     print(json.dumps(out), flush=True)
 
@@ -114,12 +123,12 @@ def main() -> None:
         print(f"{policy}: idle {idle}, busy {busy}", file=sys.stderr, flush=True)
     base = results.get("torch", next(iter(results.values())))[0]
     for policy, (idle, busy) in results.items():
-        row = [policy, str(idle["threads"])]
+        row = [policy, f"{idle['threads_at_end']} / {busy['threads_at_end']}"]
         for key in ("train_steps_per_s", "sample_steps_per_s"):
             row += [f"{idle[key]:.2f}", f"{busy[key]:.2f}", f"{idle[key] / busy[key]:.2f}x",
                     f"{idle[key] / base[key]:.2f}"]
         rows.append(row)
-    print(format_table(["policy", "threads", "train idle", "train busy", "slowdown", "idle vs torch",
+    print(format_table(["policy", "threads idle / busy", "train idle", "train busy", "slowdown", "idle vs torch",
                         "sample idle", "sample busy", "slowdown", "idle vs torch"], rows))
 
 

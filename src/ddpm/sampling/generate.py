@@ -47,6 +47,7 @@ from ..runs.images import (
 )
 from ..runtime.atomic import write_json_atomic
 from ..runtime.distributed import resolve_device
+from ..runtime.governor import governor_for
 from ..runtime.precision import SAMPLING_PRECISIONS, autocast_dtype, check_precision
 
 __all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class_labels", "resolve_labels", "generate",
@@ -125,11 +126,14 @@ def model_fn(model: torch.nn.Module, device: torch.device, precision: str = "aut
     """Wrap a network as ``f(x, t, y=None)``: inputs in the channels_last layout (faster convolutions on CPU and GPU
     alike), outputs float32; ``y``, class labels, is passed on to a conditional network (None: not passed).
     precision: "auto" (bf16 autocast on CUDA, float32 elsewhere), "fp32" or "bf16" (autocast on any device; on a
-    CPU with native bf16 it samples 1.2x faster, see docs/performance.md)."""
+    CPU with native bf16 it samples 1.2x faster, see docs/performance.md).  On the CPU each call first lets the
+    thread governor (:mod:`ddpm.runtime.governor`) fit the thread count to the cores other programs leave free."""
     dtype = _autocast_dtype(device, precision)
     ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    threads = governor_for(device)
 
     def f(x, t, y=None):
+        threads.tick()
         x = x.contiguous(memory_format=torch.channels_last)
         with ctx():
             return (model(x, t) if y is None else model(x, t, y)).float()

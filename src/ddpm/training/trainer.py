@@ -43,6 +43,7 @@ from ..runs.plots import plot_loss_curve
 from ..runs.rundir import lock_run_dir, read_metrics, tidy_run_dir
 from ..runtime import distributed
 from ..runtime.atomic import write_json_atomic
+from ..runtime.governor import governor_for
 from ..runtime.precision import auto_compile, autocast_dtype
 from .finetune import load_initial_weights
 from .log import TrainingLog
@@ -73,6 +74,7 @@ class Trainer:
         self.world = world if world is not None else distributed.setup(config.device)
         self._lock = None
         self.device = self.world.device
+        self.threads = governor_for(self.device)
         self.schedule = make_schedule(config.schedule)
         # refuse bad input before any work: data, image size vs the U-Net's downsampling
         data_mod.check_image_size(config.data.image_size, config.model.size_divisor)
@@ -301,6 +303,7 @@ class Trainer:
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
+        self.threads.tick()  # the thread count follows the cores other programs leave free (runtime/governor.py)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps)
         total = self._first_compiled_gradients() if self._compile_unproven else self.accumulate_gradients()
