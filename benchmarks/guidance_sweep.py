@@ -157,6 +157,10 @@ def plot(rows, uncond_fd, path, title):
     for r in guided:
         ax.annotate(f"w={r['w']:g}", (r["fd"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
+    for r in (r for r in rows if "w_interval" in r):
+        ax.plot(r["fd"], 100 * r["accuracy"], "*", color="C2", ms=10)
+        ax.annotate(f"w={r['w_interval']:g}, t {r['interval'][0]}-{r['interval'][1]}", (r["fd"], 100 * r["accuracy"]),
+                    textcoords="offset points", xytext=(5, -10), fontsize=8, color="C2")
     if uncond_fd is not None:
         ax.axvline(uncond_fd, color="grey", ls=":", label=f"unconditional run's FD ({uncond_fd:.2f})")
     ax.set_xlabel("classifier FD (lower is better)")

@@ -138,7 +138,7 @@ def _add_sampling_flags(p, default_n):
                    help="samples per batch when drawing from a run (default: %(default)s)")
     p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
                    help="class-conditional runs: guidance weight w of the samples drawn, every class in turn "
-                        f"(default: {DEFAULT_GUIDANCE:g}, purely conditional)")
+                        f"(default: {DEFAULT_GUIDANCE:g}; 0 is purely conditional)")
     p.add_argument("--guidance-interval", type=t_range, default=None, metavar="LO-HI",
                    help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
                         "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
@@ -173,7 +173,8 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         if names is None and args.guidance is not None:
             raise UserError(f"--guidance {args.guidance:g}: {src} is an unconditional run (trained without class "
                             "labels); drop --guidance")
-        check_guidance_interval(args.guidance_interval, args.guidance, run)
+        check_guidance_interval(args.guidance_interval,
+                                DEFAULT_GUIDANCE if args.guidance is None else args.guidance, run)
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
         labels = class_labels(len(names), args.num) if names is not None else None

@@ -328,7 +328,7 @@ class Page:
             labels = torch.full((n,), label, dtype=torch.long)
         else:
             raise PageError(f"class must be one of {', '.join(names)} (or any), got {label}")
-        w = float(guidance if guidance is not None else DEFAULT_GUIDANCE)
+        w = float(guidance if guidance is not None else DEFAULT_GUIDANCE)  # as generate() with labels
         if w < 0:
             raise PageError(f"guidance w must be >= 0 (0 is purely conditional), got {w:g}")
         return {"labels": labels, "guidance": w}
