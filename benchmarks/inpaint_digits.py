@@ -6,7 +6,9 @@ count how often the digit classifier (the one behind `ddpm eval quality`) still 
 Four rows, on the same digits and seeds: the real digits; the half-masked input alone (bottom half black); plain
 replacement (RePaint with --resample 1: the known pixels pasted in at every step, no jumps); RePaint with jumps
 (--jump-length, --resample).  Both painters run on the same respaced schedule of --steps levels (ancestral steps,
-as Algorithm 2 on the respaced betas).  The picture shows the first 16 digits in those four rows.
+as Algorithm 2 on the respaced betas).  The picture shows 16 of the digits, spread over them, in those four rows.
+The test split lists the digits class by class, so ``-n`` below 500 takes digits spread evenly over it (every
+class about equally often), not the first n.
 """
 from __future__ import annotations
 
@@ -29,14 +31,14 @@ def make_parser() -> argparse.ArgumentParser:
     """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run trained on the embedded digits (32x32)")
-    p.add_argument("-n", type=int, default=500, help="test digits, from the first (default: all 500)")
+    p.add_argument("-n", type=int, default=500, help="test digits, spread evenly over the 500 (default: all)")
     p.add_argument("--steps", type=int, default=100, help="levels of the respaced schedule (default: 100)")
     p.add_argument("--jump-length", type=int, default=5, help="RePaint's j (default: 5)")
     p.add_argument("--resample", type=int, default=5, help="RePaint's r (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="base seed of both painters (default: 0)")
     p.add_argument("--batch-size", type=int, default=100, help="digits per batch (default: 100)")
     p.add_argument("--out-json", default=None, help="also write the numbers here")
-    p.add_argument("--picture", default=None, help="write the picture of the first 16 digits here (PNG)")
+    p.add_argument("--picture", default=None, help="write the picture of 16 digits here (PNG)")
     return p
 
 
@@ -63,8 +65,9 @@ def picture(rows: list[tuple[str, torch.Tensor]], path: str, scale: int = 2) -> 
 def main(argv=None) -> dict:
     args = make_parser().parse_args(argv)
     run = load_run(args.run)
-    images = held_out(run, 0, args.n - 1)
-    labels = digits_split("test")[1][:args.n]
+    chosen = torch.linspace(0, 499, args.n).round().long()  # the split is ordered by class: spread the choice
+    images = held_out(run, 0, 499)[chosen]
+    labels = digits_split("test")[1][chosen]
     mask = half_mask("bottom", run.config.model.image_size)
     classifier, info = load_classifier()
     masked = torch.where(mask, torch.zeros_like(images), images)
@@ -92,7 +95,8 @@ def main(argv=None) -> dict:
         with open(args.out_json, "w") as f:
             json.dump(report, f, indent=2)
     if args.picture:
-        picture([(name, x[:16]) for name, (_, x, _) in results.items()], args.picture)
+        shown = torch.linspace(0, args.n - 1, min(16, args.n)).round().long()
+        picture([(name, x[shown]) for name, (_, x, _) in results.items()], args.picture)
         print(f"written: {args.picture}")
     return report
 
