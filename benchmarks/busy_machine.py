@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -103,33 +104,44 @@ def measure(policy: str, seconds: float, busy: bool) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated (default: all)")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per measurement (default: 20)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     if args.child:
         child(args.seconds)
         return
     from _common import format_table, machine
     print(machine())
-    rows, results = [], {}
+    runs: dict[str, list] = {}  # a policy named more than once is measured each time (interleaved) and averaged
     for policy in args.policies.split(","):
         idle = measure(policy, args.seconds, busy=False)
         busy = measure(policy, args.seconds, busy=True)
-        results[policy] = (idle, busy)
+        runs.setdefault(policy, []).append((idle, busy))
         print(f"{policy}: idle {idle}, busy {busy}", file=sys.stderr, flush=True)
-    base = results.get("torch", next(iter(results.values())))[0]
-    for policy, (idle, busy) in results.items():
-        row = [policy, f"{idle['threads_at_end']} / {busy['threads_at_end']}"]
+
+    def mean(policy, which, key):
+        return statistics.mean(run[which][key] for run in runs[policy])
+
+    base = "torch" if "torch" in runs else next(iter(runs))
+    rows = []
+    for policy, measured in runs.items():
+        idle, busy = measured[-1]
+        row = [policy, f"{idle['threads_at_end']} / {busy['threads_at_end']}", str(len(measured))]
         for key in ("train_steps_per_s", "sample_steps_per_s"):
-            row += [f"{idle[key]:.2f}", f"{busy[key]:.2f}", f"{idle[key] / busy[key]:.2f}x",
-                    f"{idle[key] / base[key]:.2f}"]
+            i, b = mean(policy, 0, key), mean(policy, 1, key)
+            row += [f"{i:.2f}", f"{b:.2f}", f"{i / b:.2f}x", f"{i / mean(base, 0, key):.2f}"]
         rows.append(row)
-    print(format_table(["policy", "threads idle / busy", "train idle", "train busy", "slowdown", "idle vs torch",
-                        "sample idle", "sample busy", "slowdown", "idle vs torch"], rows))
+    print(format_table(["policy", "threads idle / busy", "runs", "train idle", "train busy", "slowdown", "idle vs " + base,
+                        "sample idle", "sample busy", "slowdown", "idle vs " + base], rows))
 
 
 if __name__ == "__main__":
