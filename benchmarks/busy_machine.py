@@ -51,8 +51,8 @@ def child(seconds: float) -> None:
     import torch
 
     from ddpm.core.diffusion import p_mean_variance
-    from ddpm.runtime.governor import governor_for
     from ddpm.runs.config import TrainConfig
+    from ddpm.runtime.governor import governor_for
     from ddpm.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
