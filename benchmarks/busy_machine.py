@@ -140,7 +140,8 @@ def main() -> None:
             i, b = mean(policy, 0, key), mean(policy, 1, key)
             row += [f"{i:.2f}", f"{b:.2f}", f"{i / b:.2f}x", f"{i / mean(base, 0, key):.2f}"]
         rows.append(row)
-    print(format_table(["policy", "threads idle / busy", "runs", "train idle", "train busy", "slowdown", "idle vs " + base,
+    print(format_table(["policy", "threads idle / busy", "runs", "train idle", "train busy", "slowdown",
+                        "idle vs " + base,
                         "sample idle", "sample busy", "slowdown", "idle vs " + base], rows))
 
 
