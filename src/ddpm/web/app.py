@@ -122,6 +122,18 @@ def build_app(page: Page):
     canvas = (8 * size, 8 * size)
     k = num_classes(page.run)
 
+    def picture_input(label: str, brush: str, prefix: str):
+        """A picture to upload or draw on (with a brush of one colour), and the row that loads a held-out digit into
+        it: (editor, digit number, load button), their element ids starting with ``prefix``."""
+        editor = gr.ImageEditor(label=label, type="numpy", image_mode="RGBA", format="png",
+                                sources=["upload", "clipboard"], canvas_size=canvas, layers=False, transforms=(),
+                                brush=gr.Brush(colors=[brush], color_mode="fixed", default_size=max(2, size // 2)),
+                                elem_id=f"{prefix}-in")
+        with gr.Row():
+            index = gr.Number(0, precision=0, label="Held-out digit #", minimum=0)
+            load = gr.Button("Load held-out digit", elem_id=f"{prefix}-load")
+        return editor, index, load
+
     def progress_of(progress, update):
         progress((update.done, update.total), desc=update.text)
 
@@ -208,15 +220,8 @@ def build_app(page: Page):
                         "Meng et al. 2022): the larger t, the more the model redraws.")
             with gr.Row():
                 with gr.Column(scale=1):
-                    fwd_in = gr.ImageEditor(label=f"Picture ({size}x{size}, or {canvas[0]}x{canvas[1]} drawn)",
-                                            type="numpy", image_mode="RGBA", format="png",
-                                            sources=["upload", "clipboard"], canvas_size=canvas, layers=False,
-                                            transforms=(), brush=gr.Brush(colors=["#ffffff"], color_mode="fixed",
-                                                                          default_size=max(2, size // 2)),
-                                            elem_id="fwd-in")
-                    with gr.Row():
-                        fwd_index = gr.Number(0, precision=0, label="Held-out digit #", minimum=0)
-                        fwd_load = gr.Button("Load held-out digit", elem_id="fwd-load")
+                    fwd_in, fwd_index, fwd_load = picture_input(
+                        f"Picture ({size}x{size}, or {canvas[0]}x{canvas[1]} drawn)", "#ffffff", "fwd")
                 with gr.Column(scale=2):
                     t = gr.Slider(0, T, value=T // 4, step=1, label="t", elem_id="fwd-t")
                     fwd_seed = gr.Number(0, precision=0, label="Seed (of eps and of the denoising)")
@@ -246,15 +251,7 @@ def build_app(page: Page):
                         "al. 2022).")
             with gr.Row():
                 with gr.Column(scale=1):
-                    inp_in = gr.ImageEditor(label="Picture; paint the part to fill", type="numpy",
-                                            image_mode="RGBA", format="png", sources=["upload", "clipboard"],
-                                            canvas_size=canvas, layers=False, transforms=(),
-                                            brush=gr.Brush(colors=["#ff3030"], color_mode="fixed",
-                                                           default_size=max(2, size // 2)),
-                                            elem_id="inp-in")
-                    with gr.Row():
-                        inp_index = gr.Number(0, precision=0, label="Held-out digit #", minimum=0)
-                        inp_load = gr.Button("Load held-out digit", elem_id="inp-load")
+                    inp_in, inp_index, inp_load = picture_input("Picture; paint the part to fill", "#ff3030", "inp")
                 with gr.Column(scale=2):
                     mask_choice = gr.Radio(list(MASK_CHOICES), value=DRAWN, label="Part to fill")
                     with gr.Row():
