@@ -54,8 +54,8 @@ __all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class
            "sample", "DEFAULT_GUIDANCE", "resolve_guidance"]
 
 #: the guidance weight w of :func:`generate` and ``ddpm sample`` when classes are asked for and no w is given: on the
-#: digits, w = 1 draws the digit asked for 99% of the time with the lowest FD but one of the weights measured
-#: (0 is purely conditional: 88%, and an FD 1.8 times as high; docs/conditional.md)
+#: digits, w = 1 draws the digit asked for 99.0% (DDIM-50) to 99.8% (DDPM-100) of the time, against 88.4% and 95.2%
+#: for w = 0, the purely conditional model (docs/conditional.md)
 DEFAULT_GUIDANCE = 1.0
 
 
