@@ -3,13 +3,23 @@
 The suite runs as two pytest-xdist workers on two cores; letting each worker also spawn two OpenMP threads
 oversubscribes the cores and makes the tiny models used here many times slower, never faster.
 """
+import atexit
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm.cli.main import main
+# Gradio keeps uploads under one shared folder, named by content hash, and a page deletes its files when it closes:
+# two test processes uploading the same picture would delete it under each other.  One folder per process (set in
+# each, not inherited: pytest-xdist's workers start from the controller's environment).
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ddpm-tests-gradio-")
+atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+
+from ddpm.cli.main import main  # noqa: E402
 
 torch.set_num_threads(1)
 
