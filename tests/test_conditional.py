@@ -358,6 +358,9 @@ def test_eval_of_a_conditional_run(cond_run, tmp_path, capsys):
     assert main(["eval", "quality", str(out / "samples.npz")]) == 0
     report = json.loads((out / "samples_quality.json").read_text())
     assert set(report["conditional"]["per_class"]) == {"1", "2"} and "conditional accuracy" in capsys.readouterr().out
+    # guidance flags have nothing to act on in samples already drawn: one line, before any work
+    assert main(["eval", "quality", str(out / "samples.npz"), "--guidance-interval", "2-9"]) == 2
+    _one_line_error(capsys, "--guidance-interval 2-9", "samples already drawn", "drop --guidance-interval")
     # the accuracy itself: rows of the confusion matrix are the classes asked for
     logits = torch.full((5, 10), -5.0)
     logits[torch.arange(5), torch.tensor([3, 3, 4, 7, 7])] = 5.0
@@ -379,6 +382,9 @@ def plain_run(tmp_path_factory):
     (["eval", "nll", "PLAIN", "--class-cond"], ["unconditional run", "drop --class-cond"]),
     (["eval", "quality", "PLAIN", "--guidance", "1", "--steps", "2"], ["unconditional run", "drop --guidance"]),
     (["sample", "COND", "--guidance", "2"], ["--guidance 2", "add --class"]),
+    (["sample", "PLAIN", "--guidance-interval", "2-9"], ["--guidance-interval 2-9", "add --class"]),
+    (["eval", "quality", "PLAIN", "--guidance-interval", "2-9", "--steps", "2"],
+     ["unconditional run", "drop --guidance-interval"]),
     (["sample", "COND", "--class", "1", "--guidance", "0", "--guidance-interval", "2-9"],
      ["--guidance-interval 2-9", "add --guidance"]),
     (["sample", "COND", "--class", "1", "--guidance", "1", "--guidance-interval", "5-30"], ["t = 1..20"]),

@@ -7,7 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["UserError", "checked", "check_steps", "check_guidance_interval",
+__all__ = ["UserError", "checked", "check_steps", "guidance_flags", "check_guidance_interval",
            "refuse_file_as_folder", "check_out_dir", "one_line_warning"]
 
 
@@ -22,6 +22,17 @@ def check_steps(steps: int | None, run, given: bool = True) -> None:
     if steps is not None and not 1 <= steps <= T:
         what = f"got {steps}" if given else f"the sampler's default is {steps}; pass --steps {T} or fewer"
         raise UserError(f"--steps must lie in [1, {T}] (the run's T), {what}")
+
+
+def guidance_flags(args) -> list[str]:
+    """The guidance flags given on a command line, as written (``--guidance W``, ``--guidance-interval LO-HI``):
+    both need classes to guide towards, and are refused together where there are none."""
+    given = []
+    if args.guidance is not None:
+        given.append(f"--guidance {args.guidance:g}")
+    if args.guidance_interval is not None:
+        given.append("--guidance-interval {}-{}".format(*args.guidance_interval))
+    return given
 
 
 def check_guidance_interval(interval, guidance, run) -> None:

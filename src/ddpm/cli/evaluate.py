@@ -20,13 +20,20 @@ from ..evaluation.reports import (
     run_quality,
 )
 from ..evaluation.study import measures_quality, noise_study
-from ..sampling.generate import DEFAULT_GUIDANCE, class_labels, generate, load_run
+from ..sampling.generate import (
+    DEFAULT_GUIDANCE,
+    class_labels,
+    generate,
+    load_run,
+    resolve_guidance,
+)
 from .args import add_device_and_progress, at_least, non_negative_float, t_range
 from .errors import (
     UserError,
     check_guidance_interval,
     check_out_dir,
     check_steps,
+    guidance_flags,
     refuse_file_as_folder,
 )
 
@@ -165,29 +172,27 @@ def _images_from(args, native: bool = False, ready=lambda: None):
     ``ready()`` is called once the request has passed every check, before the sampling (the output folder's check
     goes there)."""
     src = Path(args.source)
+    given = guidance_flags(args)
     if _is_run(src):
         run = load_run(src, device=args.device)
         steps = steps_or_default(args.sampler, args.steps)
         check_steps(steps, run, given=args.steps is not None)
         names = run.config.class_names
-        if names is None and args.guidance is not None:
-            raise UserError(f"--guidance {args.guidance:g}: {src} is an unconditional run (trained without class "
-                            "labels); drop --guidance")
-        check_guidance_interval(args.guidance_interval,
-                                DEFAULT_GUIDANCE if args.guidance is None else args.guidance, run)
+        if names is None and given:
+            raise UserError(f"{given[0]}: {src} is an unconditional run (trained without class labels); drop "
+                            f"{given[0].split()[0]}")
+        labels = class_labels(len(names), args.num) if names is not None else None
+        check_guidance_interval(args.guidance_interval, resolve_guidance(labels, args.guidance), run)
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
-        labels = class_labels(len(names), args.num) if names is not None else None
         ready()
-        guidance = {} if labels is None or args.guidance is None else {"guidance": args.guidance}
-        if args.guidance_interval is not None:
-            guidance["guidance_interval"] = args.guidance_interval
         drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
-                         steps=steps, progress=not args.no_progress, labels=labels, **guidance)
+                         steps=steps, progress=not args.no_progress, labels=labels, guidance=args.guidance,
+                         guidance_interval=args.guidance_interval)
         return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
-    if args.guidance is not None:
-        raise UserError(f"--guidance {args.guidance:g} applies to samples drawn from a run folder; {src} holds "
-                        "samples already drawn; drop --guidance")
+    if given:
+        raise UserError(f"{given[0]} applies to samples drawn from a run folder; {src} holds samples already "
+                        f"drawn; drop {given[0].split()[0]}")
     if src.exists():
         channels, size = native_shape(src)
         if not native and (channels, size) != (1, 32):

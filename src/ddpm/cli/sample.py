@@ -13,6 +13,7 @@ from ..sampling.generate import (
     class_labels,
     default_samples_dir,
     load_run,
+    resolve_guidance,
     sample,
 )
 from .args import add_device_and_progress, at_least, non_negative_float, t_range
@@ -21,6 +22,7 @@ from .errors import (
     check_guidance_interval,
     check_out_dir,
     check_steps,
+    guidance_flags,
     refuse_file_as_folder,
 )
 
@@ -129,8 +131,9 @@ def _class_flags(args) -> list[str]:
 
 
 def _run_sample(args) -> int:
-    if args.guidance is not None and not _class_flags(args):
-        raise UserError(f"--guidance {args.guidance:g} guides towards a class; add --class, --classes or --per-class")
+    given = guidance_flags(args)
+    if given and not _class_flags(args):
+        raise UserError(f"{given[0]} guides towards a class; add --class, --classes or --per-class")
     if args.per_class is not None and args.num is not None:
         raise UserError(f"--per-class {args.per_class} draws {args.per_class} samples of every class; drop -n")
     if not 0.0 <= args.eta <= 1.0:
@@ -162,16 +165,14 @@ def _run_sample(args) -> int:
                          f"--variance {args.variance} (learned-range needs the variance outputs); drop --variance")
     check_steps(steps, run, given=args.steps is not None)
     out = check_out_dir(args.out or default_samples_dir(run, args.sampler))
-    w = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    w = resolve_guidance(labels, args.guidance)
     check_guidance_interval(args.guidance_interval, w, run)
-    guidance = {} if labels is None else {"labels": labels, "guidance": w}
-    if args.guidance_interval is not None:
-        guidance["guidance_interval"] = args.guidance_interval
     out = sample(run, n, out, individual=not args.no_individual, chain_samples=args.chain,
                  grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                  steps=steps, eta=args.eta, spacing=args.spacing, variance=args.variance,
                  clip_denoised=not args.no_clip, cuda_graph=args.cuda_graph, precision=args.precision,
-                 progress=not args.no_progress, **guidance)
+                 progress=not args.no_progress, labels=labels, guidance=args.guidance,
+                 guidance_interval=args.guidance_interval)
     drawn = "" if labels is None else f", classes {_shown(run.config.class_names, labels)}, guidance w = {w:g}"
     if args.guidance_interval is not None:
         drawn += " for t in {}..{}".format(*args.guidance_interval)
