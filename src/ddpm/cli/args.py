@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..runs.checkpoint import WEIGHT_SETS
+
 
 def at_least(minimum: int):
     """An argparse type: a whole number >= ``minimum``."""
@@ -59,6 +61,11 @@ def non_negative_float(value: str) -> float:
     if not (x >= 0 and x != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return x
+
+
+def add_weights(p, help: str = "which weights") -> None:
+    """The --weights flag of the commands that read a run: the EMA weights (the default) or the trained ones."""
+    p.add_argument("--weights", choices=WEIGHT_SETS, default=WEIGHT_SETS[0], help=f"{help} (default: %(default)s)")
 
 
 def add_device_and_progress(p: argparse.ArgumentParser, device_default: str | None = "auto") -> None:

@@ -29,7 +29,7 @@ from ..sampling.edit import (
     read_picture,
 )
 from ..sampling.generate import LoadedRun, load_run
-from .args import add_device_and_progress, at_least
+from .args import add_device_and_progress, add_weights, at_least
 from .errors import UserError, check_out_dir, refuse_file_as_folder
 
 __all__ = ["register"]
@@ -61,7 +61,7 @@ def _common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed; result k has its own seed (default: 0)")
     p.add_argument("--out", default=None, help=f"output folder (default: RUN/{what})")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="images per batch (default: %(default)s)")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default: ema)")
+    add_weights(p)
     add_device_and_progress(p)
 
 

@@ -27,7 +27,13 @@ from ..sampling.generate import (
     load_run,
     resolve_guidance,
 )
-from .args import add_device_and_progress, at_least, non_negative_float, t_range
+from .args import (
+    add_device_and_progress,
+    add_weights,
+    at_least,
+    non_negative_float,
+    t_range,
+)
 from .errors import (
     UserError,
     check_guidance_interval,
@@ -84,8 +90,7 @@ def register(sub) -> None:
     nll.add_argument("--batch-size", type=at_least(1), default=250,
                      help="images per forward pass (default: %(default)s)")
     nll.add_argument("--seed", type=int, default=0, help="seed of the x_t draws (default: 0)")
-    nll.add_argument("--weights", choices=["ema", "model"], default="ema",
-                     help="the EMA weights or the raw trained ones (default: ema)")
+    add_weights(nll, "the EMA weights or the raw trained ones")
     nll.add_argument("--class-cond", action="store_true",
                      help="class-conditional runs: the bound on -log p(x | y) with the images' own labels (without it, "
                           "such a run's bound is that of its unconditional model, label 'no class')")

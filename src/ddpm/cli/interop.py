@@ -12,7 +12,7 @@ from ..core.schedule import SCHEDULE_KINDS, ScheduleConfig
 from ..model.unet import UNet, count_parameters
 from ..runs.config import TrainConfig
 from ..runs.diffusers_io import export_diffusers, import_diffusers
-from .args import at_least
+from .args import add_weights, at_least
 from .errors import UserError, checked
 
 __all__ = ["register", "IMPORT_EXAMPLES", "EXPORT_EXAMPLES"]
@@ -67,7 +67,7 @@ def register(sub) -> None:
     e.add_argument("run", metavar="RUN", help="run folder (or one checkpoint folder inside it)")
     e.add_argument("out", metavar="OUT", help="the folder to write (new, or empty)")
     e.add_argument("--format", choices=["diffusers"], default="diffusers", help="(default: %(default)s)")
-    e.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default: ema)")
+    add_weights(e)
     e.set_defaults(func=_run_export)
 
 

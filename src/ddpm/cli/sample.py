@@ -16,7 +16,13 @@ from ..sampling.generate import (
     resolve_guidance,
     sample,
 )
-from .args import add_device_and_progress, at_least, non_negative_float, t_range
+from .args import (
+    add_device_and_progress,
+    add_weights,
+    at_least,
+    non_negative_float,
+    t_range,
+)
 from .errors import (
     UserError,
     check_guidance_interval,
@@ -60,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--variance", default=None, choices=VARIANCE_TYPES,
                    help="sigma_t^2 for ddpm (default: the run's)")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default: ema)")
+    add_weights(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--class", dest="class_", metavar="C", default=None,
                        help="class-conditional runs: draw every sample of class C (its name, e.g. 7 for the digits, "

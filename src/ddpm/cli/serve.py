@@ -7,6 +7,7 @@ import socket
 from ..sampling.generate import load_run
 from ..web.app import WebUnavailable, build_app, check_gradio, launch
 from ..web.page import Page
+from .args import add_weights
 from .errors import UserError
 
 __all__ = ["register"]
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the page, "
                         "without a password, to the network)")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default: ema)")
+    add_weights(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.set_defaults(func=_run_serve)
 

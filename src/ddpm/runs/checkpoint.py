@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ..runtime.atomic import default_mode, fsync_path
 
-__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints", "load_checkpoint",
+__all__ = ["WEIGHT_SETS", "CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints", "load_checkpoint",
            "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite"]
 
 
@@ -159,6 +159,11 @@ def mismatch_summary(error: RuntimeError) -> str:
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     detail = next((ln for ln in lines if not ln.startswith("Error(s) in loading")), lines[0] if lines else "")
     return detail if len(detail) <= 240 else detail[:237] + "..."
+
+
+#: the two sets of weights a checkpoint holds: the EMA of the trained weights (what sampling uses by default), and
+#: the trained weights themselves
+WEIGHT_SETS = ("ema", "model")
 
 
 def load_weights(ckpt: Path, which: str = "ema") -> dict:

@@ -37,7 +37,13 @@ from ..core.schedule import ScheduleConfig, make_schedule
 from ..data.datasets import DataConfig
 from ..model.unet import UNet, count_parameters
 from ..runtime.atomic import default_mode, fsync_path, write_json_atomic
-from .checkpoint import CheckpointError, check_finite, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    WEIGHT_SETS,
+    CheckpointError,
+    check_finite,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .diffusers_format import (
     DIFFUSERS_VERSION,
@@ -266,8 +272,8 @@ def export_diffusers(run, out, *, which: str = "ema") -> Path:
     """Write the ``which`` weights ("ema" or "model") of the run (or checkpoint) folder ``run`` as the diffusers
     pipeline folder ``out`` (new or empty), complete or not at all, and return it.  A network UNet2DModel cannot
     hold is a one-line :class:`CheckpointError` naming the setting."""
-    if which not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {which!r}")
+    if which not in WEIGHT_SETS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_SETS)}, got {which!r}")
     out = check_new_folder(out)
     ck = load_checkpoint(run, with_trainer_state=False)
     try:
