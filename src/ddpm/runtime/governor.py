@@ -82,10 +82,6 @@ class ThreadGovernor:
             self._set(want)
             self.threads = want
 
-    def __call__(self, *_args) -> None:
-        """As a sampler's ``on_step`` observer."""
-        self.tick()
-
 
 class _Fixed:
     """The governor of a fixed thread count (``DDPM_THREADS=N``, ``OMP_NUM_THREADS``, or a GPU): does nothing."""
@@ -93,9 +89,6 @@ class _Fixed:
     threads = None
 
     def tick(self) -> None:
-        pass
-
-    def __call__(self, *_args) -> None:
         pass
 
 
@@ -125,8 +118,10 @@ def governor_for(device: torch.device | str, environ=os.environ) -> ThreadGovern
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
         return _Fixed()
-    if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in environ or cpu_busy_seconds({0}) is None:
+    if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in environ:
         return _Fixed()
-    if _shared is None:
+    if _shared is None:  # made once per process; /proc/stat is probed only then
+        if cpu_busy_seconds({0}) is None:
+            return _Fixed()
         _shared = ThreadGovernor()
     return _shared
