@@ -88,14 +88,19 @@ def guided_model(model: LabelledModelFn, labels: torch.Tensor, w: float, null_la
     if w == 0:
         return conditional
 
-    def guided_everywhere(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+    def both(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) outputs from one pass on the doubled batch."""
         y = labels.to(x.device)
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
-        cond, uncond = out[:n], out[n:]
+        return out[:x.shape[0]], out[x.shape[0]:]
+
+    def mixed(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         c = cond.shape[1] if eps_channels is None else eps_channels
         eps = guidance_combine(cond[:, :c], uncond[:, :c], w)
         return eps if c == cond.shape[1] else torch.cat([eps, cond[:, c:]], dim=1)
+
+    def guided_everywhere(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return mixed(*both(x, t))
 
     if interval is None:
         return guided_everywhere
@@ -105,9 +110,10 @@ def guided_model(model: LabelledModelFn, labels: torch.Tensor, w: float, null_la
         inside = (t >= lo) & (t <= hi)
         if not bool(inside.any()):
             return conditional(x, t)
-        out = guided_everywhere(x, t)
+        cond, uncond = both(x, t)
         if bool(inside.all()):
-            return out
-        return torch.where(inside.view(-1, *[1] * (x.ndim - 1)), out, conditional(x, t))
+            return mixed(cond, uncond)
+        # samples at different t: the guided mix where t is inside, the doubled pass's conditional half elsewhere
+        return torch.where(inside.view(-1, *[1] * (x.ndim - 1)), mixed(cond, uncond), cond)
 
     return guided_in_interval
