@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ddpm.cli.args import t_range
 from ddpm.core.guidance import guidance_combine
 from ddpm.core.samplers import PerSampleNoise, run_sampler
 from ddpm.evaluation.quality import load_classifier, quality_report
@@ -55,7 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default: auto)")
-    p.add_argument("--intervals", nargs="*", default=[], metavar="LO-HI",
+    p.add_argument("--intervals", nargs="*", type=t_range, default=[], metavar="LO-HI",
                    help="also guide only in these ranges of the paper's t (Kynkaanniemi et al. 2024), one row each")
     p.add_argument("--interval-guidance", type=float, nargs="+", default=[2.0], metavar="W",
                    help="the weights w of the interval rows (default: 2)")
@@ -88,11 +89,6 @@ def _two_pass_guided(f, labels: torch.Tensor, w: float, null: int):
     return model
 
 
-def _interval(text: str) -> tuple[int, int]:
-    lo, hi = (int(v) for v in text.replace(",", "-").split("-"))
-    return lo, hi
-
-
 def time_per_step(run, uncond, args) -> dict:
     """Seconds per sampler step at batch ``time_batch``: guided (one doubled pass), conditional (w = 0), the
     unconditional run, and guided as two passes; round-robin, median of ``time_repeats`` rounds."""
@@ -109,8 +105,7 @@ def time_per_step(run, uncond, args) -> dict:
         "conditional w=0 (one pass)": guided_model(f, labels, 0.0, null, cfg.in_channels),
         "guided w=1 (two passes)": _two_pass_guided(f, labels, 1.0, null),
     }
-    for text in args.intervals:  # the share of the timed sampler's steps inside sets the cost
-        lo, hi = _interval(text)
+    for lo, hi in args.intervals:  # the share of the timed sampler's steps inside sets the cost
         cases[f"guided w=1 in t {lo}-{hi}"] = guided_model(f, labels, 1.0, null, cfg.in_channels,
                                                            interval=(lo - 1, hi - 1))
     if uncond is not None:
@@ -197,8 +192,7 @@ def main(argv=None) -> None:
                               floor=not rows)}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "per_class"}), flush=True)
-    for text in args.intervals:
-        lo, hi = _interval(text)
+    for lo, hi in args.intervals:
         for w in args.interval_guidance:
             t0 = time.perf_counter()
             drawn = generate(run, args.n, labels=labels, guidance=w, guidance_interval=(lo, hi), **kw)
