@@ -203,9 +203,8 @@ def config_from_args(args) -> TrainConfig:
             "lr": args.lr, "warmup_steps": args.warmup_steps,
             "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "loss": args.loss,
             "hybrid_lambda": args.hybrid_lambda, "min_snr_gamma": args.min_snr_gamma, "variance": args.variance,
-            "seed": args.seed,
-            "log_every": args.log_every, "sample_every": args.sample_every, "checkpoint_every": args.checkpoint_every,
-            "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
+            "seed": args.seed, "log_every": args.log_every, "sample_every": args.sample_every,
+            "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
             "compile": args.compile, "label_dropout": args.label_dropout}
     flat = {k: v for k, v in flat.items() if v is not None}
     if source_run is None:
