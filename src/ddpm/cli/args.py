@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.diffusion import VARIANCE_TYPES
 from ..runs.checkpoint import WEIGHT_SETS
+from ..sampling.variance import ANALYTIC
 
 
 def at_least(minimum: int):
@@ -66,6 +68,13 @@ def non_negative_float(value: str) -> float:
 def add_weights(p, help: str = "which weights") -> None:
     """The --weights flag of the commands that read a run: the EMA weights (the default) or the trained ones."""
     p.add_argument("--weights", choices=WEIGHT_SETS, default=WEIGHT_SETS[0], help=f"{help} (default: %(default)s)")
+
+
+def add_sampling_variance(p) -> None:
+    """The --variance flag of the commands that draw samples: Algorithm 2's sigma_t^2."""
+    p.add_argument("--variance", default=None, choices=(*VARIANCE_TYPES, ANALYTIC),
+                   help="sigma_t^2 for ddpm (default: the run's); analytic: Analytic-DPM's optimal sigma_t^2 "
+                        "(Bao et al. 2022), estimated from the run's training data before the first step")
 
 
 def add_device_and_progress(p: argparse.ArgumentParser, device_default: str | None = "auto") -> None:

@@ -7,6 +7,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..sampling.variance import ANALYTIC
+
 __all__ = ["UserError", "checked", "check_steps", "guidance_flags", "check_guidance_interval",
            "refuse_file_as_folder", "check_out_dir", "one_line_warning"]
 
@@ -33,6 +35,19 @@ def guidance_flags(args) -> list[str]:
     if args.guidance_interval is not None:
         given.append("--guidance-interval {}-{}".format(*args.guidance_interval))
     return given
+
+
+def check_sampling_variance(variance: str | None, sampler: str, run=None) -> None:
+    """Refuse a ``--variance`` that does not fit the sampler, or (given the loaded ``run``) its network."""
+    if variance in ("fixed-large", "fixed-small", ANALYTIC) and sampler != "ddpm":
+        how = "takes its noise from --eta" if sampler == "ddim" else "adds no noise"
+        raise UserError(f"--variance {variance} sets Algorithm 2's sigma_t, for --sampler ddpm only; {sampler} {how}")
+    if run is None or variance in (None, ANALYTIC):
+        return
+    mc = run.config.model
+    if (variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
+        raise UserError(f"{run.checkpoint}: a network trained with --variance {run.config.variance} cannot be sampled "
+                        f"with --variance {variance} (learned-range needs the variance outputs); drop --variance")
 
 
 def check_guidance_interval(interval, guidance, run) -> None:

@@ -29,6 +29,7 @@ from ..sampling.generate import (
 )
 from .args import (
     add_device_and_progress,
+    add_sampling_variance,
     add_weights,
     at_least,
     non_negative_float,
@@ -38,6 +39,7 @@ from .errors import (
     UserError,
     check_guidance_interval,
     check_out_dir,
+    check_sampling_variance,
     check_steps,
     guidance_flags,
     refuse_file_as_folder,
@@ -145,6 +147,7 @@ def _add_sampling_flags(p, default_n):
                    help="sampler when drawing from a run (default: %(default)s)")
     p.add_argument("--steps", type=at_least(1), default=None,
                    help="sampler steps (default: all T for ddpm, 50 otherwise)")
+    add_sampling_variance(p)
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250,
                    help="samples per batch when drawing from a run (default: %(default)s)")
@@ -182,6 +185,7 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         run = load_run(src, device=args.device)
         steps = steps_or_default(args.sampler, args.steps)
         check_steps(steps, run, given=args.steps is not None)
+        check_sampling_variance(args.variance, args.sampler, run)
         names = run.config.class_names
         if names is None and given:
             raise UserError(f"{given[0]}: {src} is an unconditional run (trained without class labels); drop "
@@ -193,8 +197,10 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         ready()
         drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
                          steps=steps, progress=not args.no_progress, labels=labels, guidance=args.guidance,
-                         guidance_interval=args.guidance_interval)
+                         guidance_interval=args.guidance_interval, variance=args.variance)
         return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
+    if args.variance is not None:
+        given.append(f"--variance {args.variance}")
     if given:
         raise UserError(f"{given[0]} applies to samples drawn from a run folder; {src} holds samples already "
                         f"drawn; drop {given[0].split()[0]}")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.diffusion import VARIANCE_TYPES
 from ..core.respace import SPACINGS
 from ..core.samplers import SAMPLERS, steps_or_default
 from ..runtime.distributed import resolve_device
@@ -18,6 +17,7 @@ from ..sampling.generate import (
 )
 from .args import (
     add_device_and_progress,
+    add_sampling_variance,
     add_weights,
     at_least,
     non_negative_float,
@@ -27,6 +27,7 @@ from .errors import (
     UserError,
     check_guidance_interval,
     check_out_dir,
+    check_sampling_variance,
     check_steps,
     guidance_flags,
     refuse_file_as_folder,
@@ -63,8 +64,7 @@ def register(sub) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="which timesteps a shortened sampler visits (default: logsnr for dpm++2m, else uniform)")
-    p.add_argument("--variance", default=None, choices=VARIANCE_TYPES,
-                   help="sigma_t^2 for ddpm (default: the run's)")
+    add_sampling_variance(p)
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     add_weights(p)
     which = p.add_mutually_exclusive_group()
@@ -149,10 +149,7 @@ def _run_sample(args) -> int:
             raise UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
     if args.eta != 0.0 and args.sampler != "ddim":
         raise UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
-    if args.variance in ("fixed-large", "fixed-small") and args.sampler != "ddpm":
-        how = "takes its noise from --eta" if args.sampler == "ddim" else "adds no noise"
-        raise UserError(f"--variance {args.variance} sets Algorithm 2's sigma_t, for --sampler ddpm only; "
-                         f"{args.sampler} {how}")
+    check_sampling_variance(args.variance, args.sampler)
     if args.spacing is not None and args.sampler == "ddpm" and args.steps is None:
         raise UserError(f"--spacing {args.spacing} picks the steps a shortened sampler keeps; ddpm without --steps "
                          "runs all T of them; add --steps or drop --spacing")
@@ -165,10 +162,7 @@ def _run_sample(args) -> int:
     n = len(labels) if labels is not None else args.num if args.num is not None else 64
     if args.chain > n:
         raise UserError(f"--chain {args.chain}: only {n} samples are drawn; pass --chain {n} or less")
-    trained, mc = run.config.variance, run.config.model
-    if args.variance and (args.variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
-        raise UserError(f"{args.run}: a network trained with --variance {trained} cannot be sampled with "
-                         f"--variance {args.variance} (learned-range needs the variance outputs); drop --variance")
+    check_sampling_variance(args.variance, args.sampler, run)
     check_steps(steps, run, given=args.steps is not None)
     out = check_out_dir(args.out or default_samples_dir(run, args.sampler))
     w = resolve_guidance(labels, args.guidance)

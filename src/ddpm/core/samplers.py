@@ -34,7 +34,7 @@ from .schedule import Schedule
 
 __all__ = ["PerSampleNoise", "ModelFn", "Step", "OnStep", "Chain", "SAMPLERS", "DEFAULT_SPACING", "DEFAULT_FAST_STEPS",
            "steps_or_default", "ancestral_sample", "ddim_sample", "ddim_sigma", "dpm_solver_2m_sample", "ddim_encode",
-           "ddim_decode", "run_sampler"]
+           "ddim_decode", "run_sampler", "ancestral_timesteps"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -159,6 +159,13 @@ def _plan(schedule: Schedule, steps: int | None, spacing: str) -> torch.Tensor:
     return timestep_sequence(schedule, schedule.num_timesteps if steps is None else steps, spacing)
 
 
+def ancestral_timesteps(schedule: Schedule, steps: int | None = None, spacing: str | None = None) -> torch.Tensor:
+    """The 0-based indices the "ddpm" sampler of :func:`run_sampler` visits with ``steps`` and ``spacing``."""
+    if steps is None or steps == schedule.num_timesteps:
+        return torch.arange(schedule.num_timesteps)
+    return _plan(schedule, steps, DEFAULT_SPACING["ddpm"] if spacing is None else spacing)
+
+
 def _t(i: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), int(i), device=x.device, dtype=torch.long)
 
@@ -180,7 +187,8 @@ def _denoise(model: ModelFn, x: torch.Tensor, t: int, abar: float, variance: str
 def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Sequence[int], *,
                      variance: str = "fixed-large", clip_denoised: bool = True, sigma_scale: float = 1.0,
                      progress: bool = False, on_step: OnStep | None = None, x_T: torch.Tensor | None = None,
-                     timesteps: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+                     timesteps: Sequence[int] | torch.Tensor | None = None,
+                     sigma2: torch.Tensor | None = None) -> torch.Tensor:
     """Algorithm 2 of Ho et al. 2020, on all T steps or on the kept ``timesteps``.
 
     x_T ~ N(0, I); for t = T..1: z ~ N(0, I) if t > 1 else z = 0;  x_{t-1} = mu_theta(x_t, t) + sigma_t z.
@@ -193,6 +201,8 @@ def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, 
     :func:`ddpm.core.respace.respace`'s schedule, whose betas are 1 - abar_{t_k} / abar_{t_{k-1}} (Nichol &
     Dhariwal 2021, Sec. 4), so beta, beta~ and the learned-range interpolation between them are the respaced
     ones; the network is still called with the original index t_k.
+    sigma2: sigma_k^2 of every (respaced) step, replacing the variance type's, e.g. Analytic-DPM's
+    (:func:`ddpm.core.analytic.analytic_variances`); the mean is the same.
     Returns x_0.
     """
     if timesteps is None:
@@ -203,13 +213,17 @@ def ancestral_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, 
         reverse = respace(schedule, timesteps)
     if noise is None:
         raise ValueError("ancestral sampling draws z at every step: pass noise (x_T alone is not enough)")
+    if sigma2 is not None and len(sigma2) != len(timesteps):
+        raise ValueError(f"sigma2 needs one variance per step: {len(sigma2)} for {len(timesteps)} steps")
+    sigmas = None if sigma2 is None else torch.as_tensor(sigma2, dtype=torch.float64).sqrt().tolist()
     x = _start(noise, shape, x_T)
     _report_start(on_step, timesteps, x)
     for k in _progress(range(len(timesteps) - 1, -1, -1), progress, "ddpm", len(timesteps)):
         out = model(x, _t(timesteps[k], x)).float()
         out = p_mean_variance(reverse, out, x, _t(k, x), variance=variance, clip_denoised=clip_denoised)
         if k > 0:
-            x = out.mean + sigma_scale * (0.5 * out.log_variance).exp() * noise.randn(shape)
+            sigma = (0.5 * out.log_variance).exp() if sigmas is None else sigmas[k]
+            x = out.mean + sigma_scale * sigma * noise.randn(shape)
         else:
             x = out.mean
         _report(on_step, timesteps, k, x, out.pred_x0)
@@ -336,7 +350,8 @@ def dpm_solver_2m_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoi
 def run_sampler(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Sequence[int], *,
                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                 variance: str = "fixed-large", clip_denoised: bool = True, progress: bool = False,
-                on_step: OnStep | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
+                on_step: OnStep | None = None, x_T: torch.Tensor | None = None,
+                sigma2: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one sample per seed of ``noise``, of per-sample ``shape`` (C, H, W), with the named sampler.
 
     sampler: "ddpm" (ancestral, Algorithm 2; respaced when ``steps`` < T), "ddim" (eta in [0, 1]) or
@@ -344,7 +359,8 @@ def run_sampler(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape
     (:data:`ddpm.core.respace.SPACINGS`); None picks :data:`DEFAULT_SPACING` for the sampler.  eta: only for
     "ddim".  variance: the model's variance type (sets sigma_t for "ddpm"; for the others it only says how
     to read the network's output).  on_step: called before the first step and after every step with a
-    :class:`Step` (pass a :class:`Chain` for the denoising chain).  Returns x_0.
+    :class:`Step` (pass a :class:`Chain` for the denoising chain).  sigma2: "ddpm" only, one variance per step of
+    :func:`ancestral_timesteps` replacing the variance type's (Analytic-DPM's).  Returns x_0.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -355,10 +371,13 @@ def run_sampler(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if eta != 0.0 and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with {sampler!r}")
+    if sigma2 is not None and sampler != "ddpm":
+        raise ValueError(f"sigma2 sets Algorithm 2's variances, for the ddpm sampler only, not {sampler!r}")
     common = dict(variance=variance, clip_denoised=clip_denoised, progress=progress, on_step=on_step, x_T=x_T)
     if sampler == "ddpm":
-        timesteps = None if steps is None or steps == schedule.num_timesteps else _plan(schedule, steps, spacing)
-        return ancestral_sample(model, schedule, noise, shape, timesteps=timesteps, **common)
+        timesteps = ancestral_timesteps(schedule, steps, spacing)
+        timesteps = None if len(timesteps) == schedule.num_timesteps else timesteps
+        return ancestral_sample(model, schedule, noise, shape, timesteps=timesteps, sigma2=sigma2, **common)
     if sampler == "ddim":
         return ddim_sample(model, schedule, noise, shape, steps=steps, eta=eta, spacing=spacing, **common)
     return dpm_solver_2m_sample(model, schedule, noise, shape, steps=steps, spacing=spacing, **common)

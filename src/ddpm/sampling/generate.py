@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from ..core.samplers import (
     Chain,
     OnStep,
     PerSampleNoise,
+    ancestral_timesteps,
     run_sampler,
     steps_or_default,
 )
@@ -49,6 +50,7 @@ from ..runtime.atomic import write_json_atomic
 from ..runtime.distributed import resolve_device
 from ..runtime.governor import governor_for
 from ..runtime.precision import SAMPLING_PRECISIONS, autocast_dtype, check_precision
+from .variance import ANALYTIC, analytic_sigma2
 
 __all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class_labels", "resolve_labels", "generate",
            "sample", "DEFAULT_GUIDANCE", "resolve_guidance"]
@@ -70,6 +72,8 @@ class LoadedRun:
     checkpoint: Path
     device: torch.device
     weights: str = "ema"
+    #: what is computed once per loaded run and reused by later calls (Analytic-DPM's variances)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -236,12 +240,20 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
         interval = check_interval((int(lo) - 1, int(hi) - 1), cfg.schedule.num_timesteps)  # 0-based indices
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     variance = variance or cfg.variance
+    analytic = variance == ANALYTIC
+    if analytic:
+        if sampler != "ddpm":
+            raise ValueError(f"the analytic variance sets Algorithm 2's sigma_t, for the ddpm sampler only, "
+                             f"not {sampler!r}")
+        variance = cfg.variance  # how to read the network's output
     if cuda_graph:
         if run.device.type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device, the run is loaded on {run.device}")
         f = GraphedNetwork(run.model, autocast_dtype=_autocast_dtype(run.device, precision))
     else:
         f = model_fn(run.model, run.device, precision)
+    sigma2 = analytic_sigma2(run, ancestral_timesteps(run.schedule, steps, sampler_kw.get("spacing")),
+                             model=f) if analytic else None
     out, chains = [], []
     bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True) if progress and n > batch_size else None
     for start in range(0, n, batch_size):
@@ -257,7 +269,7 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
             observers.append(chains[-1])
         x = run_sampler(model, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
                         clip_denoised=clip_denoised, progress=progress and bar is None,
-                        on_step=_all_of(observers), **sampler_kw)
+                        on_step=_all_of(observers), sigma2=sigma2, **sampler_kw)
         out.append(to_uint8(x.clamp(-1, 1)).cpu())
         if bar is not None:
             bar.update(len(idx))

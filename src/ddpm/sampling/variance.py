@@ -1,0 +1,50 @@
+"""Analytic-DPM's reverse variances for a loaded run (Bao et al. 2022; the maths is :mod:`ddpm.core.analytic`).
+
+Gamma_k, the mean squared norm of the network's noise prediction at each kept step, is a Monte Carlo average over
+training images of the run's own data, noised with a fixed seed, so the variances of a run are the same on every
+call and every machine that reads the same data.  They are computed once per loaded run and set of steps.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.analytic import analytic_variances, eps_norm_ratio
+from ..core.respace import respace
+from ..core.schedule import Schedule
+from ..data.datasets import DataError, load_images, to_model_range
+
+__all__ = ["ANALYTIC", "ANALYTIC_IMAGES", "analytic_sigma2"]
+
+#: the name of the variance choice, beside the training variance types (sampling only)
+ANALYTIC = "analytic"
+#: training images in the Monte Carlo estimate of Gamma_k; the per-image ||eps||^2 / d of a digit varies by a few per
+#: cent, so 64 images put Gamma within about 0.005 (one standard error)
+ANALYTIC_IMAGES = 64
+_SEED = 20220127  # the noise of the estimate, fixed
+
+
+def analytic_sigma2(run, timesteps: torch.Tensor, model=None, images: int = ANALYTIC_IMAGES) -> torch.Tensor:
+    """sigma*_k^2 of every step of Algorithm 2 over ``timesteps`` (0-based, increasing) for ``run`` (a
+    :class:`~ddpm.sampling.generate.LoadedRun`), float64; ``model``: its network as ``f(x, t)`` (default: the run's
+    own).  Cached on ``run``.  Raises :class:`~ddpm.data.datasets.DataError` when the run's training data cannot
+    be read."""
+    timesteps = torch.as_tensor(timesteps, dtype=torch.long)
+    key = ("analytic", tuple(timesteps.tolist()), images)
+    cache = run.cache
+    if key not in cache:
+        x0 = _training_images(run, images)
+        f = model if model is not None else run.model
+        gamma = eps_norm_ratio(f, run.schedule, timesteps, x0, torch.Generator().manual_seed(_SEED))
+        reverse: Schedule = respace(run.schedule, timesteps)
+        cache[key] = analytic_variances(reverse, gamma)
+    return cache[key]
+
+
+def _training_images(run, n: int) -> torch.Tensor:
+    try:
+        data = load_images(run.config.data)
+    except (DataError, OSError) as e:
+        raise DataError(f"the analytic variance estimates Gamma_t from the run's training data, which cannot be read "
+                        f"({e}); sample with --variance fixed-large instead") from None
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(_SEED))[:n]
+    return to_model_range(data[pick], run.device)
