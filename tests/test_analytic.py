@@ -126,3 +126,34 @@ def test_cli_samples_with_the_analytic_variance(tiny_run, tmp_path):
     assert main(["sample", str(tiny_run), "-n", "2", "--steps", "5", "--variance", "analytic", "--out", str(out),
                  "--no-progress"]) == 0
     assert (out / "samples.npz").is_file()
+
+
+def fake_run(source, T=1000):
+    from types import SimpleNamespace
+    return SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(source=source)),
+                           schedule=SimpleNamespace(num_timesteps=T), checkpoint="RUN")
+
+
+@pytest.mark.parametrize("asked, want", [
+    ((None, None, None), ("ddpm", 100, "analytic")),               # the default: 100 steps, analytic variance
+    (("ddpm", None, None), ("ddpm", 100, "analytic")),
+    (("ddpm", 1000, None), ("ddpm", 1000, "analytic")),
+    (("ddpm", None, "fixed-large"), ("ddpm", None, "fixed-large")),  # the paper's Algorithm 2: all T steps
+    (("ddpm", 50, "fixed-small"), ("ddpm", 50, "fixed-small")),
+    (("ddim", None, None), ("ddim", 50, None)),
+    (("dpm++2m", 20, None), ("dpm++2m", 20, None)),
+])
+def test_default_sampling_with_the_data_at_hand(asked, want):
+    from ddpm.sampling.defaults import resolve_sampling
+    notes = []
+    assert resolve_sampling(fake_run("digits"), *asked, note=notes.append) == want
+    assert not notes
+
+
+def test_default_sampling_without_the_data_is_the_papers_with_a_note(tmp_path):
+    from ddpm.sampling.defaults import resolve_sampling
+    notes = []
+    assert resolve_sampling(fake_run(str(tmp_path / "gone")), note=notes.append) == ("ddpm", None, None)
+    assert len(notes) == 1 and "all T steps" in notes[0] and "gone" in notes[0]
+    assert resolve_sampling(fake_run(str(tmp_path)), note=notes.append) == ("ddpm", 100, "analytic")  # a folder here
+    assert resolve_sampling(fake_run("digits", T=20), note=notes.append) == ("ddpm", 20, "analytic")  # at most T

@@ -93,7 +93,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, monkeypatch, c
     (["--device", "nodevice"], "not a device name"),
     (["--sampler", "ddim", "--steps", "5", "--variance", "fixed-small"], "for --sampler ddpm only"),
     (["--chain", "2"], "--chain 2: only -n 1 samples are drawn"),
-    (["--spacing", "quadratic"], "ddpm without --steps runs all T"),
+    (["--spacing", "quadratic"], "ddpm here runs all T"),              # T = 20: the default 100 steps are all T
 ])
 def test_bad_sampler_settings_are_one_line_and_write_nothing(run, extra, needle, tmp_path, capsys):
     out = tmp_path / "samples"
@@ -121,7 +121,7 @@ def test_bad_numbers_are_refused_while_parsing(argv, needle, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["eval", "quality", "RUN"], "the sampler's default is 50; pass --steps 20 or fewer"),  # T = 20 run
+    (["eval", "quality", "RUN", "--sampler", "ddim"], "the sampler's default is 50; pass --steps 20 or fewer"),  # T = 20 run
     (["eval", "quality", "RUN", "--sampler", "ddpm", "--steps", "21"], "--steps must lie in [1, 20]"),
     (["eval", "quality", "ONE.npz"], "holds 1 image"),
 ])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..core.diffusion import VARIANCE_TYPES
+from ..core.samplers import DEFAULT_FAST_STEPS, SAMPLERS
 from ..runs.checkpoint import WEIGHT_SETS
+from ..sampling.defaults import DEFAULT_ANALYTIC_STEPS, DEFAULT_SAMPLER
 from ..sampling.variance import ANALYTIC
 
 
@@ -70,11 +72,22 @@ def add_weights(p, help: str = "which weights") -> None:
     p.add_argument("--weights", choices=WEIGHT_SETS, default=WEIGHT_SETS[0], help=f"{help} (default: %(default)s)")
 
 
+def add_sampler_and_steps(p) -> None:
+    """The --sampler and --steps flags of the commands that draw samples, with their defaults
+    (:mod:`ddpm.sampling.defaults`)."""
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
+                   help="ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help=f"sampling steps (default: ddpm {DEFAULT_ANALYTIC_STEPS} with the analytic variance, all T "
+                        f"with another; {DEFAULT_FAST_STEPS} for the others)")
+
+
 def add_sampling_variance(p) -> None:
     """The --variance flag of the commands that draw samples: Algorithm 2's sigma_t^2."""
     p.add_argument("--variance", default=None, choices=(*VARIANCE_TYPES, ANALYTIC),
-                   help="sigma_t^2 for ddpm (default: the run's); analytic: Analytic-DPM's optimal sigma_t^2 "
-                        "(Bao et al. 2022), estimated from the run's training data before the first step")
+                   help="sigma_t^2 for ddpm: analytic, Analytic-DPM's optimal sigma_t^2 (Bao et al. 2022), estimated "
+                        "from the run's training data before the first step (the default where that data is at "
+                        "hand; elsewhere the run's own), or the paper's fixed-large, fixed-small, or learned-range")
 
 
 def add_device_and_progress(p: argparse.ArgumentParser, device_default: str | None = "auto") -> None:

@@ -37,6 +37,13 @@ def guidance_flags(args) -> list[str]:
     return given
 
 
+def check_spacing(spacing: str | None, sampler: str, steps: int | None, run) -> None:
+    """Refuse ``--spacing`` where Algorithm 2 runs all T steps: there is nothing to space."""
+    if spacing is not None and sampler == "ddpm" and steps in (None, run.schedule.num_timesteps):
+        raise UserError(f"--spacing {spacing} picks the steps a shortened sampler keeps; ddpm here runs all T of "
+                        "them; add --steps or drop --spacing")
+
+
 def check_sampling_variance(variance: str | None, sampler: str, run=None) -> None:
     """Refuse a ``--variance`` that does not fit the sampler, or (given the loaded ``run``) its network."""
     if variance in ("fixed-large", "fixed-small", ANALYTIC) and sampler != "ddpm":

@@ -5,7 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.samplers import SAMPLERS, steps_or_default
 from ..data.datasets import EMBEDDED, DataConfig, load_images
 from ..data.embedded import DIGIT_CLASSES, SPLITS
 from ..data.files import native_shape
@@ -20,6 +19,7 @@ from ..evaluation.reports import (
     run_quality,
 )
 from ..evaluation.study import measures_quality, noise_study
+from ..sampling.defaults import resolve_sampling
 from ..sampling.generate import (
     DEFAULT_GUIDANCE,
     class_labels,
@@ -29,6 +29,7 @@ from ..sampling.generate import (
 )
 from .args import (
     add_device_and_progress,
+    add_sampler_and_steps,
     add_sampling_variance,
     add_weights,
     at_least,
@@ -143,10 +144,7 @@ def register(sub) -> None:
 def _add_sampling_flags(p, default_n):
     p.add_argument("-n", "--num", type=at_least(2), default=default_n,
                    help="samples to draw from a run (default: %(default)s)")
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS,
-                   help="sampler when drawing from a run (default: %(default)s)")
-    p.add_argument("--steps", type=at_least(1), default=None,
-                   help="sampler steps (default: all T for ddpm, 50 otherwise)")
+    add_sampler_and_steps(p)
     add_sampling_variance(p)
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250,
@@ -183,9 +181,9 @@ def _images_from(args, native: bool = False, ready=lambda: None):
     given = guidance_flags(args)
     if _is_run(src):
         run = load_run(src, device=args.device)
-        steps = steps_or_default(args.sampler, args.steps)
+        sampler, steps, variance = resolve_sampling(run, args.sampler, args.steps, args.variance)
         check_steps(steps, run, given=args.steps is not None)
-        check_sampling_variance(args.variance, args.sampler, run)
+        check_sampling_variance(args.variance, sampler, run)
         names = run.config.class_names
         if names is None and given:
             raise UserError(f"{given[0]}: {src} is an unconditional run (trained without class labels); drop "
@@ -195,9 +193,9 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
         ready()
-        drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+        drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
                          steps=steps, progress=not args.no_progress, labels=labels, guidance=args.guidance,
-                         guidance_interval=args.guidance_interval, variance=args.variance)
+                         guidance_interval=args.guidance_interval, variance=variance)
         return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
     if args.variance is not None:
         given.append(f"--variance {args.variance}")

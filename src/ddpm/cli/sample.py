@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 
 from ..core.respace import SPACINGS
-from ..core.samplers import SAMPLERS, steps_or_default
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS
+from ..sampling.defaults import resolve_sampling
 from ..sampling.generate import (
     DEFAULT_GUIDANCE,
     class_labels,
@@ -17,6 +17,7 @@ from ..sampling.generate import (
 )
 from .args import (
     add_device_and_progress,
+    add_sampler_and_steps,
     add_sampling_variance,
     add_weights,
     at_least,
@@ -28,6 +29,7 @@ from .errors import (
     check_guidance_interval,
     check_out_dir,
     check_sampling_variance,
+    check_spacing,
     check_steps,
     guidance_flags,
     refuse_file_as_folder,
@@ -57,10 +59,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/SAMPLER)")
     p.add_argument("--seed", type=int, default=0, help="base seed; sample k has its own seed (default: 0)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: %(default)s)")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS,
-                   help="ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
-    p.add_argument("--steps", type=at_least(1), default=None,
-                   help="sampling steps (default: all T for ddpm, 50 otherwise)")
+    add_sampler_and_steps(p)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="which timesteps a shortened sampler visits (default: logsnr for dpm++2m, else uniform)")
@@ -150,26 +149,24 @@ def _run_sample(args) -> int:
     if args.eta != 0.0 and args.sampler != "ddim":
         raise UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
     check_sampling_variance(args.variance, args.sampler)
-    if args.spacing is not None and args.sampler == "ddpm" and args.steps is None:
-        raise UserError(f"--spacing {args.spacing} picks the steps a shortened sampler keeps; ddpm without --steps "
-                         "runs all T of them; add --steps or drop --spacing")
     if args.num is not None and args.chain > args.num:
         raise UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
     refuse_file_as_folder(args.out, "--out")  # before loading the run; check_out_dir below tries a write
-    steps = steps_or_default(args.sampler, args.steps)
     run = load_run(args.run, which=args.weights, device=args.device)
+    sampler, steps, variance = resolve_sampling(run, args.sampler, args.steps, args.variance)
+    check_spacing(args.spacing, sampler, steps, run)
     labels = _labels(args, run)
     n = len(labels) if labels is not None else args.num if args.num is not None else 64
     if args.chain > n:
         raise UserError(f"--chain {args.chain}: only {n} samples are drawn; pass --chain {n} or less")
-    check_sampling_variance(args.variance, args.sampler, run)
+    check_sampling_variance(args.variance, sampler, run)
     check_steps(steps, run, given=args.steps is not None)
-    out = check_out_dir(args.out or default_samples_dir(run, args.sampler))
+    out = check_out_dir(args.out or default_samples_dir(run, sampler))
     w = resolve_guidance(labels, args.guidance)
     check_guidance_interval(args.guidance_interval, w, run)
     out = sample(run, n, out, individual=not args.no_individual, chain_samples=args.chain,
-                 grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
-                 steps=steps, eta=args.eta, spacing=args.spacing, variance=args.variance,
+                 grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
+                 steps=steps, eta=args.eta, spacing=args.spacing, variance=variance,
                  clip_denoised=not args.no_clip, cuda_graph=args.cuda_graph, precision=args.precision,
                  progress=not args.no_progress, labels=labels, guidance=args.guidance,
                  guidance_interval=args.guidance_interval)

@@ -187,7 +187,7 @@ def config_from_args(args) -> TrainConfig:
     if args.label_dropout is not None and not class_cond:
         raise ValueError(f"--label-dropout {args.label_dropout:g} applies to class-conditional training; add "
                          "--class-cond or drop --label-dropout")
-    image_size = args.image_size or (source_run.model.image_size if source_run else defaults.data.image_size)
+    image_size = args.image_size or (source_run.model.image_size if source_run else preset(args.preset or "digits").image_size)
     data = DataConfig(source=source, image_size=image_size, channels=channels, split=args.split, hflip=args.hflip,
                       class_cond=class_cond)
     model = preset(args.preset or "digits") if source_run is None else source_run.model

@@ -1,0 +1,48 @@
+"""What `ddpm sample`, `ddpm eval quality` and `make demo` draw with when no sampler flag says otherwise.
+
+Algorithm 2 on 100 respaced steps with Analytic-DPM's variance (:mod:`ddpm.sampling.variance`): on the digits it
+draws samples as good as the paper's 1,000 steps at a tenth of the network calls (docs/performance.md, "Full quality
+in 100 steps").  The variance is estimated from the run's training data; a run whose data cannot be read here (an
+imported network, a folder on another machine) is drawn with the paper's own sampler instead, all T steps of
+Algorithm 2 with the run's variance, and a note says so.  With a fixed or learned variance asked for, Algorithm 2
+runs all T steps unless ``--steps`` says otherwise; the other samplers take 50 steps.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..core.samplers import steps_or_default
+from ..data.datasets import EMBEDDED
+from ..runs.diffusers_io import UNKNOWN_DATA
+from .variance import ANALYTIC
+
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_ANALYTIC_STEPS", "analytic_available", "resolve_sampling"]
+
+DEFAULT_SAMPLER = "ddpm"
+#: Algorithm 2's steps with the analytic variance when none are asked for
+DEFAULT_ANALYTIC_STEPS = 100
+
+
+def analytic_available(run) -> bool:
+    """Whether the training data of ``run`` (a LoadedRun) is at hand to estimate the analytic variance from."""
+    source = run.config.data.source
+    return source in EMBEDDED or (source != UNKNOWN_DATA and Path(source).exists())
+
+
+def resolve_sampling(run, sampler: str | None = None, steps: int | None = None, variance: str | None = None,
+                     *, note=lambda text: print(text, file=sys.stderr)) -> tuple[str, int | None, str | None]:
+    """(sampler, steps, variance) for ``run`` with the defaults above filled in; steps None means all T and variance
+    None the run's own.  ``note`` is told, in one line, when the analytic variance cannot be the default."""
+    sampler = sampler or DEFAULT_SAMPLER
+    if sampler != "ddpm":
+        return sampler, steps_or_default(sampler, steps), variance
+    if variance is None:
+        if analytic_available(run):
+            variance = ANALYTIC
+        elif steps is None:
+            note(f"note: {run.config.data.source}, the training data of {run.checkpoint}, is not here to estimate "
+                 "the analytic variance from: drawing with all T steps of Algorithm 2 and the run's variance")
+    if variance == ANALYTIC and steps is None:
+        steps = min(DEFAULT_ANALYTIC_STEPS, run.schedule.num_timesteps)
+    return sampler, steps, variance
