@@ -3,6 +3,8 @@
 #   make test   installs ddpm with its test extras and runs the test suite
 PYTHON ?= python3
 RUN ?= runs/digits
+# the U-Net preset and its recipe: digits, or digits-fast for a third of the minutes (make demo PRESET=digits-fast)
+PRESET ?= digits
 
 .PHONY: install install-test demo test bench
 
@@ -21,7 +23,7 @@ demo: install
 	@if [ -d "$(RUN)/checkpoints" ]; then \
 	  $(PYTHON) -m ddpm train --resume $(RUN); \
 	else \
-	  $(PYTHON) -m ddpm train --run-dir $(RUN); \
+	  $(PYTHON) -m ddpm train --run-dir $(RUN) --preset $(PRESET); \
 	fi
 	$(PYTHON) -m ddpm sample $(RUN) -n 64 --chain 8
 

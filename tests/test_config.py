@@ -35,7 +35,7 @@ def test_digits_recipe_decays_the_rate_and_flags_override_it():
     assert config_from_args(build_parser().parse_args(["train", "--preset", "cifar10"])).lr_schedule == "constant"
 
 
-@pytest.mark.parametrize("preset_name", ["digits", "cifar10"])
+@pytest.mark.parametrize("preset_name", ["digits", "digits-fast", "cifar10"])
 def test_the_python_default_of_a_preset_is_what_ddpm_train_builds(preset_name):
     """One source of truth: ``TrainConfig.for_preset(NAME)`` and ``ddpm train --preset NAME`` with no other flag
     train the same run (the CLI adds only its own run folder and progress setting)."""
@@ -57,5 +57,17 @@ def test_help_defaults_come_from_the_library(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert f"{PRESET_RECIPES['digits']['steps']} for the digits preset, else {TrainConfig().steps}" in out
+    assert (f"{PRESET_RECIPES['digits']['steps']} for the digits preset, {PRESET_RECIPES['digits-fast']['steps']} for "
+            f"the digits-fast preset, else {TrainConfig().steps}") in out
+    assert f"(default: {PRESET_RECIPES['digits-fast']['min_snr_gamma']:g} for the digits-fast preset, else unweighted)" in out
     assert f"EMA decay (default: {TrainConfig().ema_decay:g}" in out
+
+
+def test_the_fast_digits_preset_trains_at_28_pixels_with_min_snr_and_turns_it_off_with_0():
+    from ddpm.cli.main import build_parser
+    from ddpm.cli.train import config_from_args
+
+    fast = config_from_args(build_parser().parse_args(["train", "--preset", "digits-fast"]))
+    assert (fast.data.image_size, fast.model.image_size, fast.min_snr_gamma) == (28, 28, 5.0)
+    off = config_from_args(build_parser().parse_args(["train", "--preset", "digits-fast", "--min-snr-gamma", "0"]))
+    assert off.min_snr_gamma is None and off.batch_size == fast.batch_size
