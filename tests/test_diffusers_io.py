@@ -222,7 +222,8 @@ def test_ddpm_pipeline_samples_the_images_ddpm_sample_draws(tmp_path, variance):
     run = _digits_run(tmp_path, variance)
     out = tmp_path / "exported"
     assert main(["export", str(run), str(out)]) == 0
-    assert main(["sample", str(run), "-n", "3", "--out", str(tmp_path / "ours"), "--no-progress"]) == 0
+    assert main(["sample", str(run), "-n", "3", "--variance", variance, "--out", str(tmp_path / "ours"),
+                 "--no-progress"]) == 0  # the run's own variance, all T steps: the paper's Algorithm 2
     ours = np.load(tmp_path / "ours" / "samples.npz")["images"].astype(np.int16)  # (3, 16, 16, 1) uint8
     pipe = diffusers.DDPMPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)

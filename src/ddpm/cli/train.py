@@ -189,7 +189,9 @@ def config_from_args(args) -> TrainConfig:
     if args.label_dropout is not None and not class_cond:
         raise ValueError(f"--label-dropout {args.label_dropout:g} applies to class-conditional training; add "
                          "--class-cond or drop --label-dropout")
-    image_size = args.image_size or (source_run.model.image_size if source_run else preset(args.preset or "digits").image_size)
+    name = args.preset or "digits"  # a preset with a recipe trains at its network's size, the others at 32
+    own = preset(name).image_size if name in PRESET_RECIPES else defaults.data.image_size
+    image_size = args.image_size or (source_run.model.image_size if source_run else own)
     data = DataConfig(source=source, image_size=image_size, channels=channels, split=args.split, hflip=args.hflip,
                       class_cond=class_cond)
     model = preset(args.preset or "digits") if source_run is None else source_run.model

@@ -216,6 +216,10 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
              **sampler_kw) -> Samples:
     """Draw ``n`` samples; returns :class:`Samples` (the uint8 images, and the chain of the first
     ``chain_samples`` of them, one frame every ``chain_every`` steps, by default a tenth of the steps).
+    ``variance``: sigma_t^2 of the "ddpm" sampler: a variance type of :data:`ddpm.core.diffusion.VARIANCE_TYPES`,
+    ``"analytic"`` (Analytic-DPM's, estimated once per loaded run from its training data: :mod:`.variance`), or None,
+    the run's own.  The library's defaults are the paper's (all T steps, the run's variance); the commands' defaults
+    are :func:`ddpm.sampling.defaults.resolve_sampling`'s.
     ``cuda_graph``: replay the network from CUDA graphs (:class:`ddpm.model.cudagraph.GraphedNetwork`; CUDA
     only).  ``precision``: see :func:`model_fn`.  ``on_step``: called with every batch's
     :class:`~ddpm.core.samplers.Step` (x_t and the predicted x_0 in the model's [-1, 1] range), e.g. to show
