@@ -257,10 +257,10 @@ def main(argv=None) -> None:
     if args.busy:
         busy_slowdown(args.busy, results)
     plot(results, names, Path(args.plot) if args.plot else out / "time_to_quality.png")
-    print(report(results, names, args, sampler, reference))
+    print(report(results, names, args, reference))
 
 
-def report(results: Results, names: list[str], args, sampler, reference) -> str:
+def report(results: Results, names: list[str], args, reference) -> str:
     lines = [results.get("machine"), "",
              f"classifier FD and KID at n = {args.n}, sample seed sets {args.seeds}; floor (real train digits) "
              f"FD {results.get('floor'):.2f}", "",

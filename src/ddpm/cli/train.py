@@ -189,12 +189,13 @@ def config_from_args(args) -> TrainConfig:
     if args.label_dropout is not None and not class_cond:
         raise ValueError(f"--label-dropout {args.label_dropout:g} applies to class-conditional training; add "
                          "--class-cond or drop --label-dropout")
-    name = args.preset or "digits"  # a preset with a recipe trains at its network's size, the others at 32
-    own = preset(name).image_size if name in PRESET_RECIPES else defaults.data.image_size
+    preset_name = args.preset or "digits"
+    # a preset with a recipe trains at its network's size, the others at TrainConfig's (32)
+    own = preset(preset_name).image_size if preset_name in PRESET_RECIPES else defaults.data.image_size
     image_size = args.image_size or (source_run.model.image_size if source_run else own)
     data = DataConfig(source=source, image_size=image_size, channels=channels, split=args.split, hflip=args.hflip,
                       class_cond=class_cond)
-    model = preset(args.preset or "digits") if source_run is None else source_run.model
+    model = preset(preset_name) if source_run is None else source_run.model
     if model_over:  # checked at the data's image size, where the network will run
         model = UNetConfig.from_dict({**model.to_dict(), **model_over, "image_size": data.image_size,
                                       "in_channels": data.channels})
@@ -208,13 +209,14 @@ def config_from_args(args) -> TrainConfig:
             "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "loss": args.loss,
             "hybrid_lambda": args.hybrid_lambda, "min_snr_gamma": args.min_snr_gamma, "variance": args.variance,
             "seed": args.seed, "log_every": args.log_every, "sample_every": args.sample_every,
-            "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "device": args.device, "precision": args.precision,
-            "compile": args.compile, "label_dropout": args.label_dropout}
+            "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
+            "device": args.device, "precision": args.precision, "compile": args.compile,
+            "label_dropout": args.label_dropout}
     flat = {k: v for k, v in flat.items() if v is not None}
     if flat.get("min_snr_gamma") == 0:  # unweighted, whatever the preset's recipe says
         flat["min_snr_gamma"] = None
     if source_run is None:
-        return TrainConfig.for_preset(args.preset or "digits", model=model, schedule=schedule, data=data,
+        return TrainConfig.for_preset(preset_name, model=model, schedule=schedule, data=data,
                                       importance_sampling=args.importance_sampling,
                                       progress=not args.no_progress, **flat)
     _check_fits(args, source_run.model, data, flat.get("variance", source_run.variance))
