@@ -1,4 +1,4 @@
-"""Time to quality: the digits recipe of `ddpm train` against a faster one, trained and scored in one run.
+"""Time to quality: the digits recipe of `ddpm train` against `make demo`'s, trained and scored in one run.
 
 Each recipe is trained from scratch on this machine at the library's default threads (checkpoints along the way),
 then scored with the classifier yardstick of `ddpm eval quality` at n samples over several sets of sample seeds (the
@@ -6,7 +6,8 @@ same seeds for every recipe).  It prints, per recipe: training minutes, steps, i
 64 samples, classifier FD (mean and spread over the seed sets), KID and the classes drawn; and it plots FD against
 training minutes for every checkpoint (one seed set), so time-to-quality can be read at a glance.
 
-    python benchmarks/time_to_quality.py                                  # both recipes, 3 x 1,000 samples each
+    python benchmarks/time_to_quality.py                                  # default and demo, 3 x 1,000 samples each
+    python benchmarks/time_to_quality.py --recipes default,demo,fast      # + digits-fast without the labels
     python benchmarks/time_to_quality.py --out runs/ttq --plot docs/img/time_to_quality.png
     python benchmarks/time_to_quality.py --reference ddpm:1000:fixed-large   # + the paper's sampler, final models
     python benchmarks/time_to_quality.py --busy 15                        # + the busy-machine slowdown, 15 s each way
@@ -14,7 +15,9 @@ training minutes for every checkpoint (one seed set), so time-to-quality can be 
 
 Everything measured is kept in OUT/results.json as it comes; a rerun skips finished training runs and scores
 already in it, so an interrupted benchmark goes on where it stopped (delete OUT to start afresh).
-Not a test: both recipes together take about 20 minutes of training on 2 cores, and the scoring as long again.
+A class-conditional recipe is scored as `ddpm eval quality` scores it: every digit in turn, unguided, and the share
+of samples the classifier reads as the digit asked for is reported beside the FD.
+Not a test: the two recipes take about 20 minutes of training on 2 cores, and the scoring as long again.
 """
 from __future__ import annotations
 
@@ -37,16 +40,21 @@ from ddpm.evaluation.quality import quality_report  # noqa: E402
 from ddpm.runs.checkpoint import complete_checkpoints  # noqa: E402
 from ddpm.runs.rundir import read_metrics  # noqa: E402
 from ddpm.runtime.atomic import write_json_atomic  # noqa: E402
-from ddpm.sampling.defaults import resolve_sampling  # noqa: E402
+from ddpm.sampling.defaults import resolve_classes, resolve_sampling  # noqa: E402
 from ddpm.sampling.generate import generate, load_run  # noqa: E402
 from ddpm.training.trainer import train  # noqa: E402
+from main_job import DEMO_FLAGS  # noqa: E402
 
-#: name -> the `ddpm train` flags of the recipe: "default" is what `ddpm train` (and `make demo`) does with no flag,
-#: "fast" the digits-fast preset's (28x28, batch 32, Min-SNR-5: runs/config.py)
+#: name -> the `ddpm train` flags of the recipe: "default" is what `ddpm train` does with no flag (the digits recipe,
+#: what `make demo` trained before), "demo" what `make demo` trains now (main_job.DEMO_FLAGS: digits-fast with the
+#: digits' labels), "fast" the digits-fast preset without the labels (28x28, batch 32, Min-SNR-5: runs/config.py)
 RECIPES = {
     "default": [],
+    "demo": DEMO_FLAGS,
     "fast": ["--preset", "digits-fast"],
 }
+#: the recipes run unless --recipes says otherwise
+DEFAULT_RECIPES = ("default", "demo")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -54,7 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/time_to_quality", help="runs and results.json go here")
-    p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                   help=f"comma-separated, of {', '.join(RECIPES)} (default: %(default)s)")
     p.add_argument("--extra", default="", help="`ddpm train` flags added to every recipe, e.g. \"--steps 40\" for a "
                                                 "smoke run")
     p.add_argument("-n", type=int, default=1000, help="samples per seed set (default: 1000)")
@@ -142,10 +151,14 @@ def train_recipe(name: str, flags: list[str], run_dir: Path, points: int, result
 
 def score(run, n: int, seed: int, spec, classifier) -> dict:
     sampler, steps, variance = resolve_sampling(run, *spec)
-    images = generate(run, n, seed=seed, sampler=sampler, steps=steps, variance=variance, batch_size=250,
-                      progress=n > 250).images
-    rep = quality_report(images, classifier=classifier, floor=False)
-    return {"fd": round(rep["fd"], 4), "kid": round(rep["kid_mean"], 5), "classes": rep["classes"]["classes_present"]}
+    labels, w = resolve_classes(run, n, None, None)  # as `ddpm eval quality`: a conditional run, every class in turn
+    drawn = generate(run, n, seed=seed, sampler=sampler, steps=steps, variance=variance, batch_size=250,
+                     progress=n > 250, labels=labels, guidance=w)
+    rep = quality_report(drawn.images, classifier=classifier, floor=False, labels=drawn.labels)
+    got = {"fd": round(rep["fd"], 4), "kid": round(rep["kid_mean"], 5), "classes": rep["classes"]["classes_present"]}
+    if labels is not None:
+        got["accuracy"] = round(rep["conditional"]["accuracy"], 4)  # the share drawn as the digit asked for
+    return got
 
 
 def score_sets(name: str, key: str, run, args, sampler, classifier, results: Results) -> dict:
@@ -174,9 +187,12 @@ def demo_sampling_seconds(run_dir: Path, name: str, results: Results) -> float:
 
 def summary(scores: dict) -> dict:
     fds = [s["fd"] for s in scores.values()]
-    return {"fd_mean": statistics.mean(fds), "fd_min": min(fds), "fd_max": max(fds),
-            "kid_mean": statistics.mean(s["kid"] for s in scores.values()),
-            "classes": min(s["classes"] for s in scores.values())}
+    out = {"fd_mean": statistics.mean(fds), "fd_min": min(fds), "fd_max": max(fds),
+           "kid_mean": statistics.mean(s["kid"] for s in scores.values()),
+           "classes": min(s["classes"] for s in scores.values())}
+    if all("accuracy" in s for s in scores.values()):
+        out["accuracy"] = statistics.mean(s["accuracy"] for s in scores.values())
+    return out
 
 
 def plot(results: Results, names: list[str], path: Path) -> None:
@@ -264,17 +280,20 @@ def report(results: Results, names: list[str], args, reference) -> str:
     lines = [results.get("machine"), "",
              f"classifier FD and KID at n = {args.n}, sample seed sets {args.seeds}; floor (real train digits) "
              f"FD {results.get('floor'):.2f}", "",
-             "| recipe | train minutes | steps | img/s | 64 demo samples, s | sampler | FD mean | FD range | KID | "
-             "classes |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: |"]
+             "| recipe | train minutes | steps | img/s | 64 demo samples, s | train + demo, min | sampler | FD mean | "
+             "FD range | KID | classes | class asked for |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |"]
     for name in names:
         tr = results.get(name, "training")
         rows = [results.get(name, "summary")]
         if reference is not None:
             rows.append(results.get(name, "reference summary"))
         for s in rows:
-            lines.append(f"| {name} | {tr['minutes']:.1f} | {tr['steps']} | {tr['img_per_s']:.0f} | "
-                         f"{results.get(name, 'demo_sample_s'):.1f} | {s['sampler']} | {s['fd_mean']:.2f} | "
-                         f"{s['fd_min']:.2f}-{s['fd_max']:.2f} | {s['kid_mean']:.4f} | {s['classes']}/10 |")
+            demo_s = results.get(name, "demo_sample_s")
+            accuracy = f"{100 * s['accuracy']:.1f}%" if "accuracy" in s else "-"
+            lines.append(f"| {name} | {tr['minutes']:.1f} | {tr['steps']} | {tr['img_per_s']:.0f} | {demo_s:.1f} | "
+                         f"{tr['minutes'] + demo_s / 60:.1f} | {s['sampler']} | {s['fd_mean']:.2f} | "
+                         f"{s['fd_min']:.2f}-{s['fd_max']:.2f} | {s['kid_mean']:.4f} | {s['classes']}/10 | {accuracy} |")
     lines.append("")
     for name in names:
         curve = results.get(name, "curve") or {}

@@ -157,3 +157,36 @@ def test_default_sampling_without_the_data_is_the_papers_with_a_note(tmp_path):
     assert len(notes) == 1 and "all T steps" in notes[0] and "gone" in notes[0]
     assert resolve_sampling(fake_run(str(tmp_path)), note=notes.append) == ("ddpm", 100, "analytic")  # a folder here
     assert resolve_sampling(fake_run("digits", T=20), note=notes.append) == ("ddpm", 20, "analytic")  # at most T
+
+
+def _label_network_run():
+    """A stand-in class-conditional run on the sklearn digits whose 'network' predicts eps = its label everywhere
+    (the "no class" label 10 when called without labels), so Gamma is the mean squared label: known exactly."""
+    from types import SimpleNamespace
+
+    from ddpm.data.datasets import DataConfig
+
+    def network(x, t, y=None):
+        y = torch.full((len(x),), 10) if y is None else y
+        return y.float().view(-1, 1, 1, 1).expand(x.shape).clone()
+    config = SimpleNamespace(data=DataConfig(source="sklearn-digits", image_size=8, class_cond=True),
+                             model=SimpleNamespace(num_classes=10, in_channels=1))
+    return SimpleNamespace(config=config, model=network, schedule=make_schedule(), device="cpu",
+                           cache={})
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0])
+def test_a_conditional_run_estimates_gamma_with_each_images_label(w):
+    from ddpm.data.embedded import sklearn_digits_split
+    labels = sklearn_digits_split("train")[1].double()
+    run = _label_network_run()
+    steps = torch.tensor([0, 500, 999])
+    # with every training image in the estimate, Gamma = mean of the guided eps~^2 = ((1 + w) y - 10 w)^2
+    want = ((1 + w) * labels - 10 * w).pow(2).mean()
+    reverse = respace(run.schedule, steps)
+    expected = analytic_variances(reverse, torch.full((3,), float(want), dtype=torch.float64))
+    got = analytic_sigma2(run, steps, images=len(labels), guide=(w, None))
+    torch.testing.assert_close(got, expected)
+    unguided = analytic_sigma2(run, steps, images=len(labels))  # called without labels: "no class", eps = 10
+    torch.testing.assert_close(unguided, analytic_variances(reverse, torch.full((3,), 100.0, dtype=torch.float64)))
+    assert len(run.cache) == 2  # one estimate per way of calling the network

@@ -346,6 +346,23 @@ def test_tiny_conditional_run_end_to_end(cond_run, tmp_path, capsys):
     assert np.array_equal(np.load(tmp_path / "interval" / "samples.npz")["images"], want.permute(0, 2, 3, 1).numpy())
 
 
+def test_a_conditional_run_asked_for_no_class_draws_every_class_in_turn_unguided(cond_run, tmp_path, capsys):
+    """The commands' default for a conditional run: a model of the whole data, sample k of class k mod 10, w = 0
+    (one network pass a step), the images generate() draws with those labels and no guidance.  (The tiny run's
+    class embedding has hardly moved from its start, so the recorded w is what tells w = 0 from w = 1 here.)"""
+    from ddpm.sampling.generate import generate, load_run
+    out = tmp_path / "all"
+    assert main(["sample", str(cond_run), "-n", "12", "--sampler", "ddim", "--steps", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert "classes 0,1,2,3,4,5,6,7,8,9, guidance w = 0" in capsys.readouterr().out
+    saved = np.load(out / "samples.npz")
+    assert saved["labels"].tolist() == [k % 10 for k in range(12)]
+    assert json.loads((out / "samples.json").read_text())["guidance"] == 0.0
+    want = generate(load_run(cond_run), 12, sampler="ddim", steps=2, labels=[k % 10 for k in range(12)],
+                    guidance=0.0, progress=False).images
+    assert np.array_equal(saved["images"], want.permute(0, 2, 3, 1).numpy())
+
+
 def test_eval_of_a_conditional_run(cond_run, tmp_path, capsys):
     from ddpm.evaluation.quality import conditional_accuracy
     assert main(["eval", "nll", str(cond_run), "--class-cond", "--quick", "2", "-n", "4", "--no-progress"]) == 0

@@ -19,13 +19,10 @@ from ..evaluation.reports import (
     run_quality,
 )
 from ..evaluation.study import measures_quality, noise_study
-from ..sampling.defaults import resolve_sampling
+from ..sampling.defaults import resolve_classes, resolve_sampling
 from ..sampling.generate import (
-    DEFAULT_GUIDANCE,
-    class_labels,
     generate,
     load_run,
-    resolve_guidance,
 )
 from .args import (
     add_device_and_progress,
@@ -151,7 +148,7 @@ def _add_sampling_flags(p, default_n):
                    help="samples per batch when drawing from a run (default: %(default)s)")
     p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
                    help="class-conditional runs: guidance weight w of the samples drawn, every class in turn "
-                        f"(default: {DEFAULT_GUIDANCE:g}; 0 is purely conditional)")
+                        "(default: 0, purely conditional, one network pass a step)")
     p.add_argument("--guidance-interval", type=t_range, default=None, metavar="LO-HI",
                    help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
                         "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
@@ -188,13 +185,13 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         if names is None and given:
             raise UserError(f"{given[0]}: {src} is an unconditional run (trained without class labels); drop "
                             f"{given[0].split()[0]}")
-        labels = class_labels(len(names), args.num) if names is not None else None
-        check_guidance_interval(args.guidance_interval, resolve_guidance(labels, args.guidance), run)
+        labels, w = resolve_classes(run, args.num, None, args.guidance)
+        check_guidance_interval(args.guidance_interval, w, run)
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
         ready()
         drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
-                         steps=steps, progress=not args.no_progress, labels=labels, guidance=args.guidance,
+                         steps=steps, progress=not args.no_progress, labels=labels, guidance=w,
                          guidance_interval=args.guidance_interval, variance=variance)
         return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
     if args.variance is not None:

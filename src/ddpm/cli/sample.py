@@ -6,13 +6,12 @@ import argparse
 from ..core.respace import SPACINGS
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS
-from ..sampling.defaults import resolve_sampling
+from ..sampling.defaults import resolve_classes, resolve_sampling
 from ..sampling.generate import (
     DEFAULT_GUIDANCE,
     class_labels,
     default_samples_dir,
     load_run,
-    resolve_guidance,
     sample,
 )
 from .args import (
@@ -156,20 +155,20 @@ def _run_sample(args) -> int:
     run = load_run(args.run, which=args.weights, device=args.device)
     sampler, steps, variance = resolve_sampling(run, args.sampler, args.steps, args.variance)
     check_spacing(args.spacing, sampler, steps, run)
-    labels = _labels(args, run)
-    n = len(labels) if labels is not None else args.num if args.num is not None else 64
+    asked = _labels(args, run)
+    n = len(asked) if asked is not None else args.num if args.num is not None else 64
+    labels, w = resolve_classes(run, n, asked, args.guidance)  # a conditional run asked for no class: all in turn
     if args.chain > n:
         raise UserError(f"--chain {args.chain}: only {n} samples are drawn; pass --chain {n} or less")
     check_sampling_variance(args.variance, sampler, run)
     check_steps(steps, run, given=args.steps is not None)
     out = check_out_dir(args.out or default_samples_dir(run, sampler))
-    w = resolve_guidance(labels, args.guidance)
     check_guidance_interval(args.guidance_interval, w, run)
     out = sample(run, n, out, individual=not args.no_individual, chain_samples=args.chain,
                  grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
                  steps=steps, eta=args.eta, spacing=args.spacing, variance=variance,
                  clip_denoised=not args.no_clip, cuda_graph=args.cuda_graph, precision=args.precision,
-                 progress=not args.no_progress, labels=labels, guidance=args.guidance,
+                 progress=not args.no_progress, labels=labels, guidance=w,
                  guidance_interval=args.guidance_interval)
     drawn = "" if labels is None else f", classes {_shown(run.config.class_names, labels)}, guidance w = {w:g}"
     if args.guidance_interval is not None:

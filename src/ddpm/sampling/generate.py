@@ -256,8 +256,9 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
         f = GraphedNetwork(run.model, autocast_dtype=_autocast_dtype(run.device, precision))
     else:
         f = model_fn(run.model, run.device, precision)
+    guide = None if y_all is None else (guidance, interval)
     sigma2 = analytic_sigma2(run, ancestral_timesteps(run.schedule, steps, sampler_kw.get("spacing")),
-                             model=f) if analytic else None
+                             model=f, guide=guide) if analytic else None
     out, chains = [], []
     bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True) if progress and n > batch_size else None
     for start in range(0, n, batch_size):
