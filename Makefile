@@ -3,7 +3,7 @@
 #               minutes on 2 CPU cores), samples 64 images (every digit in turn) and their denoising chain
 #   make test   installs ddpm with its test extras and runs the test suite
 PYTHON ?= python3
-RUN ?= runs/digits
+RUN ?= runs/demo
 # the `ddpm train` flags of the demo (benchmarks/main_job.py DEMO_FLAGS); make demo TRAIN= trains `ddpm train`'s own
 # digits recipe (unconditional, 32x32, 3,000 steps: about four times the minutes)
 TRAIN ?= --preset digits-fast --class-cond

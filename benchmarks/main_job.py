@@ -71,7 +71,8 @@ def main(argv=None) -> None:
 
     result = {
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "train_flags": args.train_flags, "steps": steps, "batch_size": config.batch_size, "train_wall_s": round(train_s, 1),
+        "train_flags": args.train_flags, "steps": steps, "batch_size": config.batch_size,
+        "train_wall_s": round(train_s, 1),
         "train_img_per_s": round(steps * config.batch_size * config.grad_accum / train_s, 1),
         "final_loss_last5_logs": round(final_loss, 4),
         "sample_images": args.samples, "sampler": drawn.get("sampler"), "sample_steps": drawn.get("steps"),

@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from main_job import DEMO_FLAGS  # noqa: E402
+
 from ddpm.cli.main import build_parser  # noqa: E402
 from ddpm.cli.main import main as main_cli  # noqa: E402
 from ddpm.cli.train import config_from_args  # noqa: E402
@@ -43,7 +45,6 @@ from ddpm.runtime.atomic import write_json_atomic  # noqa: E402
 from ddpm.sampling.defaults import resolve_classes, resolve_sampling  # noqa: E402
 from ddpm.sampling.generate import generate, load_run  # noqa: E402
 from ddpm.training.trainer import train  # noqa: E402
-from main_job import DEMO_FLAGS  # noqa: E402
 
 #: name -> the `ddpm train` flags of the recipe: "default" is what `ddpm train` does with no flag (the digits recipe,
 #: what `make demo` trained before), "demo" what `make demo` trains now (main_job.DEMO_FLAGS: digits-fast with the
@@ -293,7 +294,8 @@ def report(results: Results, names: list[str], args, reference) -> str:
             accuracy = f"{100 * s['accuracy']:.1f}%" if "accuracy" in s else "-"
             lines.append(f"| {name} | {tr['minutes']:.1f} | {tr['steps']} | {tr['img_per_s']:.0f} | {demo_s:.1f} | "
                          f"{tr['minutes'] + demo_s / 60:.1f} | {s['sampler']} | {s['fd_mean']:.2f} | "
-                         f"{s['fd_min']:.2f}-{s['fd_max']:.2f} | {s['kid_mean']:.4f} | {s['classes']}/10 | {accuracy} |")
+                         f"{s['fd_min']:.2f}-{s['fd_max']:.2f} | {s['kid_mean']:.4f} | {s['classes']}/10 | "
+                         f"{accuracy} |")
     lines.append("")
     for name in names:
         curve = results.get(name, "curve") or {}

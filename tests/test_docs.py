@@ -59,3 +59,13 @@ def test_documented_ddpm_command_parses(match, args):
 @pytest.mark.parametrize("match, args", BENCHMARK_COMMANDS)
 def test_documented_benchmark_command_parses(match, args, load_benchmark):
     load_benchmark(match["script"]).make_parser().parse_args(args)
+
+
+def test_make_demo_trains_what_the_benchmarks_time(load_benchmark):
+    """The Makefile's TRAIN flags are main_job.DEMO_FLAGS (which time_to_quality's "demo" recipe is), and parse."""
+    m = re.search(r"^TRAIN \?= (.*)$", (ROOT / "Makefile").read_text(), re.M)
+    assert m is not None, "the Makefile sets no TRAIN"
+    flags = load_benchmark("main_job").DEMO_FLAGS
+    assert shlex.split(m.group(1)) == flags
+    assert load_benchmark("time_to_quality").RECIPES["demo"] == flags
+    build_parser().parse_args(["train", *flags])

@@ -44,6 +44,7 @@ SAMPLE_EXAMPLES = """examples:
   ddpm sample runs/digits --sampler dpm++2m --steps 20 --out samples/fast
   ddpm sample runs/digits --sampler ddim --steps 50 --eta 1 --seed 7   # stochastic DDIM, other images
   ddpm sample runs/digits --precision bf16      # bf16 autocast on the CPU (1.2x faster where it is native)
+  ddpm sample runs/demo                         # make demo's run is class-conditional: every digit in turn, w = 0
   ddpm sample runs/digits-cond --class 7 -n 16  # a class-conditional run (ddpm train --class-cond): sixteen 7s
   ddpm sample runs/digits-cond --classes 0,1,2 --guidance 2 --sampler ddim --steps 50   # 0, 1, 2, 0, 1, ...
   ddpm sample runs/digits-cond --per-class 8 --sampler ddim --steps 50   # a 10 x 8 grid, one row per digit
@@ -78,7 +79,8 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
                    help="classifier-free guidance weight w: eps~ = (1 + w) eps(x, t, y) - w eps(x, t); 0 is purely "
                         "conditional, larger is more typical of the class and less varied (the 'guidance scale' of "
-                        f"other libraries is 1 + w) (default: {DEFAULT_GUIDANCE:g})")
+                        f"other libraries is 1 + w) (default: {DEFAULT_GUIDANCE:g} with a class flag; a conditional "
+                        "run asked for no class draws every class in turn with w = 0)")
     p.add_argument("--guidance-interval", type=t_range, default=None, metavar="LO-HI",
                    help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
                         "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
