@@ -28,6 +28,7 @@ __all__ = ["register", "config_from_args", "TRAIN_EXAMPLES"]
 
 TRAIN_EXAMPLES = """examples:
   ddpm train                                   # small preset on the embedded MNIST digits (train split)
+  ddpm train --preset digits-fast --class-cond --run-dir runs/demo   # make demo: 5 minutes, digits by class
   ddpm train --steps 20000 --run-dir runs/long
   ddpm train --class-cond --run-dir runs/digits-cond   # class-conditional: the digits' labels, 10% dropped
   ddpm train --data path/to/classes --class-cond --image-size 64 --channels 3   # one sub-folder per class
@@ -77,7 +78,7 @@ def register(sub) -> None:
                         "(lr 2e-4, constant) instead of a preset's; fine-tuning on --data")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="U-Net and its recipe: digits (1.1M parameters, 32x32 grey), digits-fast (0.69M, the digits "
-                        "at their own 28x28, a third of the minutes), cifar10 (the paper's 35.7M, 32x32 colour), tiny "
+                        "at their own 28x28, under a third of the minutes), cifar10 (the paper's 35.7M, 32x32 colour), tiny "
                         "(for tests on 8x8 images: add --image-size 8) (default: digits)")
     p.add_argument("--base-channels", type=at_least(1), default=None,
                    help="override the preset's width at full resolution")

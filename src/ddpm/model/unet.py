@@ -215,8 +215,9 @@ PRESETS: dict[str, UNetConfig] = {
     "digits": UNetConfig(in_channels=1, base_channels=16, channel_mult=(1, 2, 4, 4), num_res_blocks=1,
                          attention_resolutions=(8,), dropout=0.0, image_size=32, num_groups=8),
     # The digits at their own 28x28 (no padding to 32): the digits preset without its 4x4 level (28 halves only
-    # twice), 0.69M parameters, 1.3x its training img/s; with its recipe (runs/config.py) a third of the digits
-    # preset's minutes (docs/performance.md, "Time to quality").
+    # twice), 0.69M parameters, 1.3x its training img/s; with its recipe (runs/config.py) under a third of the
+    # digits preset's minutes, and with the digits' labels (make demo) better samples (docs/performance.md,
+    # "Time to quality").
     "digits-fast": UNetConfig(in_channels=1, base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
                               attention_resolutions=(7,), dropout=0.0, image_size=28, num_groups=8),
     # For tests: a few thousand parameters, still with attention and a skip path at every level.
