@@ -78,8 +78,8 @@ def register(sub) -> None:
                         "(lr 2e-4, constant) instead of a preset's; fine-tuning on --data")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="U-Net and its recipe: digits (1.1M parameters, 32x32 grey), digits-fast (0.69M, the digits "
-                        "at their own 28x28, under a third of the minutes), cifar10 (the paper's 35.7M, 32x32 colour), tiny "
-                        "(for tests on 8x8 images: add --image-size 8) (default: digits)")
+                        "at their own 28x28, under a third of the minutes), cifar10 (the paper's 35.7M, 32x32 "
+                        "colour), tiny (for tests on 8x8 images: add --image-size 8) (default: digits)")
     p.add_argument("--base-channels", type=at_least(1), default=None,
                    help="override the preset's width at full resolution")
     p.add_argument("--channel-mult", type=int_list, default=None, metavar="M1,M2,...",
