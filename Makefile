@@ -5,7 +5,7 @@
 PYTHON ?= python3
 RUN ?= runs/demo
 # the `ddpm train` flags of the demo (benchmarks/main_job.py DEMO_FLAGS); make demo TRAIN= trains `ddpm train`'s own
-# digits recipe (unconditional, 32x32, 3,000 steps: about four times the minutes)
+# digits recipe (unconditional, 32x32, 3,000 steps: about three times the minutes)
 TRAIN ?= --preset digits-fast --class-cond
 
 .PHONY: install install-test demo test bench
