@@ -91,8 +91,8 @@ def parse_sampler(text: str | None) -> tuple[str | None, int | None, str | None]
 
 
 def sampler_label(run, spec) -> str:
-    sampler, steps, variance = resolve_sampling(run, *spec)
-    return f"{sampler}-{steps or run.schedule.num_timesteps}" + (f" {variance}" if variance else "")
+    sampler, steps, variance, spacing = resolve_sampling(run, *spec)
+    return f"{sampler}-{steps or run.schedule.num_timesteps}" + "".join(f" {v}" for v in (variance, spacing) if v)
 
 
 class Results:
@@ -151,10 +151,10 @@ def train_recipe(name: str, flags: list[str], run_dir: Path, points: int, result
 
 
 def score(run, n: int, seed: int, spec, classifier) -> dict:
-    sampler, steps, variance = resolve_sampling(run, *spec)
+    sampler, steps, variance, spacing = resolve_sampling(run, *spec)
     labels, w = resolve_classes(run, n, None, None)  # as `ddpm eval quality`: a conditional run, every class in turn
-    drawn = generate(run, n, seed=seed, sampler=sampler, steps=steps, variance=variance, batch_size=250,
-                     progress=n > 250, labels=labels, guidance=w)
+    drawn = generate(run, n, seed=seed, sampler=sampler, steps=steps, variance=variance, spacing=spacing,
+                     batch_size=250, progress=n > 250, labels=labels, guidance=w)
     rep = quality_report(drawn.images, classifier=classifier, floor=False, labels=drawn.labels)
     got = {"fd": round(rep["fd"], 4), "kid": round(rep["kid_mean"], 5), "classes": rep["classes"]["classes_present"]}
     if labels is not None:

@@ -135,13 +135,14 @@ def fake_run(source, T=1000):
 
 
 @pytest.mark.parametrize("asked, want", [
-    ((None, None, None), ("ddpm", 100, "analytic")),               # the default: 100 steps, analytic variance
-    (("ddpm", None, None), ("ddpm", 100, "analytic")),
-    (("ddpm", 1000, None), ("ddpm", 1000, "analytic")),
-    (("ddpm", None, "fixed-large"), ("ddpm", None, "fixed-large")),  # the paper's Algorithm 2: all T steps
-    (("ddpm", 50, "fixed-small"), ("ddpm", 50, "fixed-small")),
-    (("ddim", None, None), ("ddim", 50, None)),
-    (("dpm++2m", 20, None), ("dpm++2m", 20, None)),
+    ((None, None, None), ("ddpm", 100, "analytic", "quadratic")),     # the default: 100 quadratic steps, analytic
+    (("ddpm", None, None), ("ddpm", 100, "analytic", "quadratic")),
+    (("ddpm", 50, None, "uniform"), ("ddpm", 50, "analytic", "uniform")),  # a spacing asked for is kept
+    (("ddpm", 1000, None), ("ddpm", 1000, "analytic", None)),         # all T: nothing to space
+    (("ddpm", None, "fixed-large"), ("ddpm", None, "fixed-large", None)),  # the paper's Algorithm 2: all T steps
+    (("ddpm", 50, "fixed-small"), ("ddpm", 50, "fixed-small", None)),  # the sampler's own spacing (uniform)
+    (("ddim", None, None), ("ddim", 50, None, None)),
+    (("dpm++2m", 20, None, "logsnr"), ("dpm++2m", 20, None, "logsnr")),
 ])
 def test_default_sampling_with_the_data_at_hand(asked, want):
     from ddpm.sampling.defaults import resolve_sampling
@@ -153,10 +154,11 @@ def test_default_sampling_with_the_data_at_hand(asked, want):
 def test_default_sampling_without_the_data_is_the_papers_with_a_note(tmp_path):
     from ddpm.sampling.defaults import resolve_sampling
     notes = []
-    assert resolve_sampling(fake_run(str(tmp_path / "gone")), note=notes.append) == ("ddpm", None, None)
+    assert resolve_sampling(fake_run(str(tmp_path / "gone")), note=notes.append) == ("ddpm", None, None, None)
     assert len(notes) == 1 and "all T steps" in notes[0] and "gone" in notes[0]
-    assert resolve_sampling(fake_run(str(tmp_path)), note=notes.append) == ("ddpm", 100, "analytic")  # a folder here
-    assert resolve_sampling(fake_run("digits", T=20), note=notes.append) == ("ddpm", 20, "analytic")  # at most T
+    here = resolve_sampling(fake_run(str(tmp_path)), note=notes.append)  # a folder here
+    assert here == ("ddpm", 100, "analytic", "quadratic")
+    assert resolve_sampling(fake_run("digits", T=20), note=notes.append) == ("ddpm", 20, "analytic", None)  # at most T
 
 
 def _label_network_run():

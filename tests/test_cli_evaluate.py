@@ -1,5 +1,6 @@
 """`ddpm eval` and `ddpm study` end to end on a tiny run, and the one-line errors of the CLI."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,6 +125,8 @@ def test_bad_numbers_are_refused_while_parsing(argv, needle, capsys):
     (["eval", "quality", "RUN", "--sampler", "ddim"], "the sampler's default is 50; pass --steps 20 or fewer"),  # T = 20 run
     (["eval", "quality", "RUN", "--sampler", "ddpm", "--steps", "21"], "--steps must lie in [1, 20]"),
     (["eval", "quality", "ONE.npz"], "holds 1 image"),
+    (["eval", "quality", "RUN", "--spacing", "quadratic"], "ddpm here runs all T"),  # the default 100 steps: all T
+    (["eval", "quality", "ONE.npz", "--spacing", "uniform"], "--spacing uniform applies to samples drawn from a run"),
 ])
 def test_eval_and_study_refuse_what_they_cannot_measure_in_one_line(run, argv, needle, tmp_path, capsys):
     np.savez(tmp_path / "ONE.npz", images=np.zeros((1, 32, 32), dtype=np.uint8))
@@ -359,3 +362,23 @@ def test_study_noise_says_an_fd_from_few_samples_is_rough(run, tmp_path, capsys,
     assert "note: -n 8: an FD from so few samples per variant is rough" in capsys.readouterr().err
     assert main(["study", "noise", str(run), "-n", "64", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
     assert "rough" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, spacing", [
+    ([], "quadratic"),                                 # the commands' default: analytic variance, quadratic steps
+    (["--spacing", "uniform"], "uniform"),
+    (["--variance", "fixed-large"], None),             # the sampler's own (uniform)
+])
+def test_eval_quality_draws_with_the_spacing_asked_for(run, extra, spacing, tmp_path, monkeypatch):
+    import ddpm.cli.evaluate as evaluate
+    seen = {}
+
+    def drawn(run, n, **kw):
+        seen.update(kw)
+        return SimpleNamespace(images=torch.zeros(n, 1, 8, 8, dtype=torch.uint8), labels=None)
+    monkeypatch.setattr(evaluate, "generate", drawn)
+    monkeypatch.setattr(evaluate, "run_quality", lambda images, out, name, labels=None: {})
+    monkeypatch.setattr(evaluate, "quality_summary", lambda report: "")
+    assert main(["eval", "quality", str(run), "-n", "2", "--steps", "4", *extra, "--out", str(tmp_path / "q"),
+                 "--no-progress"]) == 0
+    assert seen["steps"] == 4 and seen["spacing"] == spacing

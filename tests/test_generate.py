@@ -40,6 +40,26 @@ def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
     assert np.array_equal(again.permute(0, 2, 3, 1).numpy(), np.load(out / "samples.npz")["images"])
 
 
+def test_the_default_sampler_records_its_analytic_variance_and_quadratic_spacing(run, tmp_path):
+    """With no sampler flag, a shortened Algorithm 2 takes the analytic variance on quadratically spaced steps
+    (sampling/defaults.py); samples.json says so, and its settings draw the same images again."""
+    from ddpm.core.respace import timestep_sequence
+    from ddpm.sampling.generate import generate, load_run
+    out = tmp_path / "s"
+    assert main(["sample", str(run), "-n", "2", "--steps", "6", "--no-progress", "--out", str(out)]) == 0
+    rec = json.loads((out / "samples.json").read_text())
+    assert {k: rec[k] for k in ("sampler", "steps", "spacing", "variance")} == {
+        "sampler": "ddpm", "steps": 6, "spacing": "quadratic", "variance": "analytic"}
+    loaded = load_run(rec["checkpoint"])
+    assert not torch.equal(timestep_sequence(loaded.schedule, 6, "quadratic"),
+                           timestep_sequence(loaded.schedule, 6, "uniform"))  # so the spacing shows in the images
+    settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n", "device")}
+    again = generate(loaded, rec["n"], progress=False, **settings).images
+    assert np.array_equal(again.permute(0, 2, 3, 1).numpy(), np.load(out / "samples.npz")["images"])
+    uniform = generate(loaded, rec["n"], progress=False, **{**settings, "spacing": "uniform"}).images
+    assert not torch.equal(uniform, again)
+
+
 def test_sampling_a_run_with_a_damaged_newest_checkpoint_names_the_older_one(tmp_path, capsys):
     run_dir = tmp_path / "r"
     assert main(["train", *TINY, "--run-dir", str(run_dir), "--steps", "2", "--checkpoint-every", "1"]) == 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..core.diffusion import VARIANCE_TYPES
+from ..core.respace import SPACINGS
 from ..core.samplers import DEFAULT_FAST_STEPS, SAMPLERS
 from ..runs.checkpoint import WEIGHT_SETS
-from ..sampling.defaults import DEFAULT_ANALYTIC_STEPS, DEFAULT_SAMPLER
+from ..sampling.defaults import DEFAULT_ANALYTIC_SPACING, DEFAULT_ANALYTIC_STEPS, DEFAULT_SAMPLER
 from ..sampling.variance import ANALYTIC
 
 
@@ -80,6 +81,13 @@ def add_sampler_and_steps(p) -> None:
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"sampling steps (default: ddpm {DEFAULT_ANALYTIC_STEPS} with the analytic variance, all T "
                         f"with another; {DEFAULT_FAST_STEPS} for the others)")
+
+
+def add_spacing(p) -> None:
+    """The --spacing flag of the commands that draw samples: which of the T steps a shortened sampler visits."""
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help=f"which timesteps a shortened sampler visits (default: {DEFAULT_ANALYTIC_SPACING} for ddpm "
+                        "with the analytic variance, logsnr for dpm++2m, else uniform)")
 
 
 def add_sampling_variance(p) -> None:

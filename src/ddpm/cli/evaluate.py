@@ -28,6 +28,7 @@ from .args import (
     add_device_and_progress,
     add_sampler_and_steps,
     add_sampling_variance,
+    add_spacing,
     add_weights,
     at_least,
     non_negative_float,
@@ -38,6 +39,7 @@ from .errors import (
     check_guidance_interval,
     check_out_dir,
     check_sampling_variance,
+    check_spacing,
     check_steps,
     guidance_flags,
     refuse_file_as_folder,
@@ -142,6 +144,7 @@ def _add_sampling_flags(p, default_n):
     p.add_argument("-n", "--num", type=at_least(2), default=default_n,
                    help="samples to draw from a run (default: %(default)s)")
     add_sampler_and_steps(p)
+    add_spacing(p)
     add_sampling_variance(p)
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250,
@@ -178,8 +181,10 @@ def _images_from(args, native: bool = False, ready=lambda: None):
     given = guidance_flags(args)
     if _is_run(src):
         run = load_run(src, device=args.device)
-        sampler, steps, variance = resolve_sampling(run, args.sampler, args.steps, args.variance)
+        sampler, steps, variance, spacing = resolve_sampling(run, args.sampler, args.steps, args.variance,
+                                                             args.spacing)
         check_steps(steps, run, given=args.steps is not None)
+        check_spacing(args.spacing, sampler, steps, run)
         check_sampling_variance(args.variance, sampler, run)
         names = run.config.class_names
         if names is None and given:
@@ -192,10 +197,10 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         ready()
         drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
                          steps=steps, progress=not args.no_progress, labels=labels, guidance=w,
-                         guidance_interval=args.guidance_interval, variance=variance)
+                         guidance_interval=args.guidance_interval, variance=variance, spacing=spacing)
         return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
-    if args.variance is not None:
-        given.append(f"--variance {args.variance}")
+    given += [f"--{flag} {value}" for flag, value in (("variance", args.variance), ("spacing", args.spacing))
+              if value is not None]
     if given:
         raise UserError(f"{given[0]} applies to samples drawn from a run folder; {src} holds samples already "
                         f"drawn; drop {given[0].split()[0]}")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.respace import SPACINGS
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS
 from ..sampling.defaults import resolve_classes, resolve_sampling
@@ -18,6 +17,7 @@ from .args import (
     add_device_and_progress,
     add_sampler_and_steps,
     add_sampling_variance,
+    add_spacing,
     add_weights,
     at_least,
     non_negative_float,
@@ -62,8 +62,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: %(default)s)")
     add_sampler_and_steps(p)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
-    p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="which timesteps a shortened sampler visits (default: logsnr for dpm++2m, else uniform)")
+    add_spacing(p)
     add_sampling_variance(p)
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     add_weights(p)
@@ -155,7 +154,7 @@ def _run_sample(args) -> int:
         raise UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
     refuse_file_as_folder(args.out, "--out")  # before loading the run; check_out_dir below tries a write
     run = load_run(args.run, which=args.weights, device=args.device)
-    sampler, steps, variance = resolve_sampling(run, args.sampler, args.steps, args.variance)
+    sampler, steps, variance, spacing = resolve_sampling(run, args.sampler, args.steps, args.variance, args.spacing)
     check_spacing(args.spacing, sampler, steps, run)
     asked = _labels(args, run)
     n = len(asked) if asked is not None else args.num if args.num is not None else 64
@@ -168,7 +167,7 @@ def _run_sample(args) -> int:
     check_guidance_interval(args.guidance_interval, w, run)
     out = sample(run, n, out, individual=not args.no_individual, chain_samples=args.chain,
                  grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
-                 steps=steps, eta=args.eta, spacing=args.spacing, variance=variance,
+                 steps=steps, eta=args.eta, spacing=spacing, variance=variance,
                  clip_denoised=not args.no_clip, cuda_graph=args.cuda_graph, precision=args.precision,
                  progress=not args.no_progress, labels=labels, guidance=w,
                  guidance_interval=args.guidance_interval)
