@@ -398,8 +398,8 @@ def plain_run(tmp_path_factory):
     (["sample", "PLAIN", "--per-class", "2"], ["unconditional run", "--per-class"]),
     (["eval", "nll", "PLAIN", "--class-cond"], ["unconditional run", "drop --class-cond"]),
     (["eval", "quality", "PLAIN", "--guidance", "1", "--steps", "2"], ["unconditional run", "drop --guidance"]),
-    (["sample", "COND", "--guidance", "2"], ["--guidance 2", "add --class"]),
-    (["sample", "PLAIN", "--guidance-interval", "2-9"], ["--guidance-interval 2-9", "add --class"]),
+    (["sample", "PLAIN", "--guidance", "2"], ["--guidance 2", "unconditional run", "drop --guidance"]),
+    (["sample", "PLAIN", "--guidance-interval", "2-9"], ["--guidance-interval 2-9", "unconditional run"]),
     (["eval", "quality", "PLAIN", "--guidance-interval", "2-9", "--steps", "2"],
      ["unconditional run", "drop --guidance-interval"]),
     (["sample", "COND", "--class", "1", "--guidance", "0", "--guidance-interval", "2-9"],
@@ -428,3 +428,14 @@ def test_bad_labels_stop_training_before_it_starts(tmp_path, capsys):
                  str(tmp_path / "r"), "--steps", "1"]) == 2
     _one_line_error(capsys, str(data), "class 1 has no image")
     assert not (tmp_path / "r").exists()
+
+
+def test_guidance_without_a_class_flag_guides_every_class_in_turn(cond_run, tmp_path, capsys):
+    """``ddpm sample --guidance W`` on a conditional run with no class flag draws every class in turn with that w, as
+    ``ddpm eval quality`` does (on an unconditional run it is refused: the table above)."""
+    out = tmp_path / "guided"
+    assert main(["sample", str(cond_run), "-n", "4", "--guidance", "2", "--sampler", "ddim", "--steps", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert "classes 0,1,2,3, guidance w = 2" in capsys.readouterr().out
+    record = json.loads((out / "samples.json").read_text())
+    assert record["labels"] == [0, 1, 2, 3] and record["guidance"] == 2.0

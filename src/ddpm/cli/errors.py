@@ -37,6 +37,13 @@ def guidance_flags(args) -> list[str]:
     return given
 
 
+def check_guidance_has_classes(given: list[str], run, where) -> None:
+    """Refuse the guidance flags ``given`` (:func:`guidance_flags`) for an unconditional run: no class to guide to."""
+    if given and run.config.class_names is None:
+        raise UserError(f"{given[0]}: {where} is an unconditional run (trained without class labels); drop "
+                        f"{given[0].split()[0]}")
+
+
 def check_spacing(spacing: str | None, sampler: str, steps: int | None, run) -> None:
     """Refuse ``--spacing`` where Algorithm 2 runs all T steps: there is nothing to space."""
     if spacing is not None and sampler == "ddpm" and steps in (None, run.schedule.num_timesteps):

@@ -36,6 +36,7 @@ from .args import (
 )
 from .errors import (
     UserError,
+    check_guidance_has_classes,
     check_guidance_interval,
     check_out_dir,
     check_sampling_variance,
@@ -187,9 +188,7 @@ def _images_from(args, native: bool = False, ready=lambda: None):
         check_spacing(args.spacing, sampler, steps, run)
         check_sampling_variance(args.variance, sampler, run)
         names = run.config.class_names
-        if names is None and given:
-            raise UserError(f"{given[0]}: {src} is an unconditional run (trained without class labels); drop "
-                            f"{given[0].split()[0]}")
+        check_guidance_has_classes(given, run, src)
         labels, w = resolve_classes(run, args.num, None, args.guidance)
         check_guidance_interval(args.guidance_interval, w, run)
         if not native and run.config.data.source != "digits":

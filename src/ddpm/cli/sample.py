@@ -25,6 +25,7 @@ from .args import (
 )
 from .errors import (
     UserError,
+    check_guidance_has_classes,
     check_guidance_interval,
     check_out_dir,
     check_sampling_variance,
@@ -78,8 +79,8 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
                    help="classifier-free guidance weight w: eps~ = (1 + w) eps(x, t, y) - w eps(x, t); 0 is purely "
                         "conditional, larger is more typical of the class and less varied (the 'guidance scale' of "
-                        f"other libraries is 1 + w) (default: {DEFAULT_GUIDANCE:g} with a class flag; a conditional "
-                        "run asked for no class draws every class in turn with w = 0)")
+                        f"other libraries is 1 + w) (default: {DEFAULT_GUIDANCE:g} with a class flag; without one, a "
+                        "conditional run draws every class in turn, with w = 0 unless this flag is given)")
     p.add_argument("--guidance-interval", type=t_range, default=None, metavar="LO-HI",
                    help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
                         "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
@@ -137,9 +138,6 @@ def _class_flags(args) -> list[str]:
 
 
 def _run_sample(args) -> int:
-    given = guidance_flags(args)
-    if given and not _class_flags(args):
-        raise UserError(f"{given[0]} guides towards a class; add --class, --classes or --per-class")
     if args.per_class is not None and args.num is not None:
         raise UserError(f"--per-class {args.per_class} draws {args.per_class} samples of every class; drop -n")
     if not 0.0 <= args.eta <= 1.0:
@@ -154,6 +152,7 @@ def _run_sample(args) -> int:
         raise UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
     refuse_file_as_folder(args.out, "--out")  # before loading the run; check_out_dir below tries a write
     run = load_run(args.run, which=args.weights, device=args.device)
+    check_guidance_has_classes(guidance_flags(args), run, args.run)
     sampler, steps, variance, spacing = resolve_sampling(run, args.sampler, args.steps, args.variance, args.spacing)
     check_spacing(args.spacing, sampler, steps, run)
     asked = _labels(args, run)
