@@ -128,10 +128,12 @@ def test_cli_samples_with_the_analytic_variance(tiny_run, tmp_path):
     assert (out / "samples.npz").is_file()
 
 
-def fake_run(source, T=1000):
+def fake_run(source, T=1000, kind="linear"):
     from types import SimpleNamespace
+
+    from ddpm.core.schedule import ScheduleConfig
     return SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(source=source)),
-                           schedule=SimpleNamespace(num_timesteps=T), checkpoint="RUN")
+                           schedule=make_schedule(ScheduleConfig(kind=kind, num_timesteps=T)), checkpoint="RUN")
 
 
 @pytest.mark.parametrize("asked, want", [
@@ -149,6 +151,15 @@ def test_default_sampling_with_the_data_at_hand(asked, want):
     notes = []
     assert resolve_sampling(fake_run("digits"), *asked, note=notes.append) == want
     assert not notes
+
+
+def test_default_spacing_is_quadratic_only_where_its_start_at_0_8_T_is_nearly_pure_noise():
+    """Quadratic spacing starts at 0.8 T: sqrt(abar) there is 0.039 on the linear schedule, 0.31 on the cosine one,
+    whose runs keep uniform spacing (which starts at 0.99 T)."""
+    from ddpm.sampling.defaults import resolve_sampling
+    assert resolve_sampling(fake_run("digits"))[3] == "quadratic"
+    assert resolve_sampling(fake_run("digits", kind="cosine"))[3] is None
+    assert resolve_sampling(fake_run("digits", kind="cosine"), spacing="quadratic")[3] == "quadratic"  # asked for
 
 
 def test_default_sampling_without_the_data_is_the_papers_with_a_note(tmp_path):

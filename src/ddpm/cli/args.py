@@ -87,7 +87,8 @@ def add_spacing(p) -> None:
     """The --spacing flag of the commands that draw samples: which of the T steps a shortened sampler visits."""
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help=f"which timesteps a shortened sampler visits (default: {DEFAULT_ANALYTIC_SPACING} for ddpm "
-                        "with the analytic variance, logsnr for dpm++2m, else uniform)")
+                        "with the analytic variance where the schedule leaves under 5%% of the image at 0.8 T, as the "
+                        "paper's does; logsnr for dpm++2m; else uniform)")
 
 
 def add_sampling_variance(p) -> None:
