@@ -38,7 +38,7 @@ from .errors import (
 __all__ = ["register", "SAMPLE_EXAMPLES"]
 
 SAMPLE_EXAMPLES = """examples:
-  ddpm sample runs/digits                       # 64 samples: Algorithm 2 on 100 steps, Analytic-DPM's variance
+  ddpm sample runs/digits                       # 64 samples: Algorithm 2, 100 quadratic steps, Analytic-DPM's variance
   ddpm sample runs/digits --variance fixed-large   # the paper's Algorithm 2: all 1000 steps, sigma^2 = beta_t
   ddpm sample runs/digits -n 16 --chain 8       # plus the denoising chain as a strip PNG and a GIF
   ddpm sample runs/digits --sampler ddim --steps 50 --eta 0
