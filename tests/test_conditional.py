@@ -368,6 +368,11 @@ def test_eval_of_a_conditional_run(cond_run, tmp_path, capsys):
     assert main(["eval", "nll", str(cond_run), "--class-cond", "--quick", "2", "-n", "4", "--no-progress"]) == 0
     saved = json.loads((cond_run / "eval" / "class_cond" / "nll.json").read_text())
     assert saved["class_cond"] and saved["num_images"] == 4 and "log p(x | y)" in capsys.readouterr().out
+    # without --class-cond: the bound of the run's "no class" model, and the output says so
+    assert main(["eval", "nll", str(cond_run), "--quick", "2", "-n", "4", "--no-progress",
+                 "--out", str(tmp_path / "nll")]) == 0
+    assert not json.loads((tmp_path / "nll" / "nll.json").read_text())["class_cond"]
+    assert "the run's 'no class' model (--class-cond" in capsys.readouterr().out
     # the samples' labels reach the quality report (a tiny 8x8 run: the numbers themselves mean nothing here)
     out = tmp_path / "s"
     assert main(["sample", str(cond_run), "--classes", "1,2", "-n", "4", "--sampler", "ddim", "--steps", "2",

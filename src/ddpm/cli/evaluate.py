@@ -259,7 +259,9 @@ def _run_nll(args) -> int:
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device,
                      labels=labels)
     print(nll_summary(result))
-    print(f"  on {len(x0)} images: {dcfg.source}, {dcfg.split} split{', with their class labels' if args.class_cond else ''}")
+    how = (", with their class labels" if args.class_cond else
+           "; the run's 'no class' model (--class-cond: the bound on -log p(x | y))" if run.config.class_names else "")
+    print(f"  on {len(x0)} images: {dcfg.source}, {dcfg.split} split{how}")
     print(f"written: {out / 'nll.json'}, {out / 'nll_terms.png'}")
     return 0
 
