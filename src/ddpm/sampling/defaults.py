@@ -5,9 +5,9 @@ quadratically (t_k ~ k^2, dense at low noise; Song et al. 2021, App. D.2): on th
 the paper's 1,000 steps at a tenth of the network calls (docs/performance.md, "Full quality in 100 steps").  (A
 schedule that leaves much of the image at 0.8 T, where quadratic spacing starts, keeps uniform spacing.)  The
 variance is estimated from the run's training data; a run whose data cannot be read here (an imported network, a
-folder on another machine) is drawn with the paper's own sampler instead, all T steps of
-Algorithm 2 with the run's variance, and a note says so.  With a fixed or learned variance asked for, Algorithm 2
-runs all T steps unless ``--steps`` says otherwise; the other samplers take 50 steps.
+folder on another machine) is drawn with the paper's own sampler instead, all T steps of Algorithm 2 with the run's
+variance, and a note says so.  With a fixed or learned variance asked for, Algorithm 2 runs all T steps unless
+``--steps`` says otherwise; the other samplers take 50 steps.
 
 A class-conditional run asked for no class is drawn as a model of the whole data: every class in turn (sample k of
 class k mod K) and purely conditional (w = 0, one network pass a step), which on the digits is both its best FD and
@@ -26,8 +26,8 @@ from ..runs.diffusers_io import UNKNOWN_DATA
 from .generate import class_labels, resolve_guidance
 from .variance import ANALYTIC
 
-__all__ = ["DEFAULT_SAMPLER", "DEFAULT_ANALYTIC_STEPS", "DEFAULT_ANALYTIC_SPACING", "Sampling", "analytic_available",
-           "resolve_sampling", "resolve_classes"]
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_ANALYTIC_STEPS", "DEFAULT_ANALYTIC_SPACING", "MAX_SIGNAL_AT_START", "Sampling",
+           "analytic_available", "resolve_sampling", "resolve_classes"]
 
 DEFAULT_SAMPLER = "ddpm"
 #: Algorithm 2's steps with the analytic variance when none are asked for
