@@ -70,12 +70,13 @@ def resolve_sampling(run, sampler: str | None = None, steps: int | None = None, 
         elif steps is None:
             note(f"note: {run.config.data.source}, the training data of {run.checkpoint}, is not here to estimate "
                  "the analytic variance from: drawing with all T steps of Algorithm 2 and the run's variance")
-    if variance == ANALYTIC and steps is None:
-        steps = min(DEFAULT_ANALYTIC_STEPS, run.schedule.num_timesteps)
-    if variance == ANALYTIC and spacing is None and steps is not None and steps < run.schedule.num_timesteps:
-        first = timestep_sequence(run.schedule, steps, DEFAULT_ANALYTIC_SPACING)[-1]
-        if run.schedule.alpha_bars[first].sqrt() < MAX_SIGNAL_AT_START:
-            spacing = DEFAULT_ANALYTIC_SPACING
+    if variance == ANALYTIC:
+        T = run.schedule.num_timesteps
+        steps = min(DEFAULT_ANALYTIC_STEPS, T) if steps is None else steps
+        if spacing is None and steps < T:
+            first = timestep_sequence(run.schedule, steps, DEFAULT_ANALYTIC_SPACING)[-1]
+            if run.schedule.alpha_bars[first].sqrt() < MAX_SIGNAL_AT_START:
+                spacing = DEFAULT_ANALYTIC_SPACING
     return Sampling(sampler, steps, variance, spacing)
 
 
