@@ -371,7 +371,7 @@ def test_study_noise_says_an_fd_from_few_samples_is_rough(run, tmp_path, capsys,
 ])
 def test_eval_quality_draws_with_the_spacing_asked_for(run, extra, spacing, tmp_path, monkeypatch):
     import ddpm.cli.evaluate as evaluate
-    monkeypatch.setattr("ddpm.sampling.defaults.MAX_SIGNAL_AT_START", 1.0)  # lifted for the tiny 20-step schedule, as in test_generate
+    monkeypatch.setattr("ddpm.sampling.defaults.MAX_SIGNAL_AT_START", 1.0)  # the tiny schedule: see test_generate
     seen = {}
 
     def drawn(run, n, **kw):
