@@ -17,7 +17,8 @@ from ddpm.model.unet import (
 
 
 def _randomise_zero_inits(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every zero-initialised tensor (final conv, residual-branch convs, attention projections) small random values."""
+    """Give every zero-initialised tensor (final conv, residual-branch convs, attention projections) small random
+    values."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -99,7 +100,8 @@ def test_output_depends_on_t():
     assert (y[0] - y[2]).abs().max() > 1e-3
     # Same x and t, same output: the difference above comes from t alone.
     y2 = model(x, torch.tensor([0, 0, 0]))
-    torch.testing.assert_close(y2[0], y2[1]); torch.testing.assert_close(y2[0], y[0])
+    torch.testing.assert_close(y2[0], y2[1])
+    torch.testing.assert_close(y2[0], y[0])
 
 
 def test_int_and_float_timesteps_agree():
@@ -116,8 +118,10 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
     model.eval()
     assert torch.equal(model(x, t), model(x, t))
     model.train()
-    torch.manual_seed(0); a = model(x, t)
-    torch.manual_seed(1); b = model(x, t)
+    torch.manual_seed(0)
+    a = model(x, t)
+    torch.manual_seed(1)
+    b = model(x, t)
     assert not torch.allclose(a, b)
 
 
@@ -130,7 +134,8 @@ def test_batch_independence():
         alone = model(x[k:k + 1], t[k:k + 1])
         torch.testing.assert_close(alone[0], full[k], rtol=1e-4, atol=1e-5)
     # Changing another sample leaves sample 0 unchanged.
-    x2 = x.clone(); x2[1:] = torch.randn(4, 1, 8, 8)
+    x2 = x.clone()
+    x2[1:] = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(model(x2, t)[0], full[0], rtol=1e-4, atol=1e-5)
 
 
@@ -233,7 +238,8 @@ def test_same_parameter_shapes_as_diffusers_ddpm_layout(name):
     ref = diffusers.UNet2DModel.from_config(diffusers_unet_config(cfg))
     # Attention packs q, k, v into one 1x1 conv here and three linears there, so compare the 3x3 convs
     # (which fix every width and the block layout) shape by shape, and the rest by total count.
-    conv3 = lambda m: sorted(tuple(p.shape) for p in m.parameters() if p.ndim == 4 and p.shape[-1] == 3)
+    def conv3(m):
+        return sorted(tuple(p.shape) for p in m.parameters() if p.ndim == 4 and p.shape[-1] == 3)
     assert conv3(ours) == conv3(ref)
     assert count_parameters(ours) == count_parameters(ref)
 
