@@ -11,6 +11,9 @@ from ..runs.checkpoint import WEIGHT_SETS
 from ..sampling.defaults import DEFAULT_ANALYTIC_SPACING, DEFAULT_ANALYTIC_STEPS, DEFAULT_SAMPLER
 from ..sampling.variance import ANALYTIC
 
+__all__ = ["at_least", "int_list", "t_range", "positive_float", "non_negative_float", "add_weights",
+           "add_sampler_and_steps", "add_spacing", "add_sampling_variance", "add_device_and_progress"]
+
 
 def at_least(minimum: int):
     """An argparse type: a whole number >= ``minimum``."""

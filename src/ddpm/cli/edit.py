@@ -32,7 +32,7 @@ from ..sampling.generate import LoadedRun, load_run
 from .args import add_device_and_progress, add_weights, at_least
 from .errors import UserError, check_out_dir, refuse_file_as_folder
 
-__all__ = ["register"]
+__all__ = ["register", "EDIT_EXAMPLES", "INPAINT_EXAMPLES"]
 
 EDIT_EXAMPLES = """examples:
   ddpm edit runs/digits --image test:0-7 --t 300      # 8 held-out digits, noised to t = 300 and denoised

@@ -10,7 +10,8 @@ from pathlib import Path
 from ..sampling.variance import ANALYTIC
 
 __all__ = ["UserError", "checked", "check_steps", "guidance_flags", "check_guidance_interval",
-           "refuse_file_as_folder", "check_out_dir", "one_line_warning"]
+           "refuse_file_as_folder", "check_out_dir", "one_line_warning",
+           "check_guidance_has_classes", "check_sampling_variance", "check_spacing"]
 
 
 class UserError(Exception):

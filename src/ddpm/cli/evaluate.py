@@ -46,7 +46,7 @@ from .errors import (
     refuse_file_as_folder,
 )
 
-__all__ = ["register"]
+__all__ = ["register", "EVAL_EXAMPLES", "STUDY_EXAMPLES"]
 
 EVAL_EXAMPLES = """examples:
   ddpm eval nll runs/digits                     # exact bound over all T terms on the 500 held-out digits

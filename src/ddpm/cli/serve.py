@@ -10,7 +10,7 @@ from ..web.page import Page
 from .args import add_weights
 from .errors import UserError
 
-__all__ = ["register"]
+__all__ = ["register", "SERVE_EXAMPLES"]
 
 SERVE_EXAMPLES = """examples:
   ddpm serve runs/digits                        # open http://127.0.0.1:7860 in a browser; Ctrl-C stops it

@@ -24,7 +24,7 @@ from ..training.trainer import train
 from .args import add_device_and_progress, at_least, int_list, positive_float
 from .errors import UserError, checked, refuse_file_as_folder
 
-__all__ = ["register", "config_from_args", "TRAIN_EXAMPLES"]
+__all__ = ["register", "config_from_args", "TRAIN_EXAMPLES", "RESUME_FLAGS"]
 
 TRAIN_EXAMPLES = """examples:
   ddpm train                                   # small preset on the embedded MNIST digits (train split)

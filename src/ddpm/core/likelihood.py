@@ -26,6 +26,7 @@ from .schedule import Schedule
 __all__ = [
     "normal_kl", "discretized_gaussian_log_likelihood", "vlb_terms", "prior_bpd", "BpdResult", "calc_bpd_full",
     "QuickBpdResult", "calc_bpd_quick", "strata", "loss_vlb", "hybrid_loss", "ImportanceSampler", "TrainingVLB",
+    "LOG2", "ModelFn",
 ]
 
 LOG2 = math.log(2.0)

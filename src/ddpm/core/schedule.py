@@ -18,7 +18,7 @@ import torch
 
 from .config_io import from_known_fields
 
-__all__ = ["ScheduleConfig", "Schedule", "linear_betas", "cosine_betas", "make_schedule", "extract"]
+__all__ = ["ScheduleConfig", "Schedule", "linear_betas", "cosine_betas", "make_schedule", "extract", "SCHEDULE_KINDS"]
 
 
 #: the beta schedules: linear (Ho et al. 2020) and cosine (Nichol & Dhariwal 2021)

@@ -14,7 +14,7 @@ import torch
 
 from .datasets import DataError, to_model_range
 
-__all__ = ["Batches", "fits_on_device", "mix_seed"]
+__all__ = ["Batches", "fits_on_device", "mix_seed", "DEVICE_FRACTION", "OTHER_DEVICE_BYTES"]
 
 #: on a CUDA device the dataset is held there when it takes at most this fraction of the free memory
 DEVICE_FRACTION = 0.1

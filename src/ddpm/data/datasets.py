@@ -54,7 +54,7 @@ import torch
 
 from ..core.config_io import from_known_fields
 from .embedded import DIGIT_CLASSES, SPLITS, digits_split, sklearn_digits_split
-from .errors import DataError
+from .errors import DataError as DataError
 from .files import conform, load_array, load_folder
 
 __all__ = ["DataError", "DataConfig", "load_images", "check_image_size", "to_model_range", "to_uint8", "EMBEDDED"]

@@ -14,7 +14,7 @@ import torch
 
 from ..data.datasets import DataConfig, load_images
 
-__all__ = ["FidUnavailable", "INCEPTION_WEIGHTS_FILE", "inception_weights_path", "run_fid"]
+__all__ = ["FidUnavailable", "INCEPTION_WEIGHTS_FILE", "inception_weights_path", "run_fid", "check_fid_available"]
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 

@@ -16,17 +16,14 @@ import math
 
 import torch
 
-from .classifier import (
-    CACHE_ENV,
-    NUM_CLASSES,
-    ClassifierRecipe,
-    DigitClassifier,
-    cache_dir,
-    load_classifier,
-    prepare_images,
-    prepared_digits,
-    train_classifier,
-)
+from .classifier import CACHE_ENV as CACHE_ENV
+from .classifier import NUM_CLASSES, prepared_digits
+from .classifier import ClassifierRecipe as ClassifierRecipe
+from .classifier import DigitClassifier as DigitClassifier
+from .classifier import cache_dir as cache_dir
+from .classifier import load_classifier as load_classifier
+from .classifier import prepare_images as prepare_images
+from .classifier import train_classifier as train_classifier
 
 __all__ = [
     "CACHE_ENV", "cache_dir", "ClassifierRecipe", "DigitClassifier", "prepare_images", "train_classifier",

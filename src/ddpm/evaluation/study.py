@@ -28,7 +28,7 @@ from ..runtime.atomic import write_json_atomic
 from ..sampling.generate import load_run, model_fn, sample_seed
 from .quality import quality_report
 
-__all__ = ["NOISE_VARIANTS", "LEARNED_VARIANT", "noise_study", "measures_quality"]
+__all__ = ["NOISE_VARIANTS", "LEARNED_VARIANT", "noise_study", "measures_quality", "pixel_variance"]
 
 #: name -> (variance type, sigma scale)
 NOISE_VARIANTS = {

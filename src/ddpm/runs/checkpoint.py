@@ -34,7 +34,8 @@ from safetensors.torch import load_file, save_file
 from ..runtime.atomic import default_mode, fsync_path
 
 __all__ = ["WEIGHT_SETS", "CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints", "load_checkpoint",
-           "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite"]
+           "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite",
+           "CHECKPOINT_FILES"]
 
 
 class CheckpointError(Exception):

@@ -57,7 +57,7 @@ from .diffusers_format import (
 )
 
 __all__ = ["WEIGHT_FILES", "DiffusersFolder", "find_diffusers_folder", "read_diffusers", "import_diffusers",
-           "export_diffusers", "check_new_folder", "model_card"]
+           "export_diffusers", "check_new_folder", "model_card", "UNKNOWN_DATA"]
 
 #: the weight files of a UNet2DModel folder, in the order they are looked for
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",

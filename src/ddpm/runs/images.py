@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.datasets import to_uint8
-from ..runtime.atomic import atomic_write_path
+from ..runtime.atomic import atomic_write_path as atomic_write_path
 
 __all__ = ["atomic_write_path", "as_nhwc_uint8", "make_grid", "save_grid", "save_individual", "save_npz",
            "save_chain_strip", "save_chain_gif"]

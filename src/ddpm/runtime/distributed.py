@@ -35,7 +35,7 @@ from ..data.batches import mix_seed
 __all__ = ["World", "DistributedError", "DeviceError",
            "setup", "teardown", "barrier", "mean_over_ranks", "gather_objects",
            "rank_seed", "reshard_data_state", "timeout_seconds", "is_communication_error", "failure_message",
-           "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
+           "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "env_world", "pick_device", "resolve_device"]
 
 TIMEOUT_ENV = "DDPM_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0

@@ -53,7 +53,8 @@ from ..runtime.precision import SAMPLING_PRECISIONS, autocast_dtype, check_preci
 from .variance import ANALYTIC, analytic_sigma2
 
 __all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class_labels", "resolve_labels", "generate",
-           "sample", "DEFAULT_GUIDANCE", "resolve_guidance"]
+           "sample", "DEFAULT_GUIDANCE", "resolve_guidance",
+           "SAMPLING_SETTINGS", "default_samples_dir", "sampling_record"]
 
 #: the guidance weight w of :func:`generate` and ``ddpm sample`` when classes are asked for and no w is given: on the
 #: digits, w = 1 draws the digit asked for 99.0% (DDIM-50) to 99.8% (DDPM-100) of the time, against 88.4% and 95.2%

@@ -45,7 +45,8 @@ from ..sampling.edit import (
 )
 from ..sampling.generate import DEFAULT_GUIDANCE, LoadedRun, generate, load_run
 
-__all__ = ["PageError", "Update", "Page", "num_classes", "side_by_side", "MASK_CHOICES", "DRAWN"]
+__all__ = ["PageError", "Update", "Page", "num_classes", "side_by_side", "MASK_CHOICES", "DRAWN",
+           "SHOWN_WIDTH", "class_choices"]
 
 #: the mask choice that takes what was painted on the picture; the others are the halves of :data:`MASK_HALVES`
 DRAWN = "what I painted"
