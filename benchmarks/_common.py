@@ -1,14 +1,19 @@
-"""Shared pieces of the speed benchmarks (cpu_speed.py, gpu_speed.py).
+"""Measuring and reporting helpers of the speed benchmarks (cpu_speed.py, gpu_speed.py, unet_speed.py, ...).
 
-* :func:`diffusers_unet` builds diffusers' ``UNet2DModel`` with the architecture of a :class:`ddpm.model.unet.UNetConfig`
-  (the layout of google/ddpm-cifar10-32) and :func:`check_same_size` verifies the parameter counts agree.
-* :func:`diffusers_scheduler` is the matching ``DDPMScheduler`` (same betas, sigma_t^2 = beta_t, clipped x0).
+Nothing here trains or samples on its own: every timed step is the library's (``ddpm.training.Trainer.train_step``,
+``ddpm.core.samplers.ancestral_sample``) or diffusers' (``DDPMScheduler.step``).  What is here:
+
 * :func:`interleaved` times several step functions round-robin, so slow phases of a shared machine hit every
-  case alike, and :func:`median` / :func:`rate` summarise the samples.
-* :func:`machine` describes the CPU, the thread count and the library versions for the report.
-* :class:`Setting` is a hardware variant as the trainer resolves it; :func:`parse_variant` reads one from
-  text; :func:`their_training_step`, :func:`our_sampling_step` and :func:`their_sampling_step` build the
-  timed steps (ours trains through ``Trainer.train_step`` itself).
+  case alike, and :func:`median` / :func:`rate` summarise the samples; :func:`machine` describes the CPU, the
+  thread count and the library versions for the report; :func:`format_table` writes Markdown.
+* :class:`DiffusersNet` is diffusers' ``UNet2DModel`` built from the config ddpm itself exports
+  (``ddpm.runs.diffusers_format.diffusers_unet_config``), called like ddpm's network; :func:`with_network` puts
+  such a network into a ``Trainer`` so that the library's own training step drives it.
+* :class:`Setting` is a hardware variant as a trainer resolved it; :func:`parse_variant` reads one from text.
+* :func:`our_sampling_step` and :func:`their_sampling_step` build the timed sampling steps.
+
+Scripts import this module as ``from _common import ...``: ``python benchmarks/NAME.py`` puts benchmarks/ on the
+import path itself.
 """
 from __future__ import annotations
 
@@ -22,57 +27,69 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ddpm.core.diffusion import p_mean_variance
-from ddpm.core.samplers import PerSampleNoise
-from ddpm.core.schedule import ScheduleConfig
-from ddpm.data.batches import Batches
-from ddpm.model.unet import UNetConfig, count_parameters, group_count
-from ddpm.training.rates import ema_decay_at, lr_at
+from ddpm.core.samplers import PerSampleNoise, ancestral_sample, ancestral_timesteps
+from ddpm.core.schedule import ScheduleConfig, make_schedule
+from ddpm.model.unet import UNetConfig, count_parameters
+from ddpm.runs.diffusers_format import diffusers_scheduler_config, diffusers_unet_config
+from ddpm.runtime.precision import autocast_dtype
 from ddpm.training.trainer import Trainer
 
-__all__ = ["diffusers_unet", "diffusers_scheduler", "check_same_size", "interleaved", "median", "rate",
+__all__ = ["DiffusersNet", "with_network", "diffusers_scheduler", "check_same_size", "interleaved", "median", "rate",
            "machine", "cpu_model", "forward_flops", "format_table", "Setting", "TOKENS", "parse_variant",
-           "resolve_setting", "eval_copy", "their_training_step", "our_sampling_step", "their_sampling_step"]
+           "resolve_setting", "eval_copy", "our_sampling_step", "their_sampling_step", "diffusers_available",
+           "SAMPLING_STEPS_PER_CALL"]
+
+#: reverse steps in one timed call of :func:`our_sampling_step` (ancestral_sample on a respaced plan); the
+#: timings are divided by it, so the tables show one step
+SAMPLING_STEPS_PER_CALL = 10
 
 
-def diffusers_unet(cfg: UNetConfig):
-    """diffusers' UNet2DModel with the architecture of ``cfg``; raises ImportError without diffusers.
+class DiffusersNet(torch.nn.Module):
+    """diffusers' ``UNet2DModel`` with the architecture of ``cfg``, called as ddpm's network is:
+    ``net(x, t, y=None)`` returns the output tensor.  The config is the one ``ddpm export`` writes
+    (:func:`ddpm.runs.diffusers_format.diffusers_unet_config`); raises ImportError without diffusers and
+    ValueError for a network UNet2DModel cannot hold."""
 
-    Same widths, blocks per level, attention resolutions, dropout, epsilon and time embedding (sin then cos,
-    no shift, as in the DDPM code).  diffusers uses one GroupNorm group count for every layer, so this takes
-    the largest count <= cfg.num_groups that divides every width; ours picks per layer (ddpm.model.unet.group_count).
-    Single-head attention unless cfg.num_heads > 1.
-    """
-    from diffusers import UNet2DModel
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        from diffusers import UNet2DModel
 
-    widths = [cfg.base_channels * m for m in cfg.channel_mult]
-    attn = [r in cfg.attention_resolutions for r in cfg.resolutions]
-    groups = group_count(widths[0], cfg.num_groups)
-    while any(w % groups for w in widths):
-        groups -= 1
-    head_dim = None if cfg.num_heads == 1 else widths[-1] // cfg.num_heads
-    return UNet2DModel(
-        sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.output_channels,
-        block_out_channels=tuple(widths), layers_per_block=cfg.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        dropout=cfg.dropout, norm_num_groups=groups, norm_eps=1e-6, attention_head_dim=head_dim,
-        flip_sin_to_cos=False, freq_shift=1, downsample_padding=1,
-    )
+        self.config = cfg
+        self.net = UNet2DModel.from_config(diffusers_unet_config(cfg))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None and self.config.num_classes:
+            y = torch.full((x.shape[0],), self.config.num_classes, dtype=torch.long, device=x.device)
+        return self.net(x, t, class_labels=y).sample
+
+
+def with_network(trainer: Trainer, net: torch.nn.Module, compile_: bool | None = None) -> Trainer:
+    """``trainer`` training ``net`` instead of its own U-Net: the same data order, t and eps draws, loss, clipping,
+    AdamW (fused on CUDA, as the trainer builds it), EMA and bookkeeping, through ``trainer.train_step``.
+    ``compile_``: compile ``net`` (default: as the trainer compiled its own network)."""
+    compiled = trainer.forward is not trainer.model if compile_ is None else compile_
+    net = net.to(trainer.device).train()
+    if any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+           for p in trainer.model.parameters() if p.ndim == 4):
+        net = net.to(memory_format=torch.channels_last)
+    old = trainer.optimizer.defaults
+    trainer.model = net
+    trainer.ema = copy.deepcopy(net).eval().requires_grad_(False)
+    trainer.optimizer = type(trainer.optimizer)(net.parameters(), lr=old["lr"], weight_decay=old["weight_decay"],
+                                                fused=old.get("fused"))
+    trainer.forward = torch.compile(net) if compiled else net
+    return trainer
 
 
 def diffusers_scheduler(sched: ScheduleConfig | None = None, variance: str = "fixed-large"):
-    """diffusers' DDPMScheduler with our linear betas, our variance choice and x0 clipping, set to all T steps."""
+    """diffusers' DDPMScheduler from the scheduler config ddpm exports (same betas and variance, x0 clipped), set
+    to all T steps."""
     from diffusers import DDPMScheduler
 
     sched = sched or ScheduleConfig()
-    if sched.kind != "linear":
-        raise ValueError("the diffusers comparison uses the linear schedule")
-    s = DDPMScheduler(num_train_timesteps=sched.num_timesteps, beta_start=sched.beta_start, beta_end=sched.beta_end,
-                      beta_schedule="linear", variance_type=variance.replace("-", "_"), clip_sample=True,
-                      prediction_type="epsilon")
+    betas = make_schedule(sched).betas
+    s = DDPMScheduler.from_config(diffusers_scheduler_config(sched, variance, betas))
     s.set_timesteps(sched.num_timesteps)
     return s
 
@@ -95,7 +112,8 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: in
     Each case first runs ``warmup`` untimed calls; then ``repeats`` rounds each time ``calls`` back-to-back
     calls of every case (``sync()`` before stopping the clock, e.g. torch.cuda.synchronize).  The order
     rotates by one every round so no case always follows the same neighbour.  ``clock`` is wall time by
-    default; ``time.process_time`` (CPU seconds of the whole process) is far steadier on a busy machine when
+    default; a case with a ``steps`` attribute runs that many steps a call and is reported per step.
+    ``time.process_time`` (CPU seconds of the whole process) is far steadier on a busy machine when
     torch runs one thread, and with several threads it is their sum, not the elapsed time.
     """
     names = list(cases)
@@ -114,7 +132,7 @@ def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: in
             for _ in range(calls):
                 fn()
             sync()
-            samples[name].append((clock() - start) / calls)
+            samples[name].append((clock() - start) / calls / getattr(fn, "steps", 1))
         if on_round is not None:
             on_round(r)
     return samples
@@ -219,7 +237,7 @@ def parse_variant(name: str) -> dict:
 
 @dataclass
 class Setting:
-    """A variant as the trainer resolves it on its device."""
+    """A variant as a trainer resolved it on its device."""
 
     name: str
     device: torch.device
@@ -241,9 +259,13 @@ class Setting:
 
 
 def resolve_setting(name: str, trainer: Trainer) -> Setting:
-    """What ``trainer`` actually does (its own ``auto`` rules on its device)."""
-    return Setting(name, trainer.device, channels_last=trainer._want("channels_last"),
-                   bf16=trainer._autocast_dtype() is not None, compile=trainer._want("compile"))
+    """What ``trainer`` actually does, read off it: its weights' memory format, whether its forward is compiled,
+    and the autocast type its precision gives on its device (``ddpm.runtime.precision.autocast_dtype``)."""
+    convs = [p for p in trainer.model.parameters() if p.ndim == 4 and not p.is_contiguous()]
+    channels_last = bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    return Setting(name, trainer.device, channels_last=channels_last,
+                   bf16=autocast_dtype(trainer.device, trainer.config.precision) is torch.bfloat16,
+                   compile=trainer.forward is not trainer.model)
 
 
 def eval_copy(model: torch.nn.Module, s: Setting, compile_kw: dict | None = None):
@@ -252,76 +274,38 @@ def eval_copy(model: torch.nn.Module, s: Setting, compile_kw: dict | None = None
     return torch.compile(m, **(compile_kw or {})) if s.compile else m
 
 
-# -- the timed steps -----------------------------------------------------------------------------------------
-def their_training_step(model: torch.nn.Module, trainer: Trainer, s: Setting, images: torch.Tensor):
-    """``trainer.train_step`` with diffusers' network and ``DDPMScheduler.add_noise`` in place of ours.
-
-    Same data order, t and eps draws (same seeds), autocast, memory format, compile, gradient clipping, AdamW
-    (fused on CUDA, as the trainer does) and EMA update.
-    """
-    cfg, dev = trainer.config, trainer.device
-    scheduler = diffusers_scheduler(cfg.schedule, cfg.variance)
-    model = model.to(dev).train().to(memory_format=s.memory_format)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    forward = torch.compile(model) if s.compile else model
-    fused = {"fused": True} if dev.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    batches = Batches(images, batch_size=cfg.batch_size, seed=cfg.seed, hflip=cfg.data.hflip, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
-    params, ema_params = list(model.parameters()), list(ema.parameters())
-    state = {"step": 0}
-
-    def step():
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(state["step"], cfg.lr, cfg.warmup_steps)
-        x0 = next(batches)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=dev)
-        noise = torch.randn(x0.shape, generator=gen, device=dev)
-        x_t = scheduler.add_noise(x0, noise, t).contiguous(memory_format=s.memory_format)
-        with s.autocast():
-            out = forward(x_t, t).sample
-        loss = F.mse_loss(out.float(), noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params],
-                                 1.0 - ema_decay_at(state["step"], cfg.ema_decay))
-        state["step"] += 1
-    return step
-
-
+# -- the timed sampling steps --------------------------------------------------------------------------------
 def our_sampling_step(model, schedule, variance: str, s: Setting, batch: int, shape: tuple[int, ...],
-                      compile_kw: dict | None = None):
-    """One k > 0 iteration of ``ddpm.core.samplers.ancestral_sample``'s loop: the network under inference mode,
-    ``p_mean_variance`` with clipped x0, and per-sample noise from :class:`ddpm.core.samplers.PerSampleNoise`.
+                      compile_kw: dict | None = None, steps: int = SAMPLING_STEPS_PER_CALL):
+    """The library's ancestral sampler (``ddpm.core.samplers.ancestral_sample``: the network under inference mode,
+    ``p_mean_variance`` with clipped x0, per-sample noise) over a respaced plan of ``steps`` steps per call; the
+    returned function's ``steps`` attribute tells :func:`interleaved` to report one step.
 
     ``model``: a network (copied to the setting's device and memory format, compiled if the setting says so)
-    or any other callable ``f(x, t)`` (a CUDA-graphed network, an already compiled one), used as is.
+    or any other callable ``f(x, t)`` (a CUDA-graphed network, an already compiled one), used as is; either is
+    called in the setting's memory format and autocast, its output as float32.
     """
     net = eval_copy(model, s, compile_kw) if isinstance(model, torch.nn.Module) else model
-    noise = PerSampleNoise(range(batch), s.device)
-    T = schedule.num_timesteps
-    with torch.inference_mode():  # every x the loop sees is an inference tensor: one set of compile guards
-        state = {"x": noise.randn(shape).contiguous(memory_format=s.memory_format), "t": T - 1}
 
-    @torch.inference_mode()
-    def step():
-        x, t = state["x"], state["t"]
-        tt = torch.full((batch,), t, dtype=torch.long, device=s.device)
+    def f(x, t, y=None):
         with s.autocast():
-            out = net(x, tt)
-        out = p_mean_variance(schedule, out.float(), x, tt, variance=variance, clip_denoised=True)
-        state["x"] = out.mean + (0.5 * out.log_variance).exp() * noise.randn(shape)
-        state["t"] = t - 1 if t > 1 else T - 1  # stay on k > 0 steps
+            x = x.contiguous(memory_format=s.memory_format)
+            out = net(x, t) if y is None else net(x, t, y)
+        return out.float()
+    plan = ancestral_timesteps(schedule, steps)
+    seeds = iter(range(10**9))
+
+    def step():
+        noise = PerSampleNoise([next(seeds) for _ in range(batch)], s.device)
+        ancestral_sample(f, schedule, noise, shape, variance=variance, clip_denoised=True, timesteps=plan)
+    step.steps = len(plan)
     return step
 
 
 def their_sampling_step(model, sched_cfg: ScheduleConfig, variance: str, s: Setting, batch: int,
                         shape: tuple[int, ...], compile_kw: dict | None = None):
-    """diffusers' network, then ``DDPMScheduler.step`` (same variance, clipped x0), in the same setting.
-    ``model`` as in :func:`our_sampling_step`."""
+    """diffusers' network, then ``DDPMScheduler.step`` (same variance, clipped x0), in the same setting, one step
+    per call.  ``model`` as in :func:`our_sampling_step`."""
     scheduler = diffusers_scheduler(sched_cfg, variance)
     net = eval_copy(model, s, compile_kw) if isinstance(model, torch.nn.Module) else model
     gen = torch.Generator(device=s.device).manual_seed(0)

@@ -1,10 +1,12 @@
 """CPU throughput of ddpm against diffusers on the same network: training img/s and sampling-step img/s.
 
-Ours is the library as it runs: a ``ddpm.training.trainer.Trainer`` step (data batch, q_sample, the U-Net, L_simple, backward,
-gradient clipping, AdamW, EMA) and one step of the ancestral sampler's loop (the U-Net under inference mode,
-p_mean_variance with clipped x0, per-sample noise).  Theirs is diffusers' ``UNet2DModel`` built to the same
-architecture (parameter counts checked) driven the same way, with ``DDPMScheduler.add_noise`` for training and
-``DDPMScheduler.step`` for sampling.  Same batch, shapes, threads, optimiser and bookkeeping.
+Ours is the library as it runs: a ``ddpm.training.trainer.Trainer`` step (data batch, q_sample, the U-Net, L_simple,
+backward, gradient clipping, AdamW, EMA) and ``ddpm.core.samplers.ancestral_sample`` (the U-Net under inference mode,
+p_mean_variance with clipped x0, per-sample noise) timed over a few respaced steps and reported per step.  Theirs is
+diffusers' ``UNet2DModel`` built from the config ``ddpm export`` writes (parameter counts checked), trained by the
+same ``Trainer.train_step`` with the network swapped, and sampled by ``DDPMScheduler.step``.  Same batch, shapes,
+threads, optimiser and bookkeeping.  Every preset runs at its own image size and recipe
+(``TrainConfig.for_preset``).
 
 Settings ("variants") are the trainer's own hardware switches: ``default`` is whatever ``TrainConfig()`` picks
 on this device (the ``auto`` values); tokens joined by ``+`` override it: ``channels_last``/``nchw``,
@@ -21,8 +23,6 @@ against diffusers at its own (fp32, NCHW, eager), and the best of each.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import importlib.util
 import json
 import sys
@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
+    SAMPLING_STEPS_PER_CALL,
+    DiffusersNet,
     Setting,
     check_same_size,
     diffusers_available,
-    diffusers_unet,
     format_table,
     interleaved,
     machine,
@@ -46,20 +45,20 @@ from _common import (  # noqa: E402
     rate,
     resolve_setting,
     their_sampling_step,
-    their_training_step,
+    with_network,
 )
 
-from ddpm.data.datasets import load_images  # noqa: E402
-from ddpm.model.unet import preset  # noqa: E402
-from ddpm.runs.config import TrainConfig  # noqa: E402
-from ddpm.training.trainer import Trainer  # noqa: E402
+from ddpm.model.unet import PRESETS
+from ddpm.runs.config import TrainConfig
+from ddpm.training.trainer import Trainer
 
 DEFAULT_VARIANTS = "default,fp32+nchw,fp32+channels_last,bf16+nchw,bf16+channels_last"
 
 
 def our_trainer(args, overrides: dict, run_dir: str) -> Trainer:
-    cfg = TrainConfig(run_dir=run_dir, model=preset(args.preset), batch_size=args.batch_size, device="cpu",
-                      progress=False, **overrides)
+    """A trainer of ``args.preset`` as ``ddpm train --preset`` makes it (its image size and recipe), on the CPU."""
+    cfg = TrainConfig.for_preset(args.preset, run_dir=run_dir, batch_size=args.batch_size, device="cpu",
+                                 progress=False, **overrides)
     return Trainer(cfg)
 
 
@@ -168,6 +167,7 @@ def compare_threads(args, counts: list[int]) -> None:
             def call():
                 torch.set_num_threads(n)
                 fn()
+            call.steps = getattr(fn, "steps", 1)  # per step, as interleaved() reports the sampler
             return call
         cases = {}
         for n in counts:
@@ -175,38 +175,31 @@ def compare_threads(args, counts: list[int]) -> None:
             cases[f"sample {n}"] = at(n, sample)
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         res = interleaved(cases, repeats=args.repeats, warmup=max(args.warmup - 1, 0), clock=clock)
-    rows = [[f"{n}", f"{rate(args.batch_size, res[f'train {n}']):.1f}", f"{rate(args.batch_size, res[f'sample {n}']):.1f}"]
-            for n in counts]
+    rows = [[f"{n}", f"{rate(args.batch_size, res[f'train {n}']):.1f}",
+             f"{rate(args.batch_size, res[f'sample {n}']):.1f}"] for n in counts]
     print(f"ours at library defaults ({s.describe}), batch {args.batch_size}, {args.repeats} interleaved rounds, "
           f"{args.clock} clock")
     print(format_table(["threads", "train img/s", "sample img/s"], rows))
 
 
-@contextlib.contextmanager
-def candidate_unet(path: str | None):
-    """While active, the trainer builds its network from ``path``, a modified copy of ddpm/unet.py (or as usual
-    when ``path`` is None).  Yields the loaded module or None."""
-    if path is None:
-        yield None
-        return
+def candidate_network(path: str, trainer: Trainer) -> torch.nn.Module:
+    """The ``UNet`` of ``path`` (a modified copy of src/ddpm/model/unet.py, importing ddpm's modules absolutely)
+    built from the trainer's config, with the trainer's weights (same state dict keys)."""
     spec = importlib.util.spec_from_file_location("candidate_unet", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["candidate_unet"] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
-    train_mod = sys.modules[Trainer.__module__]  # ddpm.training.trainer (the package's ``ddpm.training.trainer`` is a function)
-    original = train_mod.UNet
-    train_mod.UNet = module.UNet
-    try:
-        yield module
-    finally:
-        train_mod.UNet = original
+    net = module.UNet(trainer.config.model)
+    net.load_state_dict(trainer.model.state_dict())
+    return net
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="digits", help="ddpm.model.unet preset (default digits)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
+                   help="ddpm.model.unet preset, at its own image size and recipe (default digits)")
+    p.add_argument("--batch-size", type=int, default=64, help="default 64")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: leave it as the library leaves it)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
@@ -226,7 +219,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="after the timing, profile 3 steps of every case of the first variant with torch.profiler "
                         "and print each op group's share of the time")
     p.add_argument("--candidate", metavar="UNET_PY",
-                   help="also time a modified copy of src/ddpm/unet.py side by side (rows 'candidate'), to "
+                   help="also time a modified copy of src/ddpm/model/unet.py side by side (rows 'candidate'), to "
                         "measure a proposed change before making it")
     p.add_argument("--json", help="also write the raw samples and rates to this file")
     return p
@@ -246,7 +239,6 @@ def main(argv=None):
     kinds = [k for k in ("train", "sample") if args.only in (None, k)]
     cases, settings, first_call = {}, [], {}
     tmp = tempfile.TemporaryDirectory(prefix="cpu_speed_")
-    images = None
     for name in names:
         try:
             overrides = parse_variant(name)
@@ -257,23 +249,24 @@ def main(argv=None):
         settings.append(s)
         cfg = trainer.config.model
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        if images is None:
-            images = load_images(trainer.config.data)
+        if len(settings) == 1:
             print(f"network: {args.preset} preset {cfg.to_dict()}")
         torch.manual_seed(0)
-        theirs = diffusers_unet(cfg) if with_diffusers else None
-        if theirs is not None and len(settings) == 1:
-            n_ours, n_theirs = check_same_size(trainer.model, theirs)
-            print(f"parameters: ours {n_ours:,}, diffusers UNet2DModel {n_theirs:,}")
+        theirs = None
+        if with_diffusers:
+            theirs = with_network(our_trainer(args, overrides, str(Path(tmp.name) / f"{name}-diffusers")),
+                                  DiffusersNet(cfg))
+            if len(settings) == 1:
+                n_ours, n_theirs = check_same_size(trainer.model, theirs.model)
+                print(f"parameters: ours {n_ours:,}, diffusers UNet2DModel {n_theirs:,}")
         if "train" in kinds:
             cases[f"ours train {name}"] = trainer.train_step
             if theirs is not None:
-                cases[f"diffusers train {name}"] = their_training_step(copy.deepcopy(theirs), trainer, s, images)
+                cases[f"diffusers train {name}"] = theirs.train_step
         cand = None
         if args.candidate:
-            with candidate_unet(args.candidate):
-                cand = our_trainer(args, overrides, str(Path(tmp.name) / f"{name}-candidate"))
-            cand.model.load_state_dict(trainer.model.state_dict())  # same weights as ours (the init is seeded anyway)
+            cand = our_trainer(args, overrides, str(Path(tmp.name) / f"{name}-candidate"))
+            cand = with_network(cand, candidate_network(args.candidate, trainer))
             if "train" in kinds:
                 cases[f"candidate train {name}"] = cand.train_step
         if "sample" in kinds:
@@ -284,10 +277,11 @@ def main(argv=None):
                 cases[f"candidate sample {name}"] = our_sampling_step(cand.model, cand.schedule, tc.variance, s,
                                                                       args.batch_size, shape)
             if theirs is not None:
-                cases[f"diffusers sample {name}"] = their_sampling_step(theirs, tc.schedule, tc.variance, s,
+                cases[f"diffusers sample {name}"] = their_sampling_step(theirs.model, tc.schedule, tc.variance, s,
                                                                         args.batch_size, shape)
     print(f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.repeats} interleaved rounds, "
-          f"{len(cases)} cases; medians of one-step {args.clock} times")
+          f"{len(cases)} cases; medians of one-step {args.clock} times (sampling: ours over {SAMPLING_STEPS_PER_CALL} "
+          f"respaced steps a call, per step)")
     for label, fn in cases.items():  # first call separately: it includes any compilation
         start = time.perf_counter()
         fn()

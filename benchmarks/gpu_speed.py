@@ -2,12 +2,12 @@
 
 Training (batch 128): ``ddpm.training.trainer.Trainer.train_step`` itself (bf16 autocast, channels_last, fused AdamW,
 gradient clipping, EMA; data from a synthetic uint8 array through the library's loader), eager and with the
-trainer's ``compile`` switch; beside it diffusers' ``UNet2DModel`` of the same architecture driven by the same
-step with ``DDPMScheduler.add_noise``.
+trainer's ``compile`` switch; beside it diffusers' ``UNet2DModel`` built from the config ``ddpm export`` writes,
+trained by the same ``Trainer.train_step`` with the network swapped.
 
-Sampling (batch 512, bf16, channels_last): the network alone and one full reverse step (ours: network,
-``p_mean_variance`` and per-sample noise; diffusers: network and ``DDPMScheduler.step``), with the network
-eager, captured in a CUDA graph, or compiled.
+Sampling (batch 512, bf16, channels_last): the network alone and one full reverse step (ours:
+``ddpm.core.samplers.ancestral_sample`` over a few respaced steps, per step; diffusers: network and
+``DDPMScheduler.step``), with the network eager, captured in a CUDA graph, or compiled.
 
 Model-FLOP utilisation: forward FLOPs of one image from ``torch.utils.flop_counter.FlopCounterMode``; a
 training image costs 3x that (forward + backward); the peak is the GPU's dense bf16 rate (``--peak-tflops``).
@@ -31,12 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
+    DiffusersNet,
     check_same_size,
     diffusers_available,
-    diffusers_unet,
     eval_copy,
     format_table,
     forward_flops,
@@ -46,13 +44,13 @@ from _common import (  # noqa: E402
     rate,
     resolve_setting,
     their_sampling_step,
-    their_training_step,
+    with_network,
 )
 
-from ddpm.data.datasets import DataConfig, load_images  # noqa: E402
-from ddpm.model.unet import UNet, preset  # noqa: E402
-from ddpm.runs.config import TrainConfig  # noqa: E402
-from ddpm.training.trainer import Trainer  # noqa: E402
+from ddpm.data.datasets import DataConfig
+from ddpm.model.unet import PRESETS, UNet, preset
+from ddpm.runs.config import TrainConfig
+from ddpm.training.trainer import Trainer
 
 #: dense bf16 tensor-core peaks in TFLOP/s, matched against torch.cuda.get_device_name() in order
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
@@ -130,7 +128,8 @@ class Budget:
 def make_parser() -> argparse.ArgumentParser:
     """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="cifar10")
+    p.add_argument("--preset", default="cifar10", choices=sorted(PRESETS),
+                   help="ddpm.model.unet preset, at its own image size (default cifar10)")
     p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
     p.add_argument("--sample-batch-size", type=int, default=512, help="sampling batch (default 512)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu; cpu is only meant for checks")
@@ -182,12 +181,11 @@ def main(argv=None):
 
     tmp = tempfile.TemporaryDirectory(prefix="gpu_speed_")
     data = synthetic_data(Path(tmp.name), cfg, max(4 * args.batch_size, 512))
-    images = load_images(data)
 
     def trainer(label: str, compile_: bool) -> Trainer:
-        tc = TrainConfig(run_dir=str(Path(tmp.name) / label), model=cfg, data=data, batch_size=args.batch_size,
-                         device=str(device), precision="bf16", channels_last="on",
-                         compile="on" if compile_ else "off", progress=False)
+        tc = TrainConfig.for_preset(args.preset, run_dir=str(Path(tmp.name) / label), data=data,
+                                    batch_size=args.batch_size, device=str(device), precision="bf16",
+                                    channels_last="on", compile="on" if compile_ else "off", progress=False)
         return Trainer(tc)
 
     rows = []  # (kind, implementation, mode, items per call, first-call seconds, case label)
@@ -219,10 +217,10 @@ def main(argv=None):
     if with_diffusers:
         torch.manual_seed(0)
         try:  # one unit of the run: if diffusers cannot be built here, the rows of ours still come out
-            theirs = diffusers_unet(cfg)
+            theirs = DiffusersNet(cfg)
             n_ours, n_theirs = check_same_size(eager.model, theirs)
             print(f"  parameters: ours {n_ours:,}, diffusers {n_theirs:,}")
-            step = their_training_step(copy.deepcopy(theirs), eager, s_eager, images)
+            step = with_network(trainer("diffusers-eager", False), copy.deepcopy(theirs)).train_step
         except Exception as e:  # noqa: BLE001
             print(f"  diffusers could not be set up ({type(e).__name__}: {str(e).splitlines()[0][:160]}): ours only")
             theirs, with_diffusers = None, False
@@ -238,7 +236,7 @@ def main(argv=None):
                 train_cases["ours train compiled"] = comp.train_step
                 rows.append(("train", "ours", s_comp.describe, args.batch_size, "ours train compiled"))
             if with_diffusers and budget.allows_compile("diffusers train compiled"):
-                step = their_training_step(copy.deepcopy(theirs), comp, s_comp, images)
+                step = with_network(trainer("diffusers-compiled", True), copy.deepcopy(theirs)).train_step
                 if first_call("diffusers train compiled", step, True):
                     train_cases["diffusers train compiled"] = step
                     rows.append(("train", "diffusers", s_comp.describe, args.batch_size, "diffusers train compiled"))

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import DiffusersNet
 
-from ddpm.model.unet import UNet, UNetConfig, count_parameters, preset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import diffusers_unet  # noqa: E402
+from ddpm.model.unet import PRESETS, UNet, UNetConfig, count_parameters, preset
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -42,10 +38,14 @@ def build_config(args) -> UNetConfig:
 
 
 def diffusers_equivalent(cfg: UNetConfig):
-    """The same network as a diffusers UNet2DModel (benchmarks/_common.py builds it), or None without diffusers."""
+    """The same network as a diffusers UNet2DModel, from the config ``ddpm export`` writes; None without diffusers
+    (or, said why, for a network UNet2DModel cannot hold)."""
     try:
-        return diffusers_unet(cfg)
+        return DiffusersNet(cfg)
     except ImportError:
+        return None
+    except ValueError as e:
+        print(f"diffusers' UNet2DModel cannot hold this network: {e}")
         return None
 
 
@@ -107,7 +107,8 @@ def measure(model: torch.nn.Module, call, cfg: UNetConfig, args) -> dict:
 def make_parser() -> argparse.ArgumentParser:
     """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="digits")
+    p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
+                   help="ddpm.model.unet preset, at its own image size unless --image-size (default digits)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement")
     p.add_argument("--warmup", type=int, default=2)
@@ -142,13 +143,14 @@ def main(argv=None):
         if ref is None:
             print("diffusers is not installed: skipping the UNet2DModel comparison")
         else:
-            rows.append(("diffusers UNet2DModel", ref, lambda m, x, t: m(x, t).sample))
+            rows.append(("diffusers UNet2DModel", ref, lambda m, x, t: m(x, t)))
     print(f"{'model':<24}{'params':>11}{'train GFLOP/img':>17}{'train img/s (best)':>22}{'infer img/s (best)':>22}")
     for name, model, call in rows:
         flops = train_flops(model, call, cfg)
         r = measure(model, call, cfg, args)
         print(f"{name:<24}{count_parameters(model):>11,}{flops / 1e9:>17.2f}"
               f"{r['train']:>14.1f} ({r['train_best']:5.1f}){r['infer']:>14.1f} ({r['infer_best']:5.1f})", flush=True)
+
 
 if __name__ == "__main__":
     main()
