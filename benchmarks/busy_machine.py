@@ -1,8 +1,9 @@
 """How much a second CPU-bound program costs ddpm's training and sampling, for several OpenMP thread policies.
 
 For each policy a fresh child process (the policy is read when torch's OpenMP runtime starts, so it cannot change
-inside one process) times the digits preset's training step (batch 64, the Trainer itself) and one step of
-Algorithm 2's loop (batch 64), first on the idle machine, then with a neighbour: a one-thread busy loop this script
+inside one process) times a preset's training step (digits by default: batch 64, the Trainer itself) and
+Algorithm 2's steps (``ddpm.core.samplers.ancestral_sample`` through the network wrapper ``ddpm sample`` uses, batch
+64, over a 10-step plan, per step), first on the idle machine, then with a neighbour: a one-thread busy loop this script
 starts beside it (a second program on a 2-core laptop).  The spin and two-thread policies run with the thread count
 fixed at 2 (DDPM_THREADS=2), so that only their OpenMP setting differs.  It prints steps/s idle and busy, the
 slowdown busy/idle, and each policy's idle speed relative to torch's own default.
@@ -25,9 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ddpm.model.unet import PRESETS
 
 POLICIES = {
     "ddpm": {},
@@ -44,33 +44,35 @@ POLICIES = {
 POLICY_VARS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "DDPM_THREADS")
 
 
-def child(seconds: float) -> None:
+#: reverse steps per timed sampling call
+PLAN_STEPS = 10
+
+
+def child(preset: str, seconds: float) -> None:
     """Run in the measured process: time training steps, then sampling steps, for ``seconds`` each."""
     import tempfile
 
     import torch
 
-    from ddpm.core.diffusion import p_mean_variance
+    from ddpm.core.samplers import PerSampleNoise, ancestral_sample, ancestral_timesteps
     from ddpm.runs.config import TrainConfig
-    from ddpm.runtime.governor import governor_for
+    from ddpm.sampling.generate import model_fn
     from ddpm.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(TrainConfig.for_preset("digits", run_dir=f"{tmp}/run", device="cpu", progress=False))
+        trainer = Trainer(TrainConfig.for_preset(preset, run_dir=f"{tmp}/run", batch_size=64, device="cpu",
+                                                 progress=False))
         out = {"threads_at_start": torch.get_num_threads(), "spincount": os.environ.get("GOMP_SPINCOUNT"),
                "wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         out["train_steps_per_s"] = _rate(trainer.train_step, seconds)
-        model = trainer.ema.to(memory_format=torch.channels_last)
-        x = torch.randn(64, 1, 32, 32).contiguous(memory_format=torch.channels_last)
-        t = torch.full((64,), 500)
+        cfg = trainer.config.model
+        shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        f = model_fn(trainer.ema, trainer.device)  # channels_last, and the thread governor before every call
+        plan = ancestral_timesteps(trainer.schedule, PLAN_STEPS)
 
-        threads = governor_for("cpu")  # what ddpm's samplers call before every network call
-
-        @torch.inference_mode()
-        def sampling_step():
-            threads.tick()
-            p_mean_variance(trainer.schedule, model(x, t), x, t, variance="fixed-large", clip_denoised=True)
-        out["sample_steps_per_s"] = _rate(sampling_step, seconds)
+        def sampling_call():
+            ancestral_sample(f, trainer.schedule, PerSampleNoise(range(64)), shape, timesteps=plan)
+        out["sample_steps_per_s"] = _rate(sampling_call, seconds) * len(plan)
         out["threads_at_end"] = torch.get_num_threads()
         trainer.close()
     print(json.dumps(out), flush=True)
@@ -90,13 +92,13 @@ def _busy_loop() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def measure(policy: str, seconds: float, busy: bool) -> dict:
+def measure(policy: str, preset: str, seconds: float, busy: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in POLICY_VARS}
     env.update(POLICIES[policy])
     neighbour = _busy_loop() if busy else None
     try:
-        res = subprocess.run([sys.executable, __file__, "--child", "--seconds", str(seconds)], env=env,
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run([sys.executable, __file__, "--child", "--preset", preset, "--seconds", str(seconds)],
+                             env=env, capture_output=True, text=True, check=True)
     finally:
         if neighbour is not None:
             neighbour.kill()
@@ -110,6 +112,8 @@ def make_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated (default: all)")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per measurement (default: 20)")
+    p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
+                   help="the U-Net preset, with its own image size and recipe (default: digits)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -117,14 +121,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = make_parser().parse_args()
     if args.child:
-        child(args.seconds)
+        child(args.preset, args.seconds)
         return
     from _common import format_table, machine
     print(machine())
     runs: dict[str, list] = {}  # a policy named more than once is measured each time (interleaved) and averaged
     for policy in args.policies.split(","):
-        idle = measure(policy, args.seconds, busy=False)
-        busy = measure(policy, args.seconds, busy=True)
+        idle = measure(policy, args.preset, args.seconds, busy=False)
+        busy = measure(policy, args.preset, args.seconds, busy=True)
         runs.setdefault(policy, []).append((idle, busy))
         print(f"{policy}: idle {idle}, busy {busy}", file=sys.stderr, flush=True)
 

@@ -32,14 +32,23 @@ from pathlib import Path
 
 import torch
 
-from ddpm.cli.args import t_range
 from ddpm.core.guidance import guidance_combine
 from ddpm.core.samplers import PerSampleNoise, run_sampler
 from ddpm.evaluation.quality import load_classifier, quality_report
-from ddpm.runs.images import atomic_write_path
+from ddpm.runtime.atomic import atomic_write_path
 from ddpm.sampling.generate import class_labels, generate, load_run, model_fn
 
 DEFAULT_WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0]
+
+
+def t_range(value: str) -> tuple[int, int]:
+    """An argparse type: LO-HI (or LO,HI), two whole numbers, a range of the paper's t (as ``ddpm sample
+    --guidance-interval`` reads it)."""
+    try:
+        lo, hi = (int(v) for v in value.replace(",", "-").split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI, two whole numbers, e.g. 100-700; got {value!r}") from None
+    return lo, hi
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -224,8 +233,8 @@ def main(argv=None) -> None:
     timing = None
     if not args.no_timing:
         timing = time_per_step(run, uncond, args)
-        print(f"\nseconds per {args.sampler} step at batch {args.time_batch} ({args.time_repeats} interleaved rounds of "
-              f"{args.time_steps} steps, median; ratios against the {timing['baseline']}):")
+        print(f"\nseconds per {args.sampler} step at batch {args.time_batch} ({args.time_repeats} interleaved rounds "
+              f"of {args.time_steps} steps, median; ratios against the {timing['baseline']}):")
         for name, t in timing.items():
             if isinstance(t, dict):
                 print(f"  {name:<34} wall {t['wall_s_per_step'] * 1e3:7.1f} ms ({t['ratio_wall']:.2f}x)   "

@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import machine
 
 from ddpm.cli.main import main as ddpm
 from ddpm.model.unet import count_parameters
 from ddpm.sampling.generate import load_run
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -19,17 +19,25 @@ from pathlib import Path
 
 import torch
 
-from ddpm.cli.main import build_parser
 from ddpm.cli.main import main as main_cli
-from ddpm.cli.train import (
-    config_from_args,  # the same flag -> config mapping as `ddpm train`
-)
+from ddpm.runs.config import TrainConfig
 from ddpm.runs.rundir import read_metrics
-from ddpm.training.trainer import train
 
-#: the `ddpm train` flags of `make demo` (the Makefile's TRAIN; tests/test_docs.py keeps the two the same): the
-#: digits-fast preset's recipe, class-conditional on the embedded digits' labels
-DEMO_FLAGS = ["--preset", "digits-fast", "--class-cond"]
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+
+
+def demo_flags(makefile: Path = MAKEFILE) -> list[str]:
+    """The `ddpm train` flags of `make demo`: the Makefile's ``TRAIN ?= ...`` line, read from it so that the two
+    cannot drift apart (the digits-fast preset's recipe, class-conditional on the embedded digits' labels)."""
+    for line in makefile.read_text().splitlines():
+        name, sep, value = line.partition("?=")
+        if sep and name.strip() == "TRAIN":
+            return shlex.split(value.split("#", 1)[0])
+    raise SystemExit(f"{makefile}: no 'TRAIN ?= ...' line; main_job.py reads make demo's training flags from it")
+
+
+#: the `ddpm train` flags of `make demo`
+DEMO_FLAGS = demo_flags()
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -50,22 +58,25 @@ def main(argv=None) -> None:
     run_dir = Path(args.run_dir)
     if run_dir.exists() and not args.keep:
         shutil.rmtree(run_dir)
-    train_argv = ["train", "--run-dir", str(run_dir), "--no-progress", *shlex.split(args.train_flags)]
+    train_argv = ["train", "--run-dir", str(run_dir), *shlex.split(args.train_flags)]
     if args.steps:
         train_argv += ["--steps", str(args.steps)]
-    config = config_from_args(build_parser().parse_args(train_argv))
-    config.progress = True
 
     t0 = time.perf_counter()
-    train(config)
+    if main_cli(train_argv) != 0:  # `ddpm train` itself, as make demo runs it
+        raise SystemExit(f"ddpm {shlex.join(train_argv)} failed")
     train_s = time.perf_counter() - t0
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     rows = read_metrics(run_dir / "metrics.jsonl")
     steps = rows[-1]["step"]
     final_loss = sum(r["loss"] for r in rows[-5:]) / len(rows[-5:])
 
     out = run_dir / "samples" / "ddpm"
     t0 = time.perf_counter()
-    main_cli(["sample", str(run_dir), "-n", str(args.samples), "--chain", "8", "--out", str(out)])  # as make demo
+    sample_argv = ["sample", str(run_dir), "-n", str(args.samples), "--chain", str(min(8, args.samples)), "--out",
+                   str(out)]  # as make demo
+    if main_cli(sample_argv) != 0:
+        raise SystemExit(f"ddpm {shlex.join(sample_argv)} failed")
     sample_s = time.perf_counter() - t0
     drawn = json.loads((out / "samples.json").read_text())  # what was drawn, defaults resolved
 

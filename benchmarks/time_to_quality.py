@@ -26,25 +26,20 @@ import json
 import math
 import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from main_job import DEMO_FLAGS
 
-from main_job import DEMO_FLAGS  # noqa: E402
-
-from ddpm.cli.main import build_parser  # noqa: E402
-from ddpm.cli.main import main as main_cli  # noqa: E402
-from ddpm.cli.train import config_from_args  # noqa: E402
-from ddpm.evaluation.classifier import load_classifier  # noqa: E402
-from ddpm.evaluation.quality import quality_report  # noqa: E402
-from ddpm.runs.checkpoint import complete_checkpoints  # noqa: E402
-from ddpm.runs.rundir import read_metrics  # noqa: E402
-from ddpm.runtime.atomic import write_json_atomic  # noqa: E402
-from ddpm.sampling.defaults import resolve_classes, resolve_sampling  # noqa: E402
-from ddpm.sampling.generate import generate, load_run  # noqa: E402
-from ddpm.training.trainer import train  # noqa: E402
+from ddpm.cli.main import main as main_cli
+from ddpm.evaluation.classifier import load_classifier
+from ddpm.evaluation.quality import quality_report
+from ddpm.runs.checkpoint import complete_checkpoints
+from ddpm.runs.config import TrainConfig
+from ddpm.runs.rundir import read_metrics
+from ddpm.runtime.atomic import write_json_atomic
+from ddpm.sampling.defaults import resolve_classes, resolve_sampling
+from ddpm.sampling.generate import generate, load_run
 
 #: name -> the `ddpm train` flags of the recipe: "default" is what `ddpm train` does with no flag (the digits recipe,
 #: what `make demo` trained before), "demo" what `make demo` trains now (main_job.DEMO_FLAGS: digits-fast with the
@@ -124,18 +119,18 @@ def train_recipe(name: str, flags: list[str], run_dir: Path, points: int, result
     done = results.get(name, "training")
     if done is not None:
         return done
-    argv = ["train", "--run-dir", str(run_dir), *flags] if not run_dir.exists() else ["train", "--resume",
-                                                                                       str(run_dir)]
-    config = config_from_args(build_parser().parse_args(argv))
-    every = max(1, config.steps // points)
     fresh = not run_dir.exists()
-    if fresh:
-        config.checkpoint_every, config.keep_checkpoints = every, points + 1
-        config.log_every = math.gcd(config.log_every, every)  # a metrics row, with its clock time, at every checkpoint
-        config.sample_every = config.steps  # one preview grid, at the end
-    print(f"[{name}] ddpm {' '.join(argv)}  ({config.steps} steps)", flush=True)
+    steps, log_every = recipe_steps(flags)
+    every = max(1, steps // points)
+    argv = ["train", "--resume", str(run_dir)]
+    if fresh:  # a metrics row, with its clock time, at every checkpoint; one preview grid, at the end
+        argv = ["train", "--run-dir", str(run_dir), *flags, "--checkpoint-every", str(every), "--keep-checkpoints",
+                str(points + 1), "--log-every", str(math.gcd(log_every, every)), "--sample-every", str(steps)]
+    print(f"[{name}] ddpm {shlex.join(argv)}  ({steps} steps)", flush=True)
     start = time.time()
-    train(config)
+    if main_cli(argv) != 0:  # `ddpm train` itself
+        raise SystemExit(f"[{name}] ddpm {shlex.join(argv)} failed")
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     rows = read_metrics(run_dir / "metrics.jsonl")
     # the trainer logs a wall-clock time with every row; minutes count from the start of `ddpm train` (an
     # interrupted run's from its first row, less the time its first steps took)
@@ -148,6 +143,18 @@ def train_recipe(name: str, flags: list[str], run_dir: Path, points: int, result
               "checkpoints": {str(s): round(minutes[s], 2) for s in sorted(minutes) if s % every == 0}}
     results.put(record, name, "training")
     return record
+
+
+def recipe_steps(flags: list[str]) -> tuple[int, int]:
+    """(steps, log_every) of the `ddpm train` flags ``flags``: --steps and --log-every where they are given, else
+    the preset's recipe (``TrainConfig.for_preset``, what `ddpm train --preset` starts from)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--log-every", type=int)
+    given, _ = p.parse_known_args(flags)
+    recipe = TrainConfig.for_preset(given.preset)
+    return given.steps or recipe.steps, given.log_every or recipe.log_every
 
 
 def score(run, n: int, seed: int, spec, classifier) -> dict:
@@ -225,7 +232,7 @@ def busy_slowdown(seconds: float, results: Results) -> dict:
     got = results.get("busy")
     if got is None:
         from busy_machine import measure
-        idle, busy = measure("ddpm", seconds, busy=False), measure("ddpm", seconds, busy=True)
+        idle, busy = measure("ddpm", "digits", seconds, busy=False), measure("ddpm", "digits", seconds, busy=True)
         got = {k: {"idle": idle[k], "busy": busy[k], "slowdown": idle[k] / busy[k]}
                for k in ("train_steps_per_s", "sample_steps_per_s")}
         results.put(got, "busy")

@@ -7,6 +7,7 @@ import atexit
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,11 +42,17 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture
 def load_benchmark():
-    """Import a script of benchmarks/ (not a package) by name, e.g. ``load_benchmark("unet_speed")``."""
+    """Import a script of benchmarks/ (not a package) by name, e.g. ``load_benchmark("unet_speed")``, with benchmarks/
+    on the import path as ``python benchmarks/NAME.py`` has it (the scripts import their helpers as ``_common``);
+    only for the command lines the docs show (tests/test_docs.py), never to test the library through a script."""
     def load(name: str):
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
+        folder = Path(__file__).resolve().parents[1] / "benchmarks"
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        sys.path.insert(0, str(folder))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(folder))
         return module
     return load

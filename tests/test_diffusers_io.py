@@ -330,15 +330,6 @@ def test_the_help_examples_of_import_run(pipeline_folder, tmp_path, monkeypatch)
         assert main(args[1:]) == 0, line
 
 
-def test_benchmark_script_runs(tmp_path, load_benchmark, capsys):
-    data = tmp_path / "images.npy"
-    np.save(data, np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
-    result = load_benchmark("import_cifar10").main(["--width", "8", "--samples", "2", "--steps", "2", "--nll-data",
-                                                    str(data), "--nll-images", "2", "--quick", "2",
-                                                    "--out", str(tmp_path / "b")])
-    assert result["parameters"] > 0 and result["bpd"] > 0 and {"import_s", "sample_s", "nll_s"} <= set(result)
-
-
 def test_import_sample_and_export_need_no_diffusers(pipeline_folder, tmp_path):
     """diffusers is a format here, not a dependency: with it unimportable, a folder still imports, samples and
     exports."""

@@ -61,11 +61,9 @@ def test_documented_benchmark_command_parses(match, args, load_benchmark):
     load_benchmark(match["script"]).make_parser().parse_args(args)
 
 
-def test_make_demo_trains_what_the_benchmarks_time(load_benchmark):
-    """The Makefile's TRAIN flags are main_job.DEMO_FLAGS (which time_to_quality's "demo" recipe is), and parse."""
+def test_make_demo_trains_with_flags_that_parse():
+    """The Makefile's TRAIN flags (what make demo trains; benchmarks/main_job.py and time_to_quality.py read them
+    from the Makefile) are flags of `ddpm train`."""
     m = re.search(r"^TRAIN \?= (.*)$", (ROOT / "Makefile").read_text(), re.M)
     assert m is not None, "the Makefile sets no TRAIN"
-    flags = load_benchmark("main_job").DEMO_FLAGS
-    assert shlex.split(m.group(1)) == flags
-    assert load_benchmark("time_to_quality").RECIPES["demo"] == flags
-    build_parser().parse_args(["train", *flags])
+    build_parser().parse_args(["train", *shlex.split(m.group(1))])

@@ -224,21 +224,3 @@ def test_quality_report_real_collapsed_and_floor(tiny):
     assert collapsed["kid_mean"] > max(10 * abs(collapsed["floor"]["kid_mean"]), 3 * collapsed["kid_std"])
     text = Q.format_quality(collapsed)
     assert "classifier FD" in text and "KID" in text and "1/10" in text and "real floor" in text
-
-
-def test_background_frame_statistics_of_known_images(load_benchmark):
-    """benchmarks/ode_artifacts.py: haze is the frame's mean grey level, speckle the mean |difference| of
-    horizontal neighbours in its top and bottom bands; the centre of the image never counts."""
-    m = load_benchmark("ode_artifacts")
-    x = torch.zeros(3, 1, 32, 32, dtype=torch.uint8)
-    x[:, :, 8:24, 8:24] = 255                      # a "digit" well inside the 4-pixel frame
-    x[1] += (x[1] == 0).to(torch.uint8) * 10       # uniform haze of 10 levels
-    x[2, 0, :, 0::2] = 20                          # columns alternating 20 / 0 everywhere outside the digit
-    x[2, :, 8:24, 8:24] = 255
-    haze, speckle = m.frame_stats(x, 4)
-    assert haze.tolist() == pytest.approx([0.0, 10.0, 10.0])
-    assert speckle.tolist() == pytest.approx([0.0, 0.0, 20.0])
-    assert m.frame_pixels(x, 4).shape == (3, 32 * 32 - 24 * 24)
-    assert m.pearson(torch.tensor([1.0, 2, 3]), torch.tensor([2.0, 4, 6])) == pytest.approx(1.0)
-    norms = m.noise_norms(64, 0, (1, 32, 32))      # |x_T| / sqrt(d) of 1,024 standard normals: 1 +- 0.022
-    assert abs(norms.mean().item() - 1) < 0.02 and 0.005 < norms.std().item() < 0.05
