@@ -30,7 +30,7 @@ from ddpm.sampling.generate import load_run
 def make_parser() -> argparse.ArgumentParser:
     """The command line of this script (also parsed by the tests, against the commands in docs/)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a run trained on the embedded digits (32x32)")
+    p.add_argument("run", help="a run trained on the embedded digits (at its own size)")
     p.add_argument("-n", type=int, default=500, help="test digits, spread evenly over the 500 (default: all)")
     p.add_argument("--steps", type=int, default=100, help="levels of the respaced schedule (default: 100)")
     p.add_argument("--jump-length", type=int, default=5, help="RePaint's j (default: 5)")

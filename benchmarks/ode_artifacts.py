@@ -5,9 +5,10 @@ and how both follow the norm of the starting noise x_T.
     python benchmarks/ode_artifacts.py runs/digits/checkpoints/step_0001000 runs/digits -n 256 --samplers ddim-50
     python benchmarks/ode_artifacts.py runs/digits -n 256 --with-ddpm --fd --picture docs/img/ode_artifacts.png
 
-Every real digit has a black frame: the 28x28 MNIST digit is padded by 2 pixels to 32x32 and sits inside its
-own 4-pixel margin, so the outer ``--frame`` pixels (default 4) of a real image are 0 in all but a few of the
-embedded images.  For each sampler the script draws sample seeds 0..n-1 and reports, over that frame:
+Every real digit has a black frame: the MNIST digit sits inside its own 4-pixel margin of the 28x28 image (padded by
+2 more pixels at 32x32), so the outer ``--frame`` pixels (default 4) of a real image are 0 in all but a few of the
+embedded images; the real digits are read at the runs' own size (``ddpm.data.datasets.load_images``).  For each
+sampler the script draws sample seeds 0..n-1 and reports, over that frame:
 
 - haze: the mean grey level (0..255) of the frame;
 - speckle: the mean absolute difference between horizontally adjacent frame pixels, in grey levels;
@@ -31,11 +32,10 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from ddpm.core.samplers import PerSampleNoise
-from ddpm.data.embedded import digits_split
+from ddpm.data.datasets import DataConfig, load_images
 from ddpm.runs.images import make_grid
 from ddpm.sampling.generate import generate, load_run, sample_seed
 
@@ -148,16 +148,17 @@ def main(argv=None) -> None:
     args = make_parser().parse_args(argv)
 
     names = args.samplers + (["ddpm-1000"] if args.with_ddpm and "ddpm-1000" not in args.samplers else [])
-    real = torch.as_tensor(digits_split("train")[0])
-    real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[: args.n]]  # all classes
-    real = F.pad(real, (2, 2, 2, 2)) if real.shape[-1] == 28 else real  # padded as ddpm.data.datasets pads the digits
-    rows, panels = [_row("real train digits", real, None, args)], [("real", real)]
-    fd_rows = []
+    rows, panels, fd_rows, real = [], [], [], None
     for path in args.runs:
         run = load_run(path, device=args.device)
         size = run.config.model.image_size
+        if real is None:  # the embedded train digits as the runs see them, at their size
+            real = load_images(DataConfig(image_size=size, channels=1, split="train"))
+            real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[: args.n]]  # all classes
+            rows.append(_row("real train digits", real, None, args))
         if real.shape[-1] != size:
-            raise SystemExit(f"{path}: the frame statistics are for the 32x32 digits, this run draws {size}x{size}")
+            raise SystemExit(f"{path}: draws {size}x{size}, the runs before it {real.shape[-1]}x{real.shape[-1]}; "
+                             "compare runs of one size")
         norms = noise_norms(args.n, args.seed, (run.config.model.in_channels, size, size), run.device)
         panels = [("real", real)]
         for name in names:
