@@ -4,7 +4,7 @@
 #   make test   installs ddpm with its test extras and runs the test suite
 PYTHON ?= python3
 RUN ?= runs/demo
-# the `ddpm train` flags of the demo (benchmarks/main_job.py DEMO_FLAGS); make demo TRAIN= trains `ddpm train`'s own
+# the `ddpm train` flags of the demo (benchmarks/main_job.py reads them from here); make demo TRAIN= trains `ddpm train`'s own
 # digits recipe (unconditional, 32x32, 3,000 steps: about three times the minutes)
 TRAIN ?= --preset digits-fast --class-cond
 
