@@ -52,7 +52,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
                    help="sampling precision (default: fp32, so that every device measures the same network)")
-    p.add_argument("--seed", type=int, default=0, help="base seed: sample k of every row gets seed sample_seed(seed, k)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="base seed: sample k of every row gets seed sample_seed(seed, k)")
     p.add_argument("--out", default=None, help="JSON file for the table (default: RUN/eval/quality_vs_steps.json)")
     return p
 
