@@ -67,8 +67,11 @@ class DiffusersNet(torch.nn.Module):
 def with_network(trainer: Trainer, net: torch.nn.Module, compile_: bool | None = None) -> Trainer:
     """``trainer`` training ``net`` instead of its own U-Net: the same data order, t and eps draws, loss, clipping,
     AdamW (fused on CUDA, as the trainer builds it), EMA and bookkeeping, through ``trainer.train_step``.
-    ``compile_``: compile ``net`` (default: as the trainer compiled its own network)."""
+    ``compile_``: compile ``net`` (default: as the trainer compiled its own network; a compiled trainer must have
+    said compile "on", since "auto" may fall back to its own eager network on the first step)."""
     compiled = trainer.forward is not trainer.model if compile_ is None else compile_
+    if compiled and trainer.config.compile == "auto":  # its first step could fall back to its own network, eagerly
+        raise ValueError("with_network: build the trainer with compile 'on' or 'off', not 'auto'")
     net = net.to(trainer.device).train()
     if any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
            for p in trainer.model.parameters() if p.ndim == 4):

@@ -220,7 +220,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "and print each op group's share of the time")
     p.add_argument("--candidate", metavar="UNET_PY",
                    help="also time a modified copy of src/ddpm/model/unet.py side by side (rows 'candidate'), to "
-                        "measure a proposed change before making it")
+                        "measure a proposed change before making it; the copy imports ddpm's modules absolutely "
+                        "(from ddpm.model.layers import ...)")
     p.add_argument("--json", help="also write the raw samples and rates to this file")
     return p
 
