@@ -24,11 +24,14 @@ from .classifier import cache_dir as cache_dir
 from .classifier import load_classifier as load_classifier
 from .classifier import prepare_images as prepare_images
 from .classifier import train_classifier as train_classifier
+from .manifold import manifold_report
+from .pixels import pixel_report, stroke_stats
 
 __all__ = [
     "CACHE_ENV", "cache_dir", "ClassifierRecipe", "DigitClassifier", "prepare_images", "train_classifier",
     "load_classifier", "classifier_outputs", "feature_stats", "frechet_distance", "fd_from_features",
     "mmd2_unbiased", "kid", "class_histogram", "conditional_accuracy", "quality_report", "real_floor",
+    "MIN_PER_CLASS", "per_class_report",
     "format_quality",
 ]
 
@@ -161,41 +164,71 @@ def conditional_accuracy(logits: torch.Tensor, labels) -> dict:
             "min_class_accuracy": per_class[worst], "min_class": int(worst), "confusion": confusion.tolist()}
 
 
-def _metrics(model, x: torch.Tensor, ref_feats: torch.Tensor, kid_subsets: int, kid_subset_size: int, seed: int,
-             labels=None):
+def _metrics(model, x: torch.Tensor, ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], kid_subsets: int,
+             kid_subset_size: int, seed: int, labels=None) -> dict:
+    """Every measure of prepared images ``x`` against ``ref`` = (reference images, their features, their labels or
+    None); ``labels``, the class each image was drawn as, adds the conditional accuracy and the per-class rows."""
+    ref_x, ref_feats, ref_labels = ref
     feats, logits = _outputs(model, x)
     kid_mean, kid_std = kid(feats, ref_feats, kid_subsets, kid_subset_size, seed)
     out = {"n": len(x), "fd": fd_from_features(feats, ref_feats), "kid_mean": kid_mean, "kid_std": kid_std,
            "kid_subset_size": max(2, min(kid_subset_size, len(x) // 2, len(ref_feats) // 2)),
-           "classes": class_histogram(logits)}
+           "classes": class_histogram(logits), "manifold": manifold_report(ref_feats, feats),
+           "pixels": pixel_report(x, ref_x, fd_from_features)}
     if labels is not None:
         out["conditional"] = conditional_accuracy(logits, labels)
+        if ref_labels is not None:
+            out["per_class"] = per_class_report(x, feats, torch.as_tensor(labels), ref_x, ref_feats, ref_labels)
     return out
 
 
-def _reference(reference) -> tuple[str, torch.Tensor]:
+#: the fewest images of a class, on each side, for its per-class row (the k-nearest-neighbour balls need k + 1)
+MIN_PER_CLASS = 8
+
+
+def per_class_report(x, feats, labels, ref_x, ref_feats, ref_labels) -> dict:
+    """Per class drawn (digit -> row): precision, recall, density and coverage against the real images of that
+    class, and the stroke statistics of both; classes with fewer than :data:`MIN_PER_CLASS` images on either side
+    are left out."""
+    rows = {}
+    for c in sorted(set(labels.tolist())):
+        mine, real = labels == c, torch.as_tensor(ref_labels) == c
+        if int(mine.sum()) < MIN_PER_CLASS or int(real.sum()) < MIN_PER_CLASS:
+            continue
+        rows[str(c)] = {"n": int(mine.sum()), "reference_n": int(real.sum()),
+                        **manifold_report(ref_feats[real], feats[mine]),
+                        "strokes": stroke_stats(x[mine]), "reference_strokes": stroke_stats(ref_x[real])}
+    return rows
+
+
+def _reference(model, reference) -> tuple[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """(name, (images, features, labels or None)) of a reference: a split of the digits or a uint8 image tensor."""
     if isinstance(reference, str):
         if reference not in ("test", "train"):
             raise ValueError(f"reference must be 'test', 'train' or an image tensor, got {reference!r}")
-        return reference, prepared_digits(reference)[0]
-    return "custom", prepare_images(reference)
+        x, y = prepared_digits(reference)
+        return reference, (x, _outputs(model, x)[0], y)
+    x = prepare_images(reference)
+    return "custom", (x, _outputs(model, x)[0], None)
 
 
 def real_floor(n: int | None = None, reference: str = "test", *, classifier=None, cache=None,
                recipe: ClassifierRecipe = ClassifierRecipe(), kid_subsets: int = 100, kid_subset_size: int = 1000,
-               seed: int = 0) -> dict:
+               seed: int = 0, per_class: bool = False) -> dict:
     """The metrics of real digits from the other split against ``reference`` ("test": n train digits,
     "train": n test digits; n = None: all of them), measured exactly as :func:`quality_report` measures
-    samples.  The n digits are a seeded random subset, so use the generated set's size."""
+    samples.  The n digits are a seeded random subset, so use the generated set's size.  ``per_class``: add the
+    per-class rows, each real digit counted as drawn as its own label."""
     model, info = classifier if classifier is not None else load_classifier(recipe, cache)
-    name, ref = _reference(reference)
-    if name == "custom":
+    if reference not in ("test", "train"):
         raise ValueError("real_floor needs reference 'test' or 'train'")
-    x, _ = prepared_digits("train" if name == "test" else "test")
+    name, ref = _reference(model, reference)
+    x, y = prepared_digits("train" if name == "test" else "test")
     if n is not None and n < len(x):
-        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
-    ref_feats, _ = _outputs(model, ref)
-    out = _metrics(model, x, ref_feats, kid_subsets, kid_subset_size, seed)
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+        x, y = x[pick], y[pick]
+    out = _metrics(model, x, ref, kid_subsets, kid_subset_size, seed, labels=y if per_class else None)
+    out.pop("conditional", None)  # real digits are their own labels: only the per-class rows mean something
     out["images"] = f"{'train' if name == 'test' else 'test'} split"
     return out
 
@@ -212,17 +245,16 @@ def quality_report(images, reference="test", *, classifier=None, cache=None,
     Returns a JSON-ready dict.
     """
     model, info = classifier if classifier is not None else load_classifier(recipe, cache)
-    name, ref = _reference(reference)
     x = prepare_images(images)
     if len(x) < 2:
         raise ValueError("quality metrics need at least 2 images")
-    ref_feats, _ = _outputs(model, ref)
-    report = {"reference": name, "reference_n": len(ref), **_metrics(model, x, ref_feats, kid_subsets,
-                                                                       kid_subset_size, seed, labels),
+    name, ref = _reference(model, reference)
+    report = {"reference": name, "reference_n": len(ref[0]), **_metrics(model, x, ref, kid_subsets,
+                                                                          kid_subset_size, seed, labels),
               "classifier": {"key": info["key"], "test_accuracy": info["test_accuracy"]}}
     if floor and name != "custom":
         report["floor"] = real_floor(len(x), name, classifier=(model, info), kid_subsets=kid_subsets,
-                                     kid_subset_size=kid_subset_size, seed=seed)
+                                     kid_subset_size=kid_subset_size, seed=seed, per_class=labels is not None)
     return report
 
 
@@ -238,6 +270,7 @@ def format_quality(report: dict) -> str:
         f"  classes        {c['classes_present']}/10 with >= {100 * c['min_share']:.0f}% of the images, entropy "
         f"{c['entropy_bits']:.2f}/{c['max_entropy_bits']:.2f} bits, mean confidence {c['mean_confidence']:.3f}",
         f"  counts         {' '.join(f'{d}:{k}' for d, k in enumerate(c['counts']))}",
+        *_side_lines(report),
     ]
     if "conditional" in report:
         a = report["conditional"]
@@ -246,6 +279,27 @@ def format_quality(report: dict) -> str:
         lines.append(f"  per class      {' '.join(f'{d}:{100 * v:.0f}%' for d, v in a['per_class'].items())}")
     if "floor" in report:
         f = report["floor"]
+        m = f["manifold"]
+        sides = "" if m is None else (f", precision {m['precision']:.3f}, recall {m['recall']:.3f}, coverage "
+                                      f"{m['coverage']:.3f}")
         lines.append(f"  real floor ({f['n']} {f['images']} digits): FD {f['fd']:.3f}, KID {f['kid_mean']:.5f}, "
-                     f"{f['classes']['classes_present']}/10 classes")
+                     f"{f['classes']['classes_present']}/10 classes{sides}, pixel FD {f['pixels']['pixel_fd']:.3f}")
     return "\n".join(lines)
+
+
+def _side_lines(report: dict) -> list[str]:
+    """The terminal lines of the fidelity/variety split and the pixel measures (absent from older reports)."""
+    if "pixels" not in report:
+        return []
+    m, p = report["manifold"], report["pixels"]
+    s, r = p["strokes"], p["reference_strokes"]
+    lines = []
+    if m is not None:
+        lines += [f"  precision      {m['precision']:10.3f}   recall   {m['recall']:.3f}   (fidelity / variety, "
+                  f"k = {m['k_precision_recall']})",
+                  f"  density        {m['density']:10.3f}   coverage {m['coverage']:.3f}   "
+                  f"(k = {m['k_density_coverage']})"]
+    return lines + [f"  pixel FD       {p['pixel_fd']:10.3f}   (PCA-{p['pca_components']} of the pixels)",
+                    f"  strokes        mean pixel {s['mean_pixel']:.1f} (real {r['mean_pixel']:.1f}), ink "
+                    f"{100 * s['ink_share']:.1f}% (real {100 * r['ink_share']:.1f}%), width "
+                    f"{s['stroke_width']:.2f} px (real {r['stroke_width']:.2f})"]
