@@ -37,6 +37,7 @@ from ..runs.checkpoint import (
     complete_checkpoints,
     load_checkpoint,
     mismatch_summary,
+    weight_set,
 )
 from ..runs.config import TrainConfig
 from ..runs.images import (
@@ -82,9 +83,10 @@ class LoadedRun:
 
 
 def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
-    """Build the network of a run (or checkpoint) folder from its saved config and load ``ema`` or ``model`` weights."""
-    if which not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {which!r}")
+    """Build the network of a run (or checkpoint) folder from its saved config and load ``ema`` or ``model`` weights,
+    or ``ema:D``, the EMA of decay D of a run trained with several (:func:`ddpm.runs.checkpoint.weight_set`)."""
+    if which not in ("ema", "model") and not str(which).startswith("ema:"):
+        raise ValueError(f"weights must be 'ema', 'model' or 'ema:DECAY', got {which!r}")
     try:
         ck = load_checkpoint(path, with_trainer_state=False)
     except CheckpointError as e:  # a damaged newest checkpoint: name the next one rather than pick it silently
@@ -99,7 +101,7 @@ def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
     dev = resolve_device(device)
     model = UNet(config.model)
     try:
-        model.load_state_dict(ck[which])
+        model.load_state_dict(weight_set(ck, which))
     except RuntimeError as e:
         raise CheckpointError(f"{ck['path']}: weights do not fit the saved config ({mismatch_summary(e)})") from None
     model = model.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
