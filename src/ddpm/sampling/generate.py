@@ -331,8 +331,10 @@ def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
 
 
 def default_samples_dir(run: LoadedRun, sampler: str) -> Path:
-    """Where :func:`sample` writes by default: ``RUN/samples/<sampler>`` of the run the checkpoint belongs to."""
-    return Path(run.checkpoint).parent.parent / "samples" / sampler
+    """Where :func:`sample` writes by default: ``RUN/samples/<sampler>`` of the run the checkpoint belongs to, or
+    ``FOLDER/samples/<sampler>`` for a checkpoint folder outside ``RUN/checkpoints`` (one ``ddpm ema`` wrote)."""
+    ckpt = Path(run.checkpoint)
+    return (ckpt.parent.parent if ckpt.name.startswith("step_") else ckpt) / "samples" / sampler
 
 
 def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = "auto", individual: bool = True,
