@@ -14,8 +14,15 @@ from ..evaluation.study import measures_quality
 from ..sampling.defaults import resolve_classes, resolve_sampling
 from ..sampling.generate import generate, load_run
 from ..training.ema import SNAPSHOT_DIR, default_ema_dir, snapshots, write_ema_checkpoint
-from .args import add_device_and_progress, add_sampler_and_steps, add_spacing, add_sampling_variance, at_least
-from .errors import UserError, check_out_dir, check_sampling_variance, check_spacing, check_steps, refuse_file_as_folder
+from .args import add_device_and_progress, add_sampler_and_steps, add_sampling_variance, add_spacing, at_least
+from .errors import (
+    UserError,
+    check_out_dir,
+    check_sampling_variance,
+    check_spacing,
+    check_steps,
+    refuse_file_as_folder,
+)
 
 __all__ = ["register", "EMA_EXAMPLES"]
 

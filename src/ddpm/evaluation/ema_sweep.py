@@ -16,22 +16,24 @@ __all__ = ["DEFAULT_SWEEP", "ema_sweep", "plot_sweep"]
 DEFAULT_SWEEP = (0.02, 0.03, 0.05, 0.07, 0.10, 0.13, 0.17, 0.22)
 
 
-def _score(run, weights: dict, draw, classifier) -> dict:
+def _score(run, weights: dict, draw, classifier, reference) -> dict:
     run.model.load_state_dict(weights)
     run.cache.clear()  # what was computed from the previous weights (Analytic-DPM's variances) no longer holds
     images, labels = draw(run)
-    r = quality_report(images, classifier=classifier, floor=False, labels=labels)
+    r = quality_report(images, reference, classifier=classifier, floor=False, labels=labels)
     row = {"n": r["n"], "fd": r["fd"], "kid_mean": r["kid_mean"], "kid_std": r["kid_std"]}
     if "conditional" in r:
         row["conditional_accuracy"] = r["conditional"]["accuracy"]
     return row
 
 
-def ema_sweep(run, run_dir, sigma_rels, draw, out_dir, *, classifier=None, say=print, sampling: dict | None = None):
+def ema_sweep(run, run_dir, sigma_rels, draw, out_dir, *, classifier=None, reference="test", say=print,
+              sampling: dict | None = None) -> dict:
     """Score every length of ``sigma_rels`` (reconstructed from the run's snapshots) and every fixed EMA decay of
     the run's latest checkpoint: ``run`` is a :class:`~ddpm.sampling.generate.LoadedRun` whose weights are
     replaced in turn, ``draw(run)`` draws its samples ``(uint8 images, labels or None)`` with the same seeds each
-    time.  Writes ``sweep.json`` and ``sweep.png`` into ``out_dir`` and returns the record."""
+    time.  ``classifier`` and ``reference`` as :func:`~ddpm.evaluation.quality.quality_report` takes them.  Writes
+    ``sweep.json`` and ``sweep.png`` into ``out_dir`` and returns the record."""
     classifier = classifier if classifier is not None else load_classifier()
     ckpt = latest_checkpoint(run_dir)
     cfg = run.config.to_dict()
@@ -39,13 +41,13 @@ def ema_sweep(run, run_dir, sigma_rels, draw, out_dir, *, classifier=None, say=p
     for i, decay in enumerate(ema_decays(cfg)):
         weights = load_weights(ckpt, "ema" if i == 0 else ema_weights_name(decay))
         fixed.append({"decay": decay, "weights": "ema" if i == 0 else f"ema:{decay:g}",
-                      **_score(run, weights, draw, classifier)})
+                      **_score(run, weights, draw, classifier, reference)})
         say(f"fixed EMA {decay:g}: FD {fixed[-1]['fd']:.3f}")
     rows = []
     for sigma_rel in sigma_rels:
         weights, rec = reconstruct(run_dir, sigma_rel)
         rows.append({"sigma_rel": sigma_rel, "gamma": rec["gamma"], "step": rec["step"],
-                     **_score(run, weights, draw, classifier)})
+                     **_score(run, weights, draw, classifier, reference)})
         say(f"sigma_rel {sigma_rel:g}: FD {rows[-1]['fd']:.3f}")
     best = min(rows, key=lambda r: r["fd"])
     record = {"checkpoint": ckpt.name, "classifier": classifier[1]["key"], "sampling": sampling or {},

@@ -94,7 +94,8 @@ class PowerEMA:
 
     def state_dict(self) -> dict:
         """Every tracked EMA's weights in one flat dict, keys ``SIGMA_REL/NAME``."""
-        return {_key(s, k): v for s, m in zip(self.sigma_rels, self.modules) for k, v in state_dict_for_saving(m).items()}
+        return {_key(s, k): v for s, m in zip(self.sigma_rels, self.modules)
+                for k, v in state_dict_for_saving(m).items()}
 
     def load_state_dict(self, state: dict) -> None:
         for s, m in zip(self.sigma_rels, self.modules):
@@ -114,23 +115,26 @@ class PowerEMA:
         return path
 
     @staticmethod
-    def drop_snapshots_after(run_dir: Path, step: int) -> None:
-        """Remove the snapshots a run wrote after ``step`` (it resumes there and will write them again)."""
+    def drop_snapshots_after(run_dir: Path, step: int, every: int) -> None:
+        """On resume at ``step``: remove the snapshots written after it (the run writes them again), and the one of
+        the earlier run's last step when that is not a multiple of ``every``, so that the resumed run holds the
+        uninterrupted one's snapshots."""
         for p in snapshots(run_dir):
-            if p["step"] > step:
+            if p["step"] > step or (p["step"] == step and step % every):
                 p["path"].unlink(missing_ok=True)
 
 
 def restore_extra_emas(trainer, ck: dict) -> None:
     """On resume: the extra decays' EMAs and the power-function EMAs from checkpoint ``ck`` (a resumed run goes on
-    as the uninterrupted one), and the snapshots written after its step dropped (rank 0)."""
+    as the uninterrupted one), and, when it trains on, the snapshots of :meth:`PowerEMA.drop_snapshots_after`
+    dropped (rank 0)."""
     if trainer.extra_emas is not None:
         trainer.extra_emas.load(ck["path"])
     if trainer.power_ema is not None:
         trainer.power_ema.load(ck["path"])
         step = ck.get("trainer", {}).get("step")
-        if trainer.world.is_main and step is not None:
-            PowerEMA.drop_snapshots_after(trainer.run_dir, int(step))
+        if trainer.world.is_main and step is not None and int(step) < trainer.config.steps:
+            PowerEMA.drop_snapshots_after(trainer.run_dir, int(step), trainer.config.ema_snapshot_every)
 
 
 def snapshots(run_dir) -> list[dict]:
