@@ -81,6 +81,8 @@ def test_ddpm_ema_writes_a_checkpoint_that_ddpm_sample_draws_from(tmp_path, caps
     assert main(["ema", str(run), "--sigma-rel", "0.08"]) == 0  # an untracked length, from the snapshots
     assert not _same(load_weights(run / "ema" / "sigma_rel_0.080", "ema"), rebuilt)
     capsys.readouterr()
+    assert main(["ema", str(run), "--sigma-rel", "0.08", "-n", "10"]) == 2
+    assert "--num applies to --sweep" in capsys.readouterr().err  # refused before any work
     plain = tmp_path / "plain"
     assert _train(plain, 2) == 0
     assert main(["ema", str(plain), "--sigma-rel", "0.08"]) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..core.ema import gamma_from_sigma_rel
 from ..data.embedded import DIGIT_CLASSES
 from ..evaluation.ema_sweep import DEFAULT_SWEEP, ema_sweep
-from ..sampling.defaults import resolve_classes, resolve_sampling
+from ..sampling.defaults import DEFAULT_SAMPLER, resolve_classes, resolve_sampling
 from ..sampling.generate import generate, load_run
 from ..training.ema import SNAPSHOT_DIR, default_ema_dir, snapshots, write_ema_checkpoint
 from .args import add_device_and_progress, add_sampler_and_steps, add_sampling_variance, add_spacing, at_least
@@ -31,6 +31,11 @@ EMA_EXAMPLES = """examples:
   ddpm sample runs/posthoc/ema/sigma_rel_0.080 -n 64
   ddpm ema runs/posthoc --sweep -n 1000 --seed 1  # FD against EMA length: runs/posthoc/ema/sweep.png, sweep.json
 """
+
+
+#: the flags of --sweep alone, with their defaults (given with --sigma-rel, they are refused)
+SWEEP_ONLY = {"sigma_rels": DEFAULT_SWEEP, "num": 1000, "seed": 1, "batch_size": 250, "sampler": DEFAULT_SAMPLER,
+              "steps": None, "spacing": None, "variance": None}
 
 
 def sigma_rel_value(value: str) -> float:
@@ -67,7 +72,7 @@ def register(sub) -> None:
     p.add_argument("--sigma-rels", type=sigma_rel_list, default=DEFAULT_SWEEP, metavar="S1,S2,...",
                    help=f"the lengths --sweep scores (default: {','.join(f'{s:g}' for s in DEFAULT_SWEEP)})")
     p.add_argument("--out", default=None, help="output folder (default: RUN/ema/sigma_rel_S, or RUN/ema with --sweep)")
-    p.add_argument("-n", "--num", type=at_least(2), default=1000, help="--sweep: samples per length (default: 1000)")
+    p.add_argument("-n", "--num", type=at_least(2), default=SWEEP_ONLY["num"], help="--sweep: samples per length (default: 1000)")
     p.add_argument("--seed", type=int, default=1, help="--sweep: base seed, the same for every length (default: 1)")
     p.add_argument("--batch-size", type=at_least(1), default=250, help="--sweep: samples per batch (default: 250)")
     add_sampler_and_steps(p)
@@ -87,6 +92,9 @@ def _run_ema(args) -> int:
         raise UserError(f"{run_dir}: holds no EMA snapshots ({SNAPSHOT_DIR}/); post-hoc EMA needs a run trained "
                         "with --ema-snapshot-every N")
     if not args.sweep:
+        given = [f"--{k.replace('_', '-')}" for k, v in SWEEP_ONLY.items() if getattr(args, k) != v]
+        if given:
+            raise UserError(f"{given[0]} applies to --sweep; drop it, or pass --sweep instead of --sigma-rel")
         out = write_ema_checkpoint(run_dir, args.sigma_rel, args.out or default_ema_dir(run_dir, args.sigma_rel))
         print(f"EMA of length sigma_rel {args.sigma_rel:g} (gamma {gamma_from_sigma_rel(args.sigma_rel):.3f}) at step "
               f"{found[-1]['step']}, from {len(found)} snapshots, written to {out}; sample it with: ddpm sample {out}")
