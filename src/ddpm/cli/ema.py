@@ -23,7 +23,7 @@ from .errors import (
     refuse_file_as_folder,
 )
 
-__all__ = ["register", "EMA_EXAMPLES"]
+__all__ = ["register", "EMA_EXAMPLES", "SWEEP_ONLY", "sigma_rel_value", "sigma_rel_list"]
 
 EMA_EXAMPLES = """examples:
   ddpm train --preset digits-fast --ema-snapshot-every 100 --run-dir runs/posthoc
@@ -72,7 +72,8 @@ def register(sub) -> None:
     p.add_argument("--sigma-rels", type=sigma_rel_list, default=DEFAULT_SWEEP, metavar="S1,S2,...",
                    help=f"the lengths --sweep scores (default: {','.join(f'{s:g}' for s in DEFAULT_SWEEP)})")
     p.add_argument("--out", default=None, help="output folder (default: RUN/ema/sigma_rel_S, or RUN/ema with --sweep)")
-    p.add_argument("-n", "--num", type=at_least(2), default=SWEEP_ONLY["num"], help="--sweep: samples per length (default: 1000)")
+    p.add_argument("-n", "--num", type=at_least(2), default=SWEEP_ONLY["num"],
+                   help="--sweep: samples per length (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="--sweep: base seed, the same for every length (default: 1)")
     p.add_argument("--batch-size", type=at_least(1), default=250, help="--sweep: samples per batch (default: 250)")
     add_sampler_and_steps(p)
