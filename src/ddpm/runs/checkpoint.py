@@ -177,8 +177,9 @@ def ema_decays(config: dict) -> tuple[float, ...]:
 
 
 def ema_weights_name(decay: float) -> str:
-    """The file name (without ``.safetensors``) of the weights of an extra EMA decay: ``ema_0.9999``."""
-    return f"ema_{decay:g}"
+    """The file name (without ``.safetensors``) of the weights of an extra EMA decay: ``ema_0.9999`` (the shortest
+    text that reads back as the same float, so 0.9999999 and 1 get names of their own)."""
+    return f"ema_{float(decay)!r}"
 
 
 def weight_set(ck: dict, which: str) -> dict:
@@ -196,7 +197,7 @@ def weight_set(ck: dict, which: str) -> dict:
     match = [i for i, d in enumerate(decays) if abs(d - decay) <= 1e-12]
     if not match:
         raise CheckpointError(f"{ck['path']}: holds no EMA of decay {decay:g} (its decays: "
-                              f"{', '.join(f'{d:g}' for d in decays)}); pass --weights ema:D with one of them")
+                              f"{', '.join(repr(d) for d in decays)}); pass --weights ema:D with one of them")
     return ck["ema"] if match[0] == 0 else load_weights(ck["path"], ema_weights_name(decay))
 
 
