@@ -11,8 +11,8 @@ from ..runs.checkpoint import WEIGHT_SETS
 from ..sampling.defaults import DEFAULT_ANALYTIC_SPACING, DEFAULT_ANALYTIC_STEPS, DEFAULT_SAMPLER
 from ..sampling.variance import ANALYTIC
 
-__all__ = ["at_least", "int_list", "t_range", "positive_float", "non_negative_float", "add_weights",
-           "add_sampler_and_steps", "add_spacing", "add_sampling_variance", "add_device_and_progress"]
+__all__ = ["at_least", "int_list", "float_list", "weights_choice", "t_range", "positive_float", "non_negative_float",
+           "add_weights", "add_sampler_and_steps", "add_spacing", "add_sampling_variance", "add_device_and_progress"]
 
 
 def at_least(minimum: int):
@@ -37,6 +37,30 @@ def int_list(value: str) -> tuple[int, ...]:
     if not out:
         raise argparse.ArgumentTypeError("expected at least one number")
     return out
+
+
+def float_list(value: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated numbers, e.g. ``0.999,0.9999``."""
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return out
+
+
+def weights_choice(value: str) -> str:
+    """An argparse type: ``ema``, ``model``, or ``ema:D``, the EMA of decay D of a run trained with several."""
+    if value in WEIGHT_SETS:
+        return value
+    try:
+        decay = float(value[4:]) if value.startswith("ema:") else None
+    except ValueError:
+        decay = None
+    if decay is None or not 0 <= decay <= 1:
+        raise argparse.ArgumentTypeError(f"expected ema, model or ema:DECAY (a decay in [0, 1]), got {value!r}")
+    return value
 
 
 def t_range(value: str) -> tuple[int, int]:
@@ -72,8 +96,11 @@ def non_negative_float(value: str) -> float:
 
 
 def add_weights(p, help: str = "which weights") -> None:
-    """The --weights flag of the commands that read a run: the EMA weights (the default) or the trained ones."""
-    p.add_argument("--weights", choices=WEIGHT_SETS, default=WEIGHT_SETS[0], help=f"{help} (default: %(default)s)")
+    """The --weights flag of the commands that read a run: the EMA weights (the default), the trained ones, or the
+    EMA of one decay of a run trained with several (``ema:0.999``)."""
+    p.add_argument("--weights", type=weights_choice, default=WEIGHT_SETS[0], metavar="{ema,model,ema:D}",
+                   help=f"{help}: ema, model, or ema:D, the EMA of decay D of a run trained with --ema-decay D1,D2 "
+                        f"(default: %(default)s)")
 
 
 def add_sampler_and_steps(p) -> None:

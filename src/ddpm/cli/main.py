@@ -1,6 +1,6 @@
 """``ddpm`` command line: the parser of every subcommand, and :func:`main`, which turns the library's errors into
-one line and an exit status.  Each subcommand lives in its own module (train, sample, evaluate, interop, edit,
-serve)."""
+one line and an exit status.  Each subcommand lives in its own module (train, sample, evaluate, ema, interop,
+edit, serve)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from .._version import __version__
 from ..data.datasets import DataError
 from ..runs.checkpoint import CheckpointError, complete_checkpoints
 from ..runtime.distributed import DeviceError, DistributedError
-from . import edit, evaluate, interop, sample, serve, train
+from . import edit, ema, evaluate, interop, sample, serve, train
 from .errors import UserError, one_line_warning
 
 __all__ = ["main", "build_parser"]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     sample.register(sub)
     evaluate.register(sub)
+    ema.register(sub)
     interop.register(sub)
     edit.register(sub)
     serve.register(sub)

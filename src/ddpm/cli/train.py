@@ -21,7 +21,7 @@ from ..runtime.precision import PRECISIONS
 from ..training.finetune import source_config
 from ..training.rates import lr_at
 from ..training.trainer import train
-from .args import add_device_and_progress, at_least, int_list, positive_float
+from .args import add_device_and_progress, at_least, float_list, int_list, positive_float
 from .errors import UserError, checked, refuse_file_as_folder
 
 __all__ = ["register", "config_from_args", "TRAIN_EXAMPLES", "RESUME_FLAGS"]
@@ -117,8 +117,12 @@ def register(sub) -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help=f"after warm-up: constant, or cosine decay to 0 at --steps "
                         f"(default: {_recipe_default('lr_schedule')})")
-    p.add_argument("--ema-decay", type=float, default=None,
-                   help=f"EMA decay (default: {d.ema_decay:g}, with warm-up)")
+    p.add_argument("--ema-decay", type=float_list, default=None, metavar="D[,D2,...]",
+                   help=f"EMA decay (default: {d.ema_decay:g}, with warm-up); several, comma-separated, track one EMA "
+                        f"each, sampled with --weights ema:D (the first is the run's default EMA)")
+    p.add_argument("--ema-snapshot-every", type=at_least(0), default=None, metavar="N",
+                   help="post-hoc EMA (Karras et al. 2024): track two power-function EMAs (sigma_rel 0.05 and 0.10) "
+                        "and save a snapshot of both every N steps, for `ddpm ema RUN --sigma-rel S` (default: 0, off)")
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     p.add_argument("--loss", choices=LOSS_TYPES, default=None,
                    help=f"L_simple (eq. 14), L_vlb, or L_simple + lambda L_vlb (default: {d.loss})")
@@ -207,7 +211,10 @@ def config_from_args(args) -> TrainConfig:
     schedule = replace(defaults.schedule if source_run is None else source_run.schedule, **sched)
     flat = {"run_dir": args.run_dir, "steps": args.steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "lr": args.lr, "warmup_steps": args.warmup_steps,
-            "lr_schedule": args.lr_schedule, "ema_decay": args.ema_decay, "loss": args.loss,
+            "lr_schedule": args.lr_schedule, "loss": args.loss,
+            "ema_decay": None if args.ema_decay is None else args.ema_decay[0],
+            "extra_ema_decays": None if args.ema_decay is None else args.ema_decay[1:],
+            "ema_snapshot_every": args.ema_snapshot_every,
             "hybrid_lambda": args.hybrid_lambda, "min_snr_gamma": args.min_snr_gamma, "variance": args.variance,
             "seed": args.seed, "log_every": args.log_every, "sample_every": args.sample_every,
             "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,

@@ -52,11 +52,12 @@ def stroke_stats(x: torch.Tensor) -> dict:
 
 
 def pca_basis(reference: torch.Tensor, components: int = PCA_COMPONENTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean (D,), the first ``components`` principal axes (D, components)) of the flattened reference images."""
+    """(mean (D,), the first ``components`` principal axes (D, components)) of the flattened reference images
+    (fewer axes where the reference has no more than ``components`` images)."""
     flat = _intensity(reference).flatten(1) / 255.0
-    if len(flat) <= components:
-        raise ValueError(f"a {components}-axis pixel PCA needs more than {components} reference images, "
-                         f"got {len(flat)}")
+    if len(flat) < 2:
+        raise ValueError(f"a pixel PCA needs at least 2 reference images, got {len(flat)}")
+    components = min(components, len(flat) - 1)  # a small reference spans fewer axes
     mean = flat.mean(0)
     _, _, vh = torch.linalg.svd(flat - mean, full_matrices=False)
     return mean, vh[:components].T
@@ -73,5 +74,6 @@ def pca_features(images: torch.Tensor, reference: torch.Tensor,
 def pixel_report(images: torch.Tensor, reference: torch.Tensor, frechet) -> dict:
     """The pixel measures of prepared images against a prepared reference, JSON-ready; ``frechet(f1, f2)`` is the
     Frechet distance of two feature sets (:func:`ddpm.evaluation.quality.fd_from_features`)."""
-    return {"pixel_fd": frechet(*pca_features(images, reference)), "pca_components": PCA_COMPONENTS,
+    features = pca_features(images, reference)
+    return {"pixel_fd": frechet(*features), "pca_components": int(features[0].shape[1]),
             "strokes": stroke_stats(images), "reference_strokes": stroke_stats(reference)}

@@ -6,7 +6,10 @@ A checkpoint is a folder ``RUN/checkpoints/step_XXXXXXX/`` holding
 * ``trainer.pt``: optimizer state, step, RNG states and the data order, saved with ``torch.save`` but
   holding only tensors, numbers, strings and containers, and always read back with
   ``torch.load(weights_only=True)``, so loading never runs code from the file;
-* ``config.json``: the full run config.
+* ``config.json``: the full run config;
+* optionally, more weights: ``ema_D.safetensors``, the EMA of decay D of a run trained with several decays (the first
+  decay's is ``ema.safetensors``), and ``power_ema.safetensors``, the power-function EMAs of post-hoc EMA
+  (:mod:`ddpm.training.ema`).
 
 Saves are atomic and durable: every file is written and flushed to disk (fsync) under a temporary folder name,
 the folder is renamed into place and the rename flushed, and only then is the ``latest`` pointer replaced and
@@ -33,9 +36,9 @@ from safetensors.torch import load_file, save_file
 
 from ..runtime.atomic import default_mode, fsync_path
 
-__all__ = ["WEIGHT_SETS", "CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints", "load_checkpoint",
-           "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite",
-           "CHECKPOINT_FILES"]
+__all__ = ["WEIGHT_SETS", "CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints",
+           "load_checkpoint", "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite",
+           "CHECKPOINT_FILES", "ema_decays", "ema_weights_name", "weight_set"]
 
 
 class CheckpointError(Exception):
@@ -76,11 +79,12 @@ def check_finite(state: dict, where) -> dict:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, ema: torch.nn.Module,
-                    trainer_state: dict, config: dict, keep: int = 3) -> Path:
+                    trainer_state: dict, config: dict, keep: int = 3, extra_weights: dict | None = None) -> Path:
     """Write checkpoint ``step`` atomically and durably under ``run_dir/checkpoints``, then prune all but the
-    newest ``keep``.  Weights holding a NaN or an infinity are not written: :class:`FloatingPointError` says which
-    tensor, and the checkpoints before stay the newest."""
-    weights = {"model": state_dict_for_saving(model), "ema": state_dict_for_saving(ema)}
+    newest ``keep``.  ``extra_weights``: more state dicts, NAME -> tensors, each written as ``NAME.safetensors``.
+    Weights holding a NaN or an infinity are not written: :class:`FloatingPointError` says which tensor, and the
+    checkpoints before stay the newest."""
+    weights = {"model": state_dict_for_saving(model), "ema": state_dict_for_saving(ema), **(extra_weights or {})}
     for which, state in weights.items():
         bad = non_finite(state)
         if bad is not None:
@@ -93,8 +97,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, ema: to
     os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folders are private (0700)
     aside = None
     try:
-        save_file(weights["model"], str(tmp / "model.safetensors"))
-        save_file(weights["ema"], str(tmp / "ema.safetensors"))
+        for name, state in weights.items():
+            save_file(state, str(tmp / f"{name}.safetensors"))
         torch.save(trainer_state, tmp / "trainer.pt")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
@@ -165,6 +169,36 @@ def mismatch_summary(error: RuntimeError) -> str:
 #: the two sets of weights a checkpoint holds: the EMA of the trained weights (what sampling uses by default), and
 #: the trained weights themselves
 WEIGHT_SETS = ("ema", "model")
+
+
+def ema_decays(config: dict) -> tuple[float, ...]:
+    """The EMA decays a run's saved ``config`` tracks, the first one's weights in ``ema.safetensors``."""
+    return (float(config.get("ema_decay", 0.9999)), *map(float, config.get("extra_ema_decays", ())))
+
+
+def ema_weights_name(decay: float) -> str:
+    """The file name (without ``.safetensors``) of the weights of an extra EMA decay: ``ema_0.9999`` (the shortest
+    text that reads back as the same float, so 0.9999999 and 1 get names of their own)."""
+    return f"ema_{float(decay)!r}"
+
+
+def weight_set(ck: dict, which: str) -> dict:
+    """The weights ``which`` names of a checkpoint loaded by :func:`load_checkpoint`: "ema", "model", or "ema:D",
+    the EMA of decay D of a run trained with several (``--ema-decay 0.999,0.9999``; the first is "ema")."""
+    if which in WEIGHT_SETS:
+        return ck[which]
+    try:
+        decay = float(which.split(":", 1)[1]) if which.startswith("ema:") else None
+    except ValueError:
+        decay = None
+    if decay is None:
+        raise ValueError(f"weights must be ema, model or ema:DECAY, got {which!r}")
+    decays = ema_decays(ck["config"])
+    match = [i for i, d in enumerate(decays) if abs(d - decay) <= 1e-12]
+    if not match:
+        raise CheckpointError(f"{ck['path']}: holds no EMA of decay {decay:g} (its decays: "
+                              f"{', '.join(repr(d) for d in decays)}); pass --weights ema:D with one of them")
+    return ck["ema"] if match[0] == 0 else load_weights(ck["path"], ema_weights_name(decay))
 
 
 def load_weights(ckpt: Path, which: str = "ema") -> dict:

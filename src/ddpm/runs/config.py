@@ -62,6 +62,10 @@ class TrainConfig:
     lr_schedule: str = "constant"  # after warm-up: constant (the paper) or cosine decay to 0 at `steps`
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    # more EMA decays tracked beside ema_decay (``--ema-decay 0.999,0.9999``: 0.999 here, 0.9999 extra), each saved
+    extra_ema_decays: tuple[float, ...] = ()
+    # post-hoc EMA (Karras et al. 2024): snapshots of two power-function EMAs every N steps; 0: none tracked
+    ema_snapshot_every: int = 0
     seed: int = 0
     # the run or checkpoint folder whose EMA weights the model and its EMA start from (fine-tuning); None: random
     init_from: str | None = None
@@ -92,8 +96,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
+        self.extra_ema_decays = tuple(float(d) for d in self.extra_ema_decays)
+        for decay in (self.ema_decay, *self.extra_ema_decays):
+            if not 0.0 <= decay <= 1.0:
+                raise ValueError(f"ema_decay must lie in [0, 1], got {decay}")
+        if len({self.ema_decay, *self.extra_ema_decays}) != 1 + len(self.extra_ema_decays):
+            raise ValueError(f"ema_decay: each decay once, got {', '.join(f'{d:g}' for d in self.ema_decays)}")
+        if self.ema_snapshot_every < 0:
+            raise ValueError(f"ema_snapshot_every must be >= 0 (0: no post-hoc EMA), got {self.ema_snapshot_every}")
         if not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if not 0.0 <= self.label_dropout < 1.0:
@@ -138,6 +148,11 @@ class TrainConfig:
         return cls(**{"model": model, "data": data, **PRESET_RECIPES.get(name, {}), **overrides})
 
     @property
+    def ema_decays(self) -> tuple[float, ...]:
+        """Every EMA decay the run tracks, ``ema_decay`` (saved as ``ema.safetensors``) first."""
+        return (self.ema_decay, *self.extra_ema_decays)
+
+    @property
     def class_names(self) -> tuple[str, ...] | None:
         """The class names of a class-conditional run (label k is ``class_names[k]``), None for an unconditional
         one (or a conditional one whose folder has not been read yet)."""
@@ -149,11 +164,17 @@ class TrainConfig:
         return replace(self, data=replace(self.data, class_names=tuple(names)))
 
     def to_dict(self) -> dict:
-        """A JSON-friendly dict; ``label_dropout`` is left out of an unconditional run's (which never uses it), so
-        its config.json is the one older versions wrote and read."""
+        """A JSON-friendly dict; ``label_dropout`` is left out of an unconditional run's (which never uses it), and the
+        settings of several EMA decays and of post-hoc EMA when off, so its config.json is the one older versions
+        wrote and read."""
         d = asdict(self)
         if not self.data.class_cond:
             del d["label_dropout"]
+        for name, off in (("extra_ema_decays", ()), ("ema_snapshot_every", 0)):  # the config.json of before when off
+            if d[name] == off:
+                del d[name]
+        if "extra_ema_decays" in d:
+            d["extra_ema_decays"] = list(d["extra_ema_decays"])
         d["model"] = self.model.to_dict()
         d["schedule"] = self.schedule.to_dict()
         d["data"] = self.data.to_dict()

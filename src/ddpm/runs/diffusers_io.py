@@ -43,6 +43,7 @@ from .checkpoint import (
     check_finite,
     load_checkpoint,
     save_checkpoint,
+    weight_set,
 )
 from .config import TrainConfig
 from .diffusers_format import (
@@ -272,8 +273,8 @@ def export_diffusers(run, out, *, which: str = "ema") -> Path:
     """Write the ``which`` weights ("ema" or "model") of the run (or checkpoint) folder ``run`` as the diffusers
     pipeline folder ``out`` (new or empty), complete or not at all, and return it.  A network UNet2DModel cannot
     hold is a one-line :class:`CheckpointError` naming the setting."""
-    if which not in WEIGHT_SETS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHT_SETS)}, got {which!r}")
+    if which not in WEIGHT_SETS and not which.startswith("ema:"):
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_SETS)} or ema:DECAY, got {which!r}")
     out = check_new_folder(out)
     ck = load_checkpoint(run, with_trainer_state=False)
     try:
@@ -286,7 +287,7 @@ def export_diffusers(run, out, *, which: str = "ema") -> Path:
         raise CheckpointError(f"{ck['path']}: cannot be written as a diffusers UNet2DModel: {e}") from None
     schedule = make_schedule(config.schedule)
     scheduler_json = diffusers_scheduler_config(config.schedule, config.variance, schedule.betas)
-    weights = state_dict_to_diffusers(ck[which])
+    weights = state_dict_to_diffusers(weight_set(ck, which))
     tmp = _staging(out)
     try:
         (tmp / "unet").mkdir()

@@ -37,6 +37,7 @@ from ..runs.checkpoint import (
     complete_checkpoints,
     load_checkpoint,
     mismatch_summary,
+    weight_set,
 )
 from ..runs.config import TrainConfig
 from ..runs.images import (
@@ -83,9 +84,10 @@ class LoadedRun:
 
 
 def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
-    """Build the network of a run (or checkpoint) folder from its saved config and load ``ema`` or ``model`` weights."""
-    if which not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {which!r}")
+    """Build the network of a run (or checkpoint) folder from its saved config and load ``ema`` or ``model`` weights,
+    or ``ema:D``, the EMA of decay D of a run trained with several (:func:`ddpm.runs.checkpoint.weight_set`)."""
+    if which not in ("ema", "model") and not str(which).startswith("ema:"):
+        raise ValueError(f"weights must be 'ema', 'model' or 'ema:DECAY', got {which!r}")
     try:
         ck = load_checkpoint(path, with_trainer_state=False)
     except CheckpointError as e:  # a damaged newest checkpoint: name the next one rather than pick it silently
@@ -100,7 +102,7 @@ def load_run(path, which: str = "ema", device: str = "auto") -> LoadedRun:
     dev = resolve_device(device)
     model = UNet(config.model)
     try:
-        model.load_state_dict(ck[which])
+        model.load_state_dict(weight_set(ck, which))
     except RuntimeError as e:
         raise CheckpointError(f"{ck['path']}: weights do not fit the saved config ({mismatch_summary(e)})") from None
     model = model.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
@@ -330,8 +332,10 @@ def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
 
 
 def default_samples_dir(run: LoadedRun, sampler: str) -> Path:
-    """Where :func:`sample` writes by default: ``RUN/samples/<sampler>`` of the run the checkpoint belongs to."""
-    return Path(run.checkpoint).parent.parent / "samples" / sampler
+    """Where :func:`sample` writes by default: ``RUN/samples/<sampler>`` of the run the checkpoint belongs to, or
+    ``FOLDER/samples/<sampler>`` for a checkpoint folder outside ``RUN/checkpoints`` (one ``ddpm ema`` wrote)."""
+    ckpt = Path(run.checkpoint)
+    return (ckpt.parent.parent if ckpt.name.startswith("step_") else ckpt) / "samples" / sampler
 
 
 def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = "auto", individual: bool = True,

@@ -9,6 +9,7 @@ import torch
 
 from ..runs.checkpoint import CheckpointError, load_checkpoint, mismatch_summary
 from ..runtime import distributed
+from .ema import restore_extra_emas
 
 __all__ = ["rank_state", "trainer_state", "restore"]
 
@@ -48,6 +49,7 @@ def restore(trainer) -> None:
     try:
         trainer.model.load_state_dict(ck["model"])
         trainer.ema.load_state_dict(ck["ema"])
+        restore_extra_emas(trainer, ck)
     except RuntimeError as e:
         raise CheckpointError(f"{ck['path']}: weights do not fit this model ({mismatch_summary(e)})") from None
     tr = ck["trainer"]

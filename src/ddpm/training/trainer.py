@@ -45,6 +45,7 @@ from ..runtime import distributed
 from ..runtime.atomic import write_json_atomic
 from ..runtime.governor import governor_for
 from ..runtime.precision import auto_compile, autocast_dtype
+from .ema import POWER_EMA_FILE, ExtraEMAs, PowerEMA
 from .finetune import load_initial_weights
 from .log import TrainingLog
 from .previews import write_preview
@@ -99,6 +100,7 @@ class Trainer:
         if rank > 0:
             torch.manual_seed(distributed.rank_seed(config.seed, rank, "dropout"))
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._init_extra_emas()
         # fp16's narrow range lets small gradients underflow to 0: scale the loss up, and the gradients back down
         # before clipping (a pass-through for every other precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._autocast_dtype() is torch.float16)
@@ -201,6 +203,7 @@ class Trainer:
                 with log.paused():
                     if self.world.is_main and self._due(cfg.sample_every):
                         self._write_pictures()
+                    self._write_ema_snapshot()
                     if self._due(cfg.checkpoint_every):
                         self.save()
         finally:
@@ -250,7 +253,8 @@ class Trainer:
         state = trainer_state(self)
         if self.world.is_main:
             save_checkpoint(self.run_dir, self.step, model=self.model, ema=self.ema, trainer_state=state,
-                            config=self.config_record(), keep=self.config.keep_checkpoints)
+                            config=self.config_record(), keep=self.config.keep_checkpoints,
+                            extra_weights=self._extra_ema_weights())
         distributed.barrier(self.world)
 
     # -- one optimisation step -------------------------------------------------------------------
@@ -329,6 +333,32 @@ class Trainer:
         torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1.0 - decay)
         for eb, b in zip(self.ema.buffers(), self.model.buffers()):
             eb.copy_(b)
+        self._update_extra_emas()
+
+    # -- more EMAs: several decays, post-hoc EMA (training/ema.py) -------------------------------------
+    def _init_extra_emas(self) -> None:
+        """The EMAs of the decays after the first, and the power-function EMAs of post-hoc EMA when snapshots are
+        asked for (None: not tracked)."""
+        cfg = self.config
+        self.extra_emas = ExtraEMAs(self.model, cfg.extra_ema_decays) if cfg.extra_ema_decays else None
+        self.power_ema = PowerEMA(self.model) if cfg.ema_snapshot_every else None
+
+    def _update_extra_emas(self) -> None:
+        if self.extra_emas is not None:
+            self.extra_emas.update(self.model, self.step)
+        if self.power_ema is not None:
+            self.power_ema.update(self.model, self.step + 1)  # t counts the optimiser steps taken, this one too
+
+    def _extra_ema_weights(self) -> dict:
+        out = {} if self.extra_emas is None else self.extra_emas.state_dicts()
+        if self.power_ema is not None:
+            out[POWER_EMA_FILE] = self.power_ema.state_dict()
+        return out
+
+    def _write_ema_snapshot(self) -> None:
+        every = self.config.ema_snapshot_every
+        if self.power_ema is not None and self.world.is_main and self._due(every):
+            self.power_ema.write_snapshot(self.run_dir, self.step)
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume, when ``resume`` and the run folder holds a checkpoint) and return the run folder.
