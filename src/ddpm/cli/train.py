@@ -217,7 +217,7 @@ def config_from_args(args) -> TrainConfig:
             "seed": args.seed, "log_every": args.log_every, "sample_every": args.sample_every,
             "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
             "device": args.device, "precision": args.precision, "compile": args.compile,
-            "label_dropout": args.label_dropout, "data_cache": args.data_cache}
+            "label_dropout": args.label_dropout, "data_cache": args.data_cache and str(Path(args.data_cache).resolve())}
     flat = {k: v for k, v in flat.items() if v is not None}
     if flat.get("min_snr_gamma") == 0:  # unweighted, whatever the preset's recipe says
         flat["min_snr_gamma"] = None
