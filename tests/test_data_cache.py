@@ -15,7 +15,7 @@ from PIL import Image
 from ddpm.data import cache as cache_mod
 from ddpm.data.batches import Batches
 from ddpm.data.datasets import DataConfig, DataError, load_images, open_images
-from ddpm.data.files import read_picture, to_nhwc
+from ddpm.data.files import native_shape, read_picture, to_nhwc
 from ddpm.data.labels import load_labels
 
 
@@ -214,6 +214,14 @@ def test_parquet_with_an_image_struct_column_loads_with_its_labels(tmp_path):
     assert torch.equal(open_images(cfg, tmp_path / "c"), want) and torch.equal(load_images(cfg), want)
     got, names = load_labels(cfg)
     assert got.tolist() == labels and names == ("cat", "dog", "owl")
+    assert native_shape(tmp_path / "t.parquet") == (3, 10)  # what `ddpm train` takes --channels from
+
+
+def test_a_table_without_pyarrow_says_which_extra_to_install(tmp_path, monkeypatch):
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    with pytest.raises(DataError, match=r"t\.parquet: reading Parquet .* needs pyarrow; pip install 'ddpm\["):
+        load_images(DataConfig(source=str(tmp_path / "t.parquet"), image_size=8, channels=3))
 
 
 def test_parquet_without_an_image_column_is_one_line(tmp_path):
