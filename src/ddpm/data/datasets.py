@@ -49,6 +49,7 @@ This module imports neither the network nor the schedule.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ from ..core.config_io import from_known_fields
 from .cache import cache_key, cached_decode, decode_parallel, file_fingerprint
 from .embedded import DIGIT_CLASSES, SPLITS, digits_split, sklearn_digits_split
 from .errors import DataError
-from .files import array_to_nchw, conform, list_images, load_array, load_folder, open_image, read_array
+from .files import array_to_nchw, conform, load_array, load_folder, open_image, read_array, scan_images
 from .tables import EncodedImages, table_files
 
 __all__ = ["DataError", "DataConfig", "load_images", "open_images", "check_image_size", "to_model_range",
@@ -233,11 +234,15 @@ def _cached(path: Path, config: DataConfig, cache_dir, progress: bool) -> np.nda
         found = EncodedImages(path, kind, root, files)
         count, decode, names = len(found), found.open, found.name
     else:
-        kind, root, files = "folder", path, list_images(path)
-        if not files:
+        found = scan_images(path, stat=True)
+        if not found:
             raise DataError(f"{path}: no images found (looked recursively for .png .jpg .jpeg .webp .bmp); "
                             "point the data source at a folder that contains images")
+        files = [os.path.join(path, f[0]) for f in found]
         count, decode, names = len(files), (lambda i: open_image(files[i])), (lambda i: files[i])
+        key = cache_key("folder", [list(f) for f in found], config.image_size, config.channels)
+        return cached_decode(key, count, decode, names, config.image_size, config.channels, cache_dir,
+                             where=str(path), progress=progress)
     key = cache_key(kind, file_fingerprint(files, root), config.image_size, config.channels)
     return cached_decode(key, count, decode, names, config.image_size, config.channels, cache_dir,
                          where=str(path), progress=progress)

@@ -16,7 +16,7 @@ from .errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "NPZ_IMAGE_KEYS", "LABEL_KEYS", "list_images", "read_array", "load_folder",
            "load_array", "native_shape", "conform", "open_image", "fit_pil", "pil_to_chw", "to_nhwc", "read_picture",
-           "array_to_uint8", "array_to_nchw"]
+           "array_to_uint8", "array_to_nchw", "scan_images"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: the keys of an .npz that hold the images, in order of preference
@@ -112,14 +112,35 @@ def conform(images: np.ndarray, size: int, channels: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ image folder
 
-def list_images(folder: Path) -> list[Path]:
+def scan_images(folder, stat: bool = False) -> list[tuple]:
+    """(relative posix name,) of every image below ``folder`` (hidden names skipped, symlinked folders not
+    entered), sorted by that name; with ``stat`` (name, size, mtime in ns).  String work only: 50,000 files in
+    well under a second."""
     found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(root) / name)
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+    def walk(path: str, prefix: str) -> None:
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    if not e.is_symlink():
+                        walk(e.path, prefix + e.name + "/")
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    if stat:
+                        st = e.stat()
+                        found.append((prefix + e.name, st.st_size, st.st_mtime_ns))
+                    else:
+                        found.append((prefix + e.name,))
+    walk(os.fspath(folder), "")
+    found.sort()
+    return found
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image below ``folder``, in sorted relative-path order (see :func:`scan_images`)."""
+    folder = Path(folder)
+    return [folder / found[0] for found in scan_images(folder)]
 
 
 def _note_enlarged(source, count: int, total: int, size: int) -> None:
