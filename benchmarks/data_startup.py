@@ -12,10 +12,12 @@ into it), and a later start (the cache mapped).  Each is split into the data's s
 ``memory``: writes a uint8 .npy of M digit images (1 KiB each: 3 GB for 3,000,000), then trains the digits preset
 for a few steps from it memory-mapped and from it read into memory, each in a fresh interpreter, and reports
 RssAnon (the process's anonymous memory, from /proc/self/status: a memory map's pages are file-backed and not in
-it), img/s and the losses.
+it), img/s and the losses; then, in one process, both trainers stepped round-robin (median img/s, so the machine's
+load hits both alike) and the batch gather alone (ms per batch of 64).
 
     python benchmarks/data_startup.py startup --count 50000
-    python benchmarks/data_startup.py memory --count 3000000 --steps 30
+    python benchmarks/data_startup.py startup --count 50000 --kind png
+    python benchmarks/data_startup.py memory --count 3000000 --steps 15
 
 Uses the public library only.  Run the two parts apart on a busy machine: both are disk- and core-bound.
 """
@@ -92,6 +94,43 @@ print(json.dumps({"img_per_s": steps * 64 / elapsed, "rss_anon_peak_mb": peak, "
 """
 
 
+_CHILD_INTERLEAVED = r"""
+import json, statistics, sys, time
+source, steps = sys.argv[1], int(sys.argv[2])
+import torch
+from ddpm.data import datasets
+from ddpm.data.batches import Batches
+from ddpm.runs.config import TrainConfig
+from ddpm.training.trainer import Trainer
+cfg = datasets.DataConfig(source=source, image_size=32, channels=1)
+mapped = datasets.open_images(cfg)
+arrays = {"memory-mapped": mapped, "in-memory": mapped.clone()}
+gather = {}
+for name, images in arrays.items():  # the data's share alone: 200 batches of 64
+    b = Batches(images, 64, seed=0)
+    next(b)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        next(b)
+    gather[name] = (time.perf_counter() - t0) / 200 * 1e3
+trainers = {}
+for k, (name, images) in enumerate(arrays.items()):
+    datasets.open_images = lambda *a, images=images, **kw: images
+    config = TrainConfig.for_preset("digits", data=cfg, batch_size=64, steps=steps, run_dir=sys.argv[3] + str(k),
+                                    progress=False, seed=0)
+    trainers[name] = Trainer(config)
+    trainers[name].train_step()  # warm-up
+times = {name: [] for name in trainers}
+for _ in range(steps):  # round-robin, so the machine's load hits both alike
+    for name, trainer in trainers.items():
+        t0 = time.perf_counter()
+        trainer.train_step()
+        times[name].append(time.perf_counter() - t0)
+print(json.dumps({name: {"img_per_s": 64 / statistics.median(t), "gather_ms_per_batch": gather[name]}
+                  for name, t in times.items()}))
+"""
+
+
 def _celeba_like(rng, n_patterns=64):
     """Smooth colour pictures (gradients and low-frequency noise) that compress like photographs."""
     from PIL import Image
@@ -131,9 +170,11 @@ def _child(code: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def startup(count: int, root: Path) -> list[dict]:
+def startup(count: int, root: Path, kinds=("jpeg", "png")) -> list[dict]:
     rows = []
     for kind, size in (("jpeg", 64), ("png", 32)):
+        if kind not in kinds:
+            continue
         folder, cache = root / kind, root / f"cache-{kind}"
         gen_s = generate(folder, count, kind)
         for mode in ("in-memory", "first start (decode into the cache)", "later start (cache mapped)"):
@@ -162,6 +203,8 @@ def memory(count: int, steps: int, root: Path) -> list[dict]:
         rows.append({"mode": mode, "array_gb": path.stat().st_size / 1e9, **r})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "losses"}), flush=True)
     print("losses identical:", rows[0]["losses"] == rows[1]["losses"])
+    both = _child(_CHILD_INTERLEAVED, path, steps, Path(tempfile.mkdtemp(dir=root)) / "run")
+    print("interleaved, one process:", json.dumps(both), flush=True)
     path.unlink()
     return rows
 
@@ -171,6 +214,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("part", choices=["startup", "memory"])
     p.add_argument("--count", type=int, default=None, help="images (startup: 50,000; memory: 3,000,000)")
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--kind", choices=["jpeg", "png", "both"], default="both", help="startup: which folder")
     p.add_argument("--root", default=None, help="a scratch folder (default: a new one under /tmp, deleted after)")
     return p
 
@@ -181,7 +225,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     try:
         if args.part == "startup":
-            startup(args.count or 50_000, root)
+            startup(args.count or 50_000, root, ("jpeg", "png") if args.kind == "both" else (args.kind,))
         else:
             memory(args.count or 3_000_000, args.steps, root)
     finally:

@@ -60,7 +60,8 @@ from ..core.config_io import from_known_fields
 from .cache import cache_key, cached_decode, decode_parallel, file_fingerprint
 from .embedded import DIGIT_CLASSES, SPLITS, digits_split, sklearn_digits_split
 from .errors import DataError
-from .files import array_to_nchw, conform, load_array, load_folder, open_image, read_array, scan_images
+from .files import array_to_nchw, conform, load_array, load_folder, read_array, scan_images
+from .pictures import open_image
 from .tables import EncodedImages, table_files
 
 __all__ = ["DataError", "DataConfig", "load_images", "open_images", "check_image_size", "to_model_range",

@@ -9,16 +9,17 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import DataError
+from .pictures import IMAGE_EXTENSIONS, open_image
+from .tables import EncodedImages, table_files
 
-__all__ = ["IMAGE_EXTENSIONS", "NPZ_IMAGE_KEYS", "LABEL_KEYS", "list_images", "read_array", "load_folder",
-           "load_array", "native_shape", "conform", "open_image", "fit_pil", "pil_to_chw", "to_nhwc", "read_picture",
+__all__ = ["NPZ_IMAGE_KEYS", "LABEL_KEYS", "list_images", "read_array", "load_folder",
+           "load_array", "native_shape", "conform", "fit_pil", "pil_to_chw", "to_nhwc", "read_picture",
            "array_to_uint8", "array_to_nchw", "scan_images"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: the keys of an .npz that hold the images, in order of preference
 NPZ_IMAGE_KEYS = ("images", "x", "arr_0")
 #: the keys of an .npz that hold class labels
@@ -46,32 +47,6 @@ def fit_pil(img, size: int, mode: str):
 #: Pillow modes of grey images with more than 8 bits per pixel, and of grey images in general
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
 _GREY_MODES = ("1", "L", "LA", *_HIGH_DEPTH_MODES)
-
-
-def open_image(source, name=None):
-    """``PIL.Image.open(source)`` with the image decoded (``load()``); every failure, Pillow's decompression-bomb guard
-    included (an image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels), is a one-line :class:`DataError`
-    naming ``name`` (default: ``source``).  The caller closes the image."""
-    name = source if name is None else name
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
-            try:
-                img.load()
-            except BaseException:
-                img.close()
-                raise
-        return img
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        limit = Image.MAX_IMAGE_PIXELS
-        raise DataError(f"{name}: the image is larger than Pillow's limit of {limit:,} pixels (a guard against "
-                        f"decompression bombs: {str(e).split('could be')[0].strip()}); shrink the image, or raise "
-                        "PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else "corrupt"
-        raise DataError(f"{name}: cannot read this image ({type(e).__name__}: {reason}); "
-                        "delete or replace the file") from None
 
 
 def _high_depth_to_8bit(img):
@@ -268,8 +243,6 @@ def native_shape(source) -> tuple[int, int]:
     """(channels, size) of the images in an array file or image folder as stored: 1 for grey, 3 for colour; size
     is the short side (what :func:`load_images` would keep without resizing).  For a folder, its first image."""
     path = Path(source)
-    from .tables import EncodedImages, table_files  # tables reads its pictures with this module
-
     table = table_files(path)
     if table is not None:
         found = EncodedImages(path, *table)

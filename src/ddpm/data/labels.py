@@ -23,7 +23,8 @@ import torch
 
 from .datasets import EMBEDDED, DataConfig, DataError
 from .embedded import DIGIT_CLASSES, digits_split, sklearn_digits_split
-from .files import IMAGE_EXTENSIONS, LABEL_KEYS, list_images, read_array
+from .files import LABEL_KEYS, list_images, read_array
+from .pictures import IMAGE_EXTENSIONS
 from .tables import LABEL_COLUMN, table_files, table_labels
 
 __all__ = ["load_labels", "class_folders", "check_labels"]

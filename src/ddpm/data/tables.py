@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .files import IMAGE_EXTENSIONS, open_image
+from .pictures import IMAGE_EXTENSIONS, open_image
 
 __all__ = ["IMAGE_COLUMN", "LABEL_COLUMN", "table_files", "EncodedImages", "table_labels"]
 
