@@ -19,6 +19,9 @@ import torch
 # each, not inherited: pytest-xdist's workers start from the controller's environment).
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="ddpm-tests-gradio-")
 atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+# Trainings on folders decode them into the per-user data cache (ddpm.data.cache): one throw-away one per process.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ddpm-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 from ddpm.cli.main import main  # noqa: E402
 

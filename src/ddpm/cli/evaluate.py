@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data.datasets import EMBEDDED, DataConfig, load_images
+from ..data.datasets import EMBEDDED, DataConfig, open_images
 from ..data.embedded import DIGIT_CLASSES, SPLITS
 from ..data.files import native_shape
 from ..data.labels import load_labels
@@ -87,6 +87,9 @@ def register(sub) -> None:
     nll.add_argument("--data", default=None,
                      help="other images to bound (a folder or .npy/.npz, all of it), e.g. the held-out images of a run "
                           "trained on a folder (default: the run's own data, --split)")
+    nll.add_argument("--data-cache", metavar="DIR", default=None,
+                     help="where a folder's or a table's images are decoded once and memory-mapped from, as for "
+                          "ddpm train (default: $XDG_CACHE_HOME/ddpm, else ~/.cache/ddpm)")
     nll.add_argument("-n", "--num", type=at_least(1), default=None, help="evaluate only the first N images")
     nll.add_argument("--quick", type=at_least(1), default=None, metavar="K",
                      help="estimate the sum from K stratified timesteps per image (unbiased, with its standard error)")
@@ -243,7 +246,7 @@ def _run_nll(args) -> int:
             print(f"note: {args.run} was trained on the {trained.split} split of {trained.source}, so the "
                   f"{args.split} images are not held out", file=sys.stderr)
     labels = _nll_labels(args, run, dcfg) if args.class_cond else None
-    x0 = load_images(dcfg)
+    x0 = open_images(dcfg, args.data_cache)
     if args.num is not None:
         x0, labels = x0[: args.num], None if labels is None else labels[: args.num]
     if len(x0) == 0:

@@ -89,7 +89,12 @@ def register(sub) -> None:
     p.add_argument("--attention-resolutions", type=int_list, default=None, metavar="R1,R2,...",
                    help="override the feature-map sizes (pixels) that get self-attention, e.g. 16 or 16,8")
     p.add_argument("--data", default=d.data.source, help="'digits' (embedded MNIST, 4,500 train / 500 test), "
-                   "'sklearn-digits', a folder of images, or a .npy/.npz file (default: %(default)s)")
+                   "'sklearn-digits', a folder of images (flat, or one sub-folder per class), a .npy/.npz file, a "
+                   "Parquet file or folder of them with an 'image' column, or a Hugging Face dataset saved with "
+                   "save_to_disk (default: %(default)s)")
+    p.add_argument("--data-cache", metavar="DIR", default=None,
+                   help="where a folder's or a table's images are decoded once, in parallel, and memory-mapped "
+                        "from at every later start and resume (default: $XDG_CACHE_HOME/ddpm, else ~/.cache/ddpm)")
     p.add_argument("--split", default=d.data.split, choices=SPLITS,
                    help="split of the embedded datasets to train on (default: %(default)s)")
     p.add_argument("--image-size", type=at_least(1), default=None,
@@ -219,7 +224,7 @@ def config_from_args(args) -> TrainConfig:
             "seed": args.seed, "log_every": args.log_every, "sample_every": args.sample_every,
             "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
             "device": args.device, "precision": args.precision, "compile": args.compile,
-            "label_dropout": args.label_dropout}
+            "label_dropout": args.label_dropout, "data_cache": args.data_cache and str(Path(args.data_cache).resolve())}
     flat = {k: v for k, v in flat.items() if v is not None}
     if flat.get("min_snr_gamma") == 0:  # unweighted, whatever the preset's recipe says
         flat["min_snr_gamma"] = None
@@ -263,6 +268,8 @@ def _run_train(args) -> int:
                             f"resume; start a new run from them: ddpm train --init-from {args.resume} --data ...")
         _check_resume_flags(args, saved)
         saved["run_dir"] = str(args.resume)
+        if args.data_cache is not None:  # a machine's own folder: a resume elsewhere may name another
+            saved["data_cache"] = args.data_cache
         for key, value in (("steps", args.steps), ("device", args.device)):
             if value is not None:
                 saved[key] = value
@@ -282,7 +289,7 @@ def _run_train(args) -> int:
 
 
 #: the flags that ``ddpm train --resume`` takes; the run's other settings come from its config.json
-RESUME_FLAGS = ("resume", "steps", "device", "no_progress")
+RESUME_FLAGS = ("resume", "steps", "device", "no_progress", "data_cache")
 
 
 def _check_resume_flags(args, saved: dict) -> None:

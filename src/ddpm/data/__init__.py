@@ -1,1 +1,2 @@
-"""Images in: the embedded digit sets with fixed splits, folder and array readers with one-line errors, resumable minibatches."""
+"""Images in: the embedded digit sets with fixed splits, one image and array reader with one-line errors, folders
+and tables decoded once into a memory-mapped cache, resumable minibatches."""

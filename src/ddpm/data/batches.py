@@ -1,4 +1,5 @@
-"""Endless, resumable, shardable random minibatches of an in-memory uint8 image tensor, in [-1, 1], with the
+"""Endless, resumable, shardable random minibatches of a uint8 image tensor (in memory, or memory-mapped from disk
+by :func:`ddpm.data.datasets.open_images`: a batch reads just its images), in [-1, 1], with the
 images' class labels beside them when there are any.
 
 Every batch is a function of (seed, epoch, position) alone, so a run resumes from three integers and the
@@ -123,7 +124,7 @@ class Batches:
         order, flips = self.epoch_order(self.epoch)
         sl = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
         idx = order[sl]
-        x = self.images[idx]
+        x = self.images[idx].contiguous()  # a memory-mapped NHWC array gathers to NCHW like an in-memory one
         if flips is not None:
             x = torch.where(flips[sl][:, None, None, None], x.flip(-1), x)
         self.position += 1

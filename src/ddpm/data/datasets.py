@@ -23,6 +23,9 @@ a folder
     "." skipped), in sorted relative-path order.  Each image is converted to L (``channels`` 1) or RGB
     (``channels`` 3; alpha is dropped), resized so its short side equals ``image_size`` and
     centre-cropped to a square.
+a Parquet file, a folder of them, or a Hugging Face ``datasets`` folder written by ``save_to_disk``
+    An ``image`` column of encoded pictures (and a ``label`` column for ``class_cond``): see
+    :mod:`ddpm.data.tables`.  Each picture is converted as a folder's are.
 a ``.npy`` / ``.npz`` file
     One array (from an ``.npz``: key ``"images"``, else ``"x"``, else ``"arr_0"``, else the only array that is not
     a label array ``y`` / ``labels``)
@@ -46,6 +49,7 @@ This module imports neither the network nor the schedule.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,11 +57,15 @@ import numpy as np
 import torch
 
 from ..core.config_io import from_known_fields
+from .cache import cache_key, cached_decode, decode_parallel, file_fingerprint
 from .embedded import DIGIT_CLASSES, SPLITS, digits_split, sklearn_digits_split
 from .errors import DataError as DataError
-from .files import conform, load_array, load_folder
+from .files import array_to_nchw, conform, load_array, load_folder, read_array, scan_images
+from .pictures import open_image
+from .tables import EncodedImages, table_files
 
-__all__ = ["DataError", "DataConfig", "load_images", "check_image_size", "to_model_range", "to_uint8", "EMBEDDED"]
+__all__ = ["DataError", "DataConfig", "load_images", "open_images", "check_image_size", "to_model_range",
+           "to_uint8", "EMBEDDED"]
 
 EMBEDDED = ("digits", "sklearn-digits")
 
@@ -184,7 +192,12 @@ def load_images(config: DataConfig, progress: bool = False) -> torch.Tensor:
         if config.split == "test":
             raise DataError(f"{path}: a folder or array file has no test split; pass a separate source "
                             "holding the test images with split 'all'")
-        if path.is_dir():
+        table = table_files(path)
+        if table is not None:
+            found = EncodedImages(path, *table)
+            images = np.empty((len(found), config.channels, config.image_size, config.image_size), np.uint8)
+            decode_parallel(images, found.open, found.name, str(path), progress)
+        elif path.is_dir():
             images = load_folder(path, config.image_size, config.channels, progress)
         elif path.is_file():
             suffix = path.suffix.lower()
@@ -199,3 +212,65 @@ def load_images(config: DataConfig, progress: bool = False) -> torch.Tensor:
         raise DataError(f"{source}: loaded images have shape {images.shape} and dtype {images.dtype}, "
                         f"expected (N, {config.channels}, {s}, {s}) uint8; this is a bug, please report it")
     return torch.from_numpy(np.ascontiguousarray(images))
+
+
+# ------------------------------------------------------------------------------------------- open_images
+
+def _check_path(config: DataConfig) -> Path:
+    path = Path(config.source)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; pass 'digits', 'sklearn-digits', an image folder, "
+                        "a Parquet file or saved dataset, or a .npy/.npz file")
+    if config.split == "test":
+        raise DataError(f"{path}: a folder or array file has no test split; pass a separate source "
+                        "holding the test images with split 'all'")
+    return path
+
+
+def _cached(path: Path, config: DataConfig, cache_dir, progress: bool) -> np.ndarray:
+    """A folder's or a table's images, decoded once into the cache and memory-mapped (:mod:`ddpm.data.cache`)."""
+    table = table_files(path)
+    if table is not None:
+        kind, root, files = table
+        found = EncodedImages(path, kind, root, files)
+        count, decode, names = len(found), found.open, found.name
+    else:
+        found = scan_images(path, stat=True)
+        if not found:
+            raise DataError(f"{path}: no images found (looked recursively for .png .jpg .jpeg .webp .bmp); "
+                            "point the data source at a folder that contains images")
+        files = [os.path.join(path, f[0]) for f in found]
+        count, decode, names = len(files), (lambda i: open_image(files[i])), (lambda i: files[i])
+        key = cache_key("folder", [list(f) for f in found], config.image_size, config.channels)
+        return cached_decode(key, count, decode, names, config.image_size, config.channels, cache_dir,
+                             where=str(path), progress=progress)
+    key = cache_key(kind, file_fingerprint(files, root), config.image_size, config.channels)
+    return cached_decode(key, count, decode, names, config.image_size, config.channels, cache_dir,
+                         where=str(path), progress=progress)
+
+
+def open_images(config: DataConfig, cache_dir=None, progress: bool = False) -> torch.Tensor:
+    """The images of :func:`load_images`, the same values in the same order, but read from disk as they are used:
+    a folder or a table (Parquet, saved dataset) is decoded once, in parallel, into a memory-mapped cache in
+    ``cache_dir`` (default :func:`ddpm.data.cache.default_cache_dir`) that later calls map again; a uint8 ``.npy``
+    already at the config's size and channels is memory-mapped as it is.  Anything else (the embedded sets, an
+    ``.npz``, an array that needs converting) is read into memory by :func:`load_images`.
+
+    The tensor may be backed by a memory map: index it (``images[idx]`` copies just those images), do not write
+    to it.  ``progress``: a progress bar while decoding."""
+    if config.source in EMBEDDED:
+        return load_images(config, progress)
+    path = _check_path(config)
+    s = config.image_size
+    if path.is_dir() or table_files(path) is not None:
+        images = _cached(path, config, cache_dir, progress)
+    elif path.suffix.lower() == ".npy":
+        images = read_array(path, mmap=True)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            return load_images(config, progress)
+        images = array_to_nchw(images, path)
+        if images.shape[1:] != (config.channels, s, s) or not len(images):
+            return load_images(config, progress)
+    else:
+        return load_images(config, progress)
+    return torch.from_numpy(images)

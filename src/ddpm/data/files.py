@@ -9,22 +9,24 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import DataError
+from .pictures import IMAGE_EXTENSIONS, open_image
+from .tables import EncodedImages, table_files
 
-__all__ = ["IMAGE_EXTENSIONS", "NPZ_IMAGE_KEYS", "LABEL_KEYS", "list_images", "read_array", "load_folder",
-           "load_array", "native_shape", "conform"]
+__all__ = ["NPZ_IMAGE_KEYS", "LABEL_KEYS", "list_images", "read_array", "load_folder",
+           "load_array", "native_shape", "conform", "fit_pil", "pil_to_chw", "to_nhwc", "read_picture",
+           "array_to_uint8", "array_to_nchw", "scan_images"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: the keys of an .npz that hold the images, in order of preference
 NPZ_IMAGE_KEYS = ("images", "x", "arr_0")
 #: the keys of an .npz that hold class labels
 LABEL_KEYS = ("y", "labels")
 
 
-def _fit_pil(img, size: int, mode: str):
+def fit_pil(img, size: int, mode: str):
     """Convert a PIL image to ``mode``, resize its short side to ``size`` and centre-crop to size x size."""
 
     if img.mode in _HIGH_DEPTH_MODES:
@@ -61,7 +63,7 @@ def _high_depth_to_8bit(img):
     return Image.fromarray(np.rint(a.astype(np.float64) / 257.0).astype(np.uint8))
 
 
-def _pil_to_chw(img) -> np.ndarray:
+def pil_to_chw(img) -> np.ndarray:
     a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
@@ -79,20 +81,41 @@ def conform(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     out = np.empty((n, channels, size, size), dtype=np.uint8)
     for i in range(n):
         img = Image.fromarray(images[i, 0] if c == 1 else np.ascontiguousarray(images[i].transpose(1, 2, 0)))
-        out[i] = _pil_to_chw(_fit_pil(img, size, mode))
+        out[i] = pil_to_chw(fit_pil(img, size, mode))
     return out
 
 
 # ------------------------------------------------------------------------------------------ image folder
 
-def list_images(folder: Path) -> list[Path]:
+def scan_images(folder, stat: bool = False) -> list[tuple]:
+    """(relative posix name,) of every image below ``folder`` (hidden names skipped, symlinked folders not
+    entered), sorted by that name; with ``stat`` (name, size, mtime in ns).  String work only: 50,000 files in
+    well under a second."""
     found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(root) / name)
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+    def walk(path: str, prefix: str) -> None:
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    if not e.is_symlink():
+                        walk(e.path, prefix + e.name + "/")
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    if stat:
+                        st = e.stat()
+                        found.append((prefix + e.name, st.st_size, st.st_mtime_ns))
+                    else:
+                        found.append((prefix + e.name,))
+    walk(os.fspath(folder), "")
+    found.sort()
+    return found
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image below ``folder``, in sorted relative-path order (see :func:`scan_images`)."""
+    folder = Path(folder)
+    return [folder / found[0] for found in scan_images(folder)]
 
 
 def _note_enlarged(source, count: int, total: int, size: int) -> None:
@@ -113,16 +136,14 @@ def load_folder(folder: Path, image_size: int, channels: int, progress: bool = F
     enlarged = made_grey = 0
     shown = tqdm(paths, desc=f"loading {folder}", unit="image", leave=False, disable=not progress or len(paths) < 1000)
     for i, p in enumerate(shown):
-        try:
-            with Image.open(p) as img:
-                img.load()
-                enlarged += min(img.size) < s
-                made_grey += mode == "L" and img.mode in ("RGB", "RGBA", "CMYK", "YCbCr")
-                out[i] = _pil_to_chw(_fit_pil(img, s, mode))
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            reason = str(e).splitlines()[0] if str(e) else "corrupt"
-            raise DataError(f"{p}: cannot read this image ({type(e).__name__}: {reason}); "
-                            "delete or replace the file") from e
+        with open_image(p) as img:
+            enlarged += min(img.size) < s
+            made_grey += mode == "L" and img.mode in ("RGB", "RGBA", "CMYK", "YCbCr")
+            try:
+                out[i] = pil_to_chw(fit_pil(img, s, mode))
+            except (OSError, ValueError) as e:
+                raise DataError(f"{p}: cannot read this image ({type(e).__name__}: {e}); "
+                                "delete or replace the file") from None
     _note_enlarged(folder, enlarged, len(paths), s)
     if made_grey:  # a folder mixing grey and colour takes its channel count from its first image
         warnings.warn(f"{folder}: {made_grey} of {len(paths)} images are in colour and were converted to grey "
@@ -132,10 +153,12 @@ def load_folder(folder: Path, image_size: int, channels: int, progress: bool = F
 
 # ------------------------------------------------------------------------------------------ array files
 
-def read_array(path: Path, header_only: bool = False):
-    """The image array of a .npy/.npz file; with ``header_only`` just its shape, without reading the data."""
+def read_array(path: Path, header_only: bool = False, mmap: bool = False):
+    """The image array of a .npy/.npz file; with ``header_only`` just its shape, without reading the data; with
+    ``mmap`` a .npy comes back memory-mapped copy-on-write (read from disk as it is used; an .npz is read whole).
+    The key rule of an .npz: :data:`NPZ_IMAGE_KEYS` in order, else the only array that is not a label array."""
     try:
-        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if header_only else None)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if header_only else "c" if mmap else None)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         why = ("not a NumPy array file, or one holding Python objects"
                if "pickle" in str(e) or "Python objects" in str(e) else f"{type(e).__name__}: {e}")
@@ -166,7 +189,7 @@ def read_array(path: Path, header_only: bool = False):
                             "not a plain numeric array; save it again with numpy.savez") from e
 
 
-def _array_to_uint8(a: np.ndarray, path: Path) -> np.ndarray:
+def array_to_uint8(a: np.ndarray, path: Path) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
@@ -201,14 +224,14 @@ def _channel_axis(shape: tuple[int, ...], path: Path) -> int | None:
                     "store grey images as (N, H, W) and colour images as (N, H, W, 3)")
 
 
-def _array_to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
+def array_to_nchw(a: np.ndarray, path: Path) -> np.ndarray:
     axis = _channel_axis(a.shape, path)
     return a[:, None] if axis is None else a.transpose(0, 3, 1, 2) if axis == 3 else a
 
 
 def load_array(path: Path, image_size: int, channels: int) -> np.ndarray:
     a = read_array(path)
-    a = _array_to_nchw(_array_to_uint8(a, path), path)
+    a = array_to_nchw(array_to_uint8(a, path), path)
     if a.shape[0] == 0 or a.shape[2] == 0 or a.shape[3] == 0:
         raise DataError(f"{path}: array of shape {a.shape} holds no images; save at least one image")
     if min(a.shape[2], a.shape[3]) < image_size:
@@ -220,16 +243,19 @@ def native_shape(source) -> tuple[int, int]:
     """(channels, size) of the images in an array file or image folder as stored: 1 for grey, 3 for colour; size
     is the short side (what :func:`load_images` would keep without resizing).  For a folder, its first image."""
     path = Path(source)
+    table = table_files(path)
+    if table is not None:
+        found = EncodedImages(path, *table)
+        if not len(found):
+            raise DataError(f"{path}: the table has no rows; add images")
+        with found.open(0) as img:
+            return (1 if img.mode in _GREY_MODES else 3), min(img.size)
     if path.is_dir():
-
         paths = list_images(path)
         if not paths:
             raise DataError(f"{path}: no images found (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-        try:
-            with Image.open(paths[0]) as img:
-                return (1 if img.mode in _GREY_MODES else 3), min(img.size)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"{paths[0]}: cannot read this image ({type(e).__name__}); delete or replace it") from e
+        with open_image(paths[0]) as img:
+            return (1 if img.mode in _GREY_MODES else 3), min(img.size)
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
     shape = tuple(read_array(path, header_only=True))  # the shape alone: the data is read once, by load_images
@@ -237,3 +263,38 @@ def native_shape(source) -> tuple[int, int]:
     if axis == 1:
         return shape[1], min(shape[2:])
     return (1 if axis is None else shape[3]), min(shape[1:3])
+
+
+# ------------------------------------------------------------------------------------------ one picture
+
+def to_nhwc(a, where) -> np.ndarray:
+    """The layout normaliser for pictures: (H, W), (H, W, C), (N, H, W), (N, H, W, C) or (N, C, H, W) with C in
+    {1, 3, 4} -> (N, H, W, C), as uint8 (see :func:`array_to_uint8` for the dtypes taken).  A 3-dim array is one
+    picture (H, W, C) when its last axis is 1, 3 or 4, else N grey pictures; a 4-dim array follows the rule of the
+    training arrays (:mod:`ddpm.data.datasets`), with 4 (RGBA) allowed as well.  ``where`` names it in errors."""
+    a = array_to_uint8(np.asarray(a), where)
+    if a.ndim == 2:
+        a = a[None, :, :, None]
+    elif a.ndim == 3:
+        a = a[None] if a.shape[-1] in (1, 3, 4) else a[..., None]
+    elif a.ndim == 4 and a.shape[-1] not in (1, 3, 4) and a.shape[1] in (1, 3, 4):
+        a = a.transpose(0, 2, 3, 1)
+    if a.ndim != 4 or a.shape[-1] not in (1, 3, 4):
+        raise DataError(f"{where}: a picture array of shape {np.shape(a)}; pass (H, W), (H, W, C), (N, H, W), "
+                        "(N, H, W, C) or (N, C, H, W) with C = 1, 3 or 4")
+    return a
+
+
+def read_picture(path) -> np.ndarray:
+    """A picture file as uint8 (N, H, W, C): an image (PNG, JPEG, ...: N = 1; C = 1 grey, 3 RGB or 4 with alpha)
+    or a .npy/.npz array of images (the .npz key rule of :func:`read_array`, the layouts of :func:`to_nhwc`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass a PNG, a JPEG or a .npy/.npz of images")
+    if path.suffix.lower() in (".npy", ".npz"):
+        return to_nhwc(read_array(path), path)
+    with open_image(path) as img:
+        img = img.convert("RGBA" if img.mode in ("RGBA", "LA", "PA", "P") else
+                          "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+        a = np.asarray(img, dtype=np.uint8)
+    return (a[..., None] if a.ndim == 2 else a)[None]

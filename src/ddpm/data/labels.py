@@ -6,7 +6,9 @@
   names sorted (Python string order); an image's label is the index of the top-level sub-folder it sits in, at
   any depth below it.  Every image must sit in a sub-folder and every class sub-folder must hold an image;
 * an ``.npz`` file: an integer array ``y`` (else ``labels``) of shape (N,) beside the images, with the classes
-  0..K-1 and each of them used (class names "0" to "K-1").  Whole-number floats are accepted as integers.
+  0..K-1 and each of them used (class names "0" to "K-1").  Whole-number floats are accepted as integers;
+* a table (Parquet, a saved ``datasets`` folder): its integer ``label`` column, named by the table's ClassLabel
+  feature when it has one (:mod:`ddpm.data.tables`).
 
 Every bad label (none, the wrong length, a negative or fractional value, a class without an image, an image
 outside the class folders) raises :class:`~ddpm.data.datasets.DataError` with one line naming the file and the fix.
@@ -21,7 +23,9 @@ import torch
 
 from .datasets import EMBEDDED, DataConfig, DataError
 from .embedded import DIGIT_CLASSES, digits_split, sklearn_digits_split
-from .files import IMAGE_EXTENSIONS, LABEL_KEYS, list_images, read_array
+from .files import LABEL_KEYS, list_images, read_array
+from .pictures import IMAGE_EXTENSIONS
+from .tables import LABEL_COLUMN, table_files, table_labels
 
 __all__ = ["load_labels", "class_folders", "check_labels"]
 
@@ -91,7 +95,8 @@ def _array_labels(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
         with np.load(path, allow_pickle=False) as loaded:
             key = next((k for k in LABEL_KEYS if k in loaded.files), None)
             if key is None:
-                raise DataError(f"{path}: holds no class labels (looked for an array {' or '.join(map(repr, LABEL_KEYS))}); "
+                looked = " or ".join(map(repr, LABEL_KEYS))
+                raise DataError(f"{path}: holds no class labels (looked for an array {looked}); "
                                 "save them with numpy.savez(path, images=images, y=labels)")
             labels = loaded[key]
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
@@ -112,5 +117,13 @@ def load_labels(config: DataConfig) -> tuple[torch.Tensor, tuple[str, ...]]:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; pass 'digits', 'sklearn-digits', an image folder, "
                         "or a .npz file")
+    if table_files(path) is not None:
+        raw, names = table_labels(path)
+        labels = check_labels(raw, len(raw), f"{path} ({LABEL_COLUMN!r})")
+        if names is not None and labels.max() >= len(names):
+            raise DataError(f"{path}: class label {labels.max()} but the table names {len(names)} classes; "
+                            "fix the labels or the ClassLabel names")
+        names = names or tuple(str(k) for k in range(int(labels.max()) + 1))
+        return torch.from_numpy(labels), names
     labels, names = _folder_labels(path) if path.is_dir() else _array_labels(path)
     return torch.from_numpy(labels), names

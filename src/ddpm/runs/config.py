@@ -45,6 +45,8 @@ class TrainConfig:
     model: UNetConfig = field(default_factory=lambda: preset("digits"))
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    # where a folder's or a table's decoded images are cached (ddpm.data.cache); None: the per-user cache folder
+    data_cache: str | None = None
     # objective (Algorithm 1 is loss="simple"; vlb/hybrid after Nichol & Dhariwal 2021)
     loss: str = "simple"
     variance: str = "fixed-large"
@@ -175,6 +177,8 @@ class TrainConfig:
                 del d[name]
         if "extra_ema_decays" in d:
             d["extra_ema_decays"] = list(d["extra_ema_decays"])
+        if self.data_cache is None:  # the default: left out, so the config.json is the one older versions wrote
+            del d["data_cache"]
         d["model"] = self.model.to_dict()
         d["schedule"] = self.schedule.to_dict()
         d["data"] = self.data.to_dict()

@@ -12,11 +12,8 @@ A picture that does not fit raises :class:`ImageError`, one line saying what was
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..core.editing import (
     Noised,
@@ -27,6 +24,8 @@ from ..core.editing import (
 )
 from ..core.samplers import OnStep, PerSampleNoise
 from ..data.datasets import EMBEDDED, DataConfig, load_images, to_model_range, to_uint8
+from ..data.errors import DataError
+from ..data.files import read_picture as data_read_picture
 from .generate import LoadedRun, Samples, model_fn, sample_seed
 
 __all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "held_out_images", "held_out", "read_picture", "fit_images", "fit_mask", "half_mask",
@@ -45,38 +44,12 @@ class ImageError(ValueError):
 
 
 def read_picture(path) -> np.ndarray:
-    """A picture file as uint8 (N, H, W, C): an image (PNG, JPEG, ...: N = 1; C = 1, 3 or 4) or a .npy/.npz array
-    of uint8 images ((N, H, W), (N, H, W, C) or one (H, W)); .npz: the array "images" or the only one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    if path.suffix.lower() in (".npy", ".npz"):
-        try:
-            loaded = np.load(path, allow_pickle=False)
-            if isinstance(loaded, np.lib.npyio.NpzFile):
-                with loaded:
-                    key = "images" if "images" in loaded.files else (loaded.files[0] if len(loaded.files) == 1 else None)
-                    if key is None:
-                        raise ImageError(f"{path}: holds {', '.join(loaded.files)}; save the images as 'images'")
-                    loaded = loaded[key]
-        except (OSError, ValueError) as e:
-            if isinstance(e, ImageError):
-                raise
-            raise ImageError(f"{path}: cannot read this array file ({e})") from None
-        a = np.asarray(loaded)
-        if a.dtype != np.uint8:
-            raise ImageError(f"{path}: images have dtype {a.dtype}; save uint8 0..255")
-        if a.ndim == 2:
-            a = a[None]
-        return a[..., None] if a.ndim == 3 else a
+    """A picture file as uint8 (N, H, W, C): :func:`ddpm.data.files.read_picture` (an image: N = 1, C = 1, 3 or 4;
+    a .npy/.npz of images), its one-line errors as :class:`ImageError`."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGBA" if img.mode in ("RGBA", "LA", "PA", "P") else
-                              "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB")
-            a = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise ImageError(f"{path}: cannot read this image ({type(e).__name__}); pass a PNG, a JPEG or a .npz") from None
-    return (a[..., None] if a.ndim == 2 else a)[None]
+        return data_read_picture(path)
+    except DataError as e:
+        raise ImageError(str(e)) from None
 
 
 def held_out_images(run: LoadedRun) -> torch.Tensor:

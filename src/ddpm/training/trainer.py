@@ -79,7 +79,7 @@ class Trainer:
         self.schedule = make_schedule(config.schedule)
         # refuse bad input before any work: data, image size vs the U-Net's downsampling
         data_mod.check_image_size(config.data.image_size, config.model.size_divisor)
-        images = data_mod.load_images(config.data, progress=config.progress and self.world.is_main)
+        images = data_mod.open_images(config.data, config.data_cache, progress=config.progress and self.world.is_main)
         self.num_images = len(images)
         if self.num_images < config.batch_size:
             raise data_mod.DataError(f"{config.data.source}: {self.num_images} images, fewer than the batch size "

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..core.editing import alpha_bar
 from ..core.samplers import SAMPLERS, Step, steps_or_default
 from ..data.datasets import DataError, to_uint8
+from ..data.files import to_nhwc
 from ..runs.checkpoint import CheckpointError
 from ..runs.images import make_grid, save_grid, save_npz
 from ..sampling.edit import (
@@ -248,8 +249,8 @@ class Page:
         if picture is None:
             raise PageError("Upload or draw a picture first (or load a held-out digit)")
         try:
-            return fit_images(np.asarray(picture), self.channels, self.size, what="the picture")
-        except ImageError as e:
+            return fit_images(to_nhwc(picture, "the picture"), self.channels, self.size, what="the picture")
+        except (ImageError, DataError) as e:
             raise PageError(str(e)) from None
 
     def mask(self, choice: str, painted) -> torch.Tensor:
@@ -259,8 +260,8 @@ class Page:
                 return half_mask(choice, self.size)
             if painted is None or not np.asarray(painted).any():
                 raise PageError("The mask is empty: paint over the part to fill in, or choose a half")
-            return fit_mask(np.asarray(painted, dtype=np.uint8), self.size, what="the mask")
-        except ImageError as e:
+            return fit_mask(to_nhwc(np.asarray(painted, dtype=np.uint8), "the mask"), self.size, what="the mask")
+        except (ImageError, DataError) as e:
             raise PageError(str(e)) from None
 
     def _t(self, t) -> int:
