@@ -1,4 +1,5 @@
-"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluation/reports.py and evaluation/study.py."""
+"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluation/reports.py and
+evaluation/study.py."""
 from __future__ import annotations
 
 import argparse
@@ -19,31 +20,24 @@ from ..evaluation.reports import (
     run_quality,
 )
 from ..evaluation.study import measures_quality, noise_study
-from ..sampling.defaults import resolve_classes, resolve_sampling
-from ..sampling.generate import (
-    generate,
-    load_run,
-)
+from ..sampling.generate import generate, load_run
 from .args import (
     add_device_and_progress,
+    add_guidance,
     add_sampler_and_steps,
     add_sampling_variance,
     add_spacing,
     add_weights,
     at_least,
-    non_negative_float,
-    t_range,
+    sampling_from_args,
 )
 from .errors import (
     UserError,
     check_guidance_has_classes,
-    check_guidance_interval,
     check_out_dir,
-    check_sampling_variance,
-    check_spacing,
-    check_steps,
     guidance_flags,
     refuse_file_as_folder,
+    sampling_errors,
 )
 
 __all__ = ["register"]
@@ -150,12 +144,8 @@ def _add_sampling_flags(p, default_n):
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250,
                    help="samples per batch when drawing from a run (default: %(default)s)")
-    p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
-                   help="class-conditional runs: guidance weight w of the samples drawn, every class in turn "
-                        "(default: 0, purely conditional, one network pass a step)")
-    p.add_argument("--guidance-interval", type=t_range, default=None, metavar="LO-HI",
-                   help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
-                        "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
+    add_guidance(p, "of the samples drawn, every class in turn (default: 0, purely conditional, one network pass "
+                    "a step)")
     add_device_and_progress(p)
 
 
@@ -181,22 +171,17 @@ def _images_from(args, native: bool = False, ready=lambda: None):
     src = Path(args.source)
     given = guidance_flags(args)
     if _is_run(src):
+        sampling = sampling_from_args(args)
         run = load_run(src, device=args.device)
-        sampler, steps, variance, spacing = resolve_sampling(run, args.sampler, args.steps, args.variance,
-                                                             args.spacing)
-        check_steps(steps, run, given=args.steps is not None)
-        check_spacing(args.spacing, sampler, steps, run)
-        check_sampling_variance(args.variance, sampler, run)
-        names = run.config.class_names
         check_guidance_has_classes(given, run, src)
-        labels, w = resolve_classes(run, args.num, None, args.guidance)
-        check_guidance_interval(args.guidance_interval, w, run)
+        with sampling_errors():
+            sampling = sampling.for_run(run)  # a conditional run: every class in turn
+        names = run.config.class_names
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
         ready()
-        drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
-                         steps=steps, progress=not args.no_progress, labels=labels, guidance=w,
-                         guidance_interval=args.guidance_interval, variance=variance, spacing=spacing)
+        drawn = generate(run, args.num, sampling, seed=args.seed, batch_size=args.batch_size,
+                         progress=not args.no_progress)
         return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
     given += [f"--{flag} {value}" for flag, value in (("variance", args.variance), ("spacing", args.spacing))
               if value is not None]
@@ -254,7 +239,7 @@ def _run_nll(args) -> int:
     out = check_out_dir(args.out or default_out)
 
     def f(x, t, y=None):  # full precision: the bound's smallest terms need it
-        return (run.model(x, t) if y is None else run.model(x, t, y)).float()
+        return run.model(x, t, y).float()
     result = run_nll(f, run.schedule, x0, out, variance=run.config.variance, quick_k=args.quick,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device,
                      labels=labels)

@@ -25,9 +25,12 @@ from ..core.editing import (
     repaint_sample,
     sdedit_sample,
 )
+from ..core.diffusion import VARIANCE_TYPES
 from ..core.samplers import OnStep, PerSampleNoise
 from ..data.datasets import EMBEDDED, DataConfig, load_images, to_model_range, to_uint8
-from .generate import LoadedRun, Samples, model_fn, sample_seed
+from .config import SamplingConfig
+from .generate import LoadedRun, Samples, model_fn, sample_seed, sampling_config
+from .variance import ANALYTIC
 
 __all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "held_out_images", "held_out", "read_picture", "fit_images", "fit_mask", "half_mask",
            "noised", "edit", "inpaint_settings", "inpaint_calls", "inpaint"]
@@ -212,21 +215,27 @@ def _batches(n: int, batch_size: int):
         yield start, min(n, start + batch_size)
 
 
-def edit(run: LoadedRun, images, t: int, *, seed: int = 0, sampler: str = "ddpm", steps: int | None = None,
-         eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True, batch_size: int = 64,
-         precision: str = "auto", progress: bool = False, on_step: OnStep | None = None) -> Samples:
+def edit(run: LoadedRun, images, t: int, sampling: SamplingConfig | None = None, *, seed: int = 0,
+         batch_size: int = 64, precision: str = "auto", progress: bool = False, on_step: OnStep | None = None,
+         **settings) -> Samples:
     """SDEdit (Meng et al. 2022): noise each image to the paper's time t with eq. 4 and run the reverse process
-    back to x_0 with the named sampler (``steps`` network calls, at most t; default all t).  The larger t, the
-    more of the image the model redraws; t = 0 returns the images as they are.  Deterministic for a fixed
-    ``seed``.  Returns :class:`~ddpm.sampling.generate.Samples` (uint8 images).  ``on_step``: every batch's
-    steps, as for :func:`~ddpm.sampling.generate.generate`."""
+    back to x_0 as ``sampling`` says (a :class:`~ddpm.sampling.config.SamplingConfig`, or its fields as keywords:
+    the sampler, ``steps`` network calls, at most t, default all t; eta; a variance type, default the run's own).
+    The larger t, the more of the image the model redraws; t = 0 returns the images as they are.  Deterministic
+    for a fixed ``seed``.  Returns :class:`~ddpm.sampling.generate.Samples` (uint8 images).  ``on_step``: every
+    batch's steps, as for :func:`~ddpm.sampling.generate.generate`."""
+    sampling = sampling_config(sampling, **settings)
+    if sampling.variance == ANALYTIC:
+        raise ValueError("variance analytic is estimated for drawing from noise; SDEdit takes a variance type "
+                         f"({', '.join(VARIANCE_TYPES)}) or the run's own")
     x0 = to_model_range(_run_images(run, images))
     f = model_fn(run.model, run.device, precision)
     out = []
     for start, stop in _batches(len(x0), batch_size):
-        x = sdedit_sample(f, run.schedule, x0[start:stop], t, _noise(run, seed, start, stop), sampler=sampler,
-                          steps=steps, eta=eta, variance=variance or run.config.variance,
-                          clip_denoised=clip_denoised, progress=progress, on_step=on_step)
+        x = sdedit_sample(lambda x, t: f(x, t, None), run.schedule, x0[start:stop], t,
+                          _noise(run, seed, start, stop), sampler=sampling.sampler, steps=sampling.steps,
+                          eta=sampling.eta, variance=sampling.variance or run.config.variance,
+                          clip_denoised=sampling.clip_denoised, progress=progress, on_step=on_step)
         out.append(to_uint8(x.clamp(-1, 1)).cpu())
     return Samples(torch.cat(out))
 
