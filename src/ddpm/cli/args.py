@@ -83,9 +83,14 @@ def _takes(kind: str) -> str:
 def add_sampler_and_steps(p) -> None:
     """The --sampler and --steps flags of the commands that draw samples, with their defaults and choices from
     :class:`ddpm.SamplingConfig` and the sampler registry (:data:`ddpm.core.samplers.REGISTRY`)."""
-    own = "; ".join(f"{k} {'all T' if v.steps is None else v.steps}" for k, v in REGISTRY.items())
     p.add_argument("--sampler", default=_DEFAULT.sampler, choices=tuple(REGISTRY),
                    help=", ".join(f"{k} = {v.about}" for k, v in REGISTRY.items()) + " (default: %(default)s)")
+    add_steps(p)
+
+
+def add_steps(p) -> None:
+    """The --steps flag: network calls of the sampler."""
+    own = "; ".join(f"{k} {'all T' if v.steps is None else v.steps}" for k, v in REGISTRY.items())
     p.add_argument("--steps", type=at_least(1), default=_DEFAULT.steps,
                    help=f"sampling steps (default: {DEFAULT_ANALYTIC_STEPS} with the analytic variance; else the "
                         f"sampler's own: {own})")

@@ -52,12 +52,14 @@ SAMPLING_FLAGS = {"sampler": "--sampler", "steps": "--steps", "spacing": "--spac
 @contextlib.contextmanager
 def sampling_errors(where=None):
     """Turn a :class:`ddpm.SamplingConfig` ValueError (made, or filled for a run) into the command line's one-line
-    error, its first word, the field at fault, written as the flag."""
+    error: its first word, the field at fault, and every ``field=value`` written as the flag (``--field value``)."""
     try:
         yield
     except ValueError as e:
-        first, _, rest = str(e).partition(" ")
-        message = f"{SAMPLING_FLAGS.get(first.rstrip(':'), first.rstrip(':'))}{first[len(first.rstrip(':')):]} {rest}"
+        message = str(e)
+        for name in sorted(SAMPLING_FLAGS, key=len, reverse=True):  # guidance_interval before guidance
+            message = re.sub(rf"(?<![\w-]){name}=", SAMPLING_FLAGS[name] + " ", message)
+            message = re.sub(rf"^{name}(?=[ :])", SAMPLING_FLAGS[name], message)
         raise UserError(f"{where}: {message}" if where else message) from None
 
 

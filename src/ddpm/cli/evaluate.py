@@ -27,6 +27,7 @@ from .args import (
     add_sampler_and_steps,
     add_sampling_variance,
     add_spacing,
+    add_steps,
     add_weights,
     at_least,
     sampling_from_args,
@@ -123,12 +124,16 @@ def register(sub) -> None:
     stsub = _group(sub, "study", "studies: why Algorithm 2 adds noise", STUDY_EXAMPLES)
     noise = stsub.add_parser("noise", help="sample with sigma^2 = beta_t, beta~_t and 0 from the same x_T",
                              description="Why Algorithm 2 adds sigma_t z: the same network and the same x_T sampled "
-                                         "with sigma^2 = beta_t, beta~_t and without the noise term.",
+                                         "as ddpm sample draws (every class in turn on a class-conditional run), "
+                                         "with its own sigma_t, sigma^2 = beta_t, beta~_t and without the noise "
+                                         "term.",
                              epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     noise.add_argument("run", help="run folder")
     noise.add_argument("-n", "--num", type=at_least(1), default=64, help="samples per variant (default: %(default)s)")
     noise.add_argument("--seed", type=int, default=0, help="base seed of x_T and of every z (default: 0)")
     noise.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: 64)")
+    add_steps(noise)
+    add_spacing(noise)
     noise.add_argument("--no-quality", action="store_true", help="skip the classifier FD")
     noise.add_argument("--out", default=None, help="output folder (default: RUN/study)")
     add_device_and_progress(noise)
@@ -292,7 +297,10 @@ def _run_fid(args) -> int:
 
 def _run_noise_study(args) -> int:
     refuse_file_as_folder(args.out, "--out")
+    sampling = sampling_from_args(args)
     run = load_run(args.run, device=args.device)
+    with sampling_errors():
+        sampling = sampling.for_run(run)  # what ddpm sample draws; the study varies its sigma_t
     if args.num < 2 and not args.no_quality and measures_quality(run.config):
         raise UserError(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
                           "or --no-quality")
@@ -304,10 +312,10 @@ def _run_noise_study(args) -> int:
               "variance only, not the classifier FD", file=sys.stderr)
     out = check_out_dir(args.out or Path(args.run) / "study")
     results = noise_study(run, out, n=args.num, seed=args.seed, batch_size=args.batch_size,
-                          quality=not args.no_quality, progress=not args.no_progress)
-    print(f"{'variant':<24} {'pixel var':>10} {'classifier FD':>14}")
+                          quality=not args.no_quality, progress=not args.no_progress, sampling=sampling)
+    print(f"{'variant':<34} {'pixel var':>10} {'classifier FD':>14}")
     for name, r in results.items():
         fd = f"{r['classifier_fd']:.2f}" if "classifier_fd" in r else "-"
-        print(f"{name:<24} {r['pixel_variance_mean']:>10.4f} {fd:>14}")
+        print(f"{name:<34} {r['pixel_variance_mean']:>10.4f} {fd:>14}")
     print(f"written: {out / 'noise_study.png'}, {out / 'noise_study.json'}")
     return 0

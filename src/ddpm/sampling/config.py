@@ -6,7 +6,8 @@ quadratically spaced steps with Analytic-DPM's variance; a class-conditional run
 in turn with w = 0, an asked class is guided with w = 1.  A field left None is filled for a loaded run by
 :meth:`SamplingConfig.for_run`, which returns the concrete config that ``samples.json`` records
 (``dataclasses.asdict``).  The config checks itself once, when it is made: a ValueError whose message begins with
-the field at fault, so that the command line and the page can show it as their own one-line error.
+the field at fault, and names fields as ``field=value``, so that the command line can show it as its own one-line
+error with the flags (``--field value``) and the page as it is.
 """
 from __future__ import annotations
 
@@ -63,20 +64,20 @@ class SamplingConfig:
             raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {self.variance!r}")
         if self.variance not in (None, "learned-range") and not spec.takes_variance:
             how = "takes its noise from eta" if spec.takes_eta else "adds no noise"
-            raise ValueError(f"variance {self.variance} sets Algorithm 2's sigma_t, for the {_names('takes_variance')} "
-                             f"sampler only; {self.sampler} {how}")
+            raise ValueError(f"variance={self.variance} sets Algorithm 2's sigma_t, for sampler="
+                             f"{_names('takes_variance')} only; {self.sampler} {how}")
         eta = check_eta(self.eta)
         if eta != 0.0 and not spec.takes_eta:
-            raise ValueError(f"eta applies to the {_names('takes_eta')} sampler only, not {self.sampler}; "
-                             f"leave eta at 0 or choose {_names('takes_eta')}")
+            raise ValueError(f"eta={eta:g} applies to sampler={_names('takes_eta')} only, not {self.sampler}; "
+                             f"drop eta or choose sampler={_names('takes_eta')}")
         guidance = None if self.guidance is None else check_guidance(self.guidance)
         interval = self.guidance_interval
         if interval is not None:
             lo, hi = (int(v) for v in interval)
             if not 1 <= lo <= hi:
-                raise ValueError(f"guidance_interval {lo}-{hi} must lie within t = 1..T, its start first")
+                raise ValueError(f"guidance_interval={lo}-{hi} must lie within t = 1..T, its start first")
             if guidance == 0:
-                raise ValueError(f"guidance_interval {lo}-{hi} says where to guide; it needs a guidance w > 0")
+                raise ValueError(f"guidance_interval={lo}-{hi} says where to guide; add guidance=W with W > 0")
             interval = (lo, hi)
         for name, value in (("steps", None if self.steps is None else int(self.steps)), ("eta", eta),
                             ("guidance", guidance), ("guidance_interval", interval),
@@ -99,11 +100,11 @@ class SamplingConfig:
         chosen = resolve_sampling(run, self.sampler, self.steps, self.variance, self.spacing, note=note)
         steps = T if chosen.steps is None else chosen.steps
         if not 1 <= steps <= T:
-            what = f"got {steps}" if self.steps is not None else f"the default is {steps}; ask for {T} or fewer"
+            what = f"got {steps}" if self.steps is not None else f"the sampler's default is {steps}; pass steps={T} or fewer"
             raise ValueError(f"steps must lie in [1, {T}] (the run's T), {what}")
         if self.spacing not in (None, spec.spacing) and spec.steps is None and steps == T:  # for_run twice: as once
-            raise ValueError(f"spacing {self.spacing} picks the steps a shortened sampler keeps; {self.sampler} here "
-                             f"runs all T of them; ask for fewer steps or no spacing")
+            raise ValueError(f"spacing={self.spacing} picks the steps a shortened sampler keeps; {self.sampler} here "
+                             f"runs all T of them; add steps=S or drop spacing")
         self._check_network(run)
         variance = (chosen.variance or run.config.variance) if spec.takes_variance else self.variance
         names = run.config.class_names
@@ -114,29 +115,29 @@ class SamplingConfig:
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
             if not w:
-                raise ValueError(f"guidance_interval {lo}-{hi} says where to guide; it needs a guidance w > 0")
+                raise ValueError(f"guidance_interval={lo}-{hi} says where to guide; add guidance=W with W > 0")
             if hi > T:
-                raise ValueError(f"guidance_interval {lo}-{hi} must lie within the run's t = 1..{T}, its start first")
+                raise ValueError(f"guidance_interval={lo}-{hi} must lie within the run's t = 1..{T}, its start first")
         return replace(self, steps=steps, spacing=chosen.spacing or spec.spacing, variance=variance, guidance=w)
 
     def _check_network(self, run) -> None:
-        """Refuse a variance type the network was not trained for (learned-range needs the variance outputs)."""
-        if self.variance in (None, ANALYTIC):
-            return
+        """Refuse the learned variance of a network that did not learn one (a network that did may also be drawn
+        with a fixed variance, from the eps half of its output)."""
         mc = run.config.model
-        if (self.variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
+        if self.variance == "learned-range" and mc.output_channels != 2 * mc.in_channels:
             raise ValueError(f"variance: {run.checkpoint}, a network trained with variance {run.config.variance}, "
-                             f"cannot be sampled with variance {self.variance} (learned-range needs the variance "
-                             "outputs); leave variance at its default")
+                             f"cannot be sampled with variance={self.variance} (learned-range needs the variance "
+                             "outputs); drop variance")
 
 
 def parse_class(names, token) -> int:
-    """A class given by name (tried first, e.g. "7" of the digits) or by index, as its index in ``names``;
+    """A class given by name (a string is tried as a name first, e.g. "7" of the digits) or by index (an int
+    always is one), as its index in ``names``;
     ValueError naming the run's classes otherwise.  The command line's --class and --classes and the page's Class
     control all come through here (and :func:`ddpm.generate`'s string labels)."""
     names = list(names)
     text = str(token).strip()
-    if text in names:
+    if text in names and not isinstance(token, int):
         return names.index(text)
     if isinstance(token, int) or text.lstrip("-").isdigit():
         if 0 <= int(text) < len(names):

@@ -215,13 +215,16 @@ def generate(run: LoadedRun, n: int, sampling: SamplingConfig | None = None, *, 
     interval = None if concrete.guidance_interval is None else check_interval(
         tuple(v - 1 for v in concrete.guidance_interval), cfg.schedule.num_timesteps)  # 0-based indices
     f = _network(run, cuda_graph, precision)
+    read = cfg.variance if concrete.variance in (None, ANALYTIC) else concrete.variance  # how to read its output
+    if cfg.variance == "learned-range" != read:  # a fixed variance asked of a network that learned one: its eps half
+        f = _eps_half(f, cfg.model.in_channels)
     guide = None if y_all is None else (concrete.guidance, interval)
     analytic = concrete.variance == ANALYTIC
     sigma2 = analytic_sigma2(run, ancestral_timesteps(run.schedule, concrete.steps, concrete.spacing), model=f,
                              guide=guide) if analytic else None
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     kw = dict(sampler=concrete.sampler, steps=concrete.steps, eta=concrete.eta, spacing=concrete.spacing,
-              variance=cfg.variance if analytic or concrete.variance is None else concrete.variance,
+              variance=read,
               clip_denoised=concrete.clip_denoised, sigma2=sigma2, sigma_scale=sigma_scale)
     out, chains = [], []
     bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True) if progress and n > batch_size else None
@@ -247,6 +250,11 @@ def generate(run: LoadedRun, n: int, sampling: SamplingConfig | None = None, *, 
         frames = [(t, to_uint8(torch.cat([c.frames[i][1] for c in chains]).clamp(-1, 1)))
                   for i, (t, _) in enumerate(chains[0].frames)]
     return Samples(torch.cat(out), frames, y_all, concrete)
+
+
+def _eps_half(f, channels: int):
+    """The network ``f`` with the v half of a learned-range output dropped, for a fixed variance."""
+    return lambda x, t, y=None: f(x, t, y)[:, :channels]
 
 
 def _network(run: LoadedRun, cuda_graph: bool, precision: str):
