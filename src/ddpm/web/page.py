@@ -376,13 +376,13 @@ class Page:
                                     int(resample) if resample else None)
         if not 1 <= settings["steps"] <= self.T:
             raise PageError(f"steps must lie in 1..{self.T} (this run's T), got {settings['steps']}")
-        if settings["resample"] > 1 and settings["jump_length"] >= settings["steps"]:
-            raise PageError(f"jump length {settings['jump_length']} leaves no room for a jump in "
-                            f"{settings['steps']} steps; make it smaller, or resample 1")
+        try:
+            total = inpaint_calls(self.T, **settings)  # RePaint's own check: a jump needs room in the steps
+        except ValueError as e:
+            raise _as_error(e) from None
         n, seed, run = int(n), int(seed), self.run
         images = x0.expand(n, *x0.shape[1:])
         shown = torch.where(mask, torch.full_like(x0, 128), x0)
-        total = inpaint_calls(self.T, **settings)
 
         def work(on_step):
             return inpaint(run, images, mask, seed=seed, on_step=on_step, batch_size=n, **settings)
