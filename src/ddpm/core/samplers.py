@@ -420,8 +420,9 @@ def run_sampler(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape
         raise ValueError(f"eta applies to {', '.join(k for k, v in REGISTRY.items() if v.takes_eta)} only, "
                          f"got eta={eta} with {sampler!r}")
     if (sigma2 is not None or sigma_scale != 1.0) and not spec.takes_variance:
-        raise ValueError(f"sigma2 and sigma_scale set Algorithm 2's sigma_t, for the "
-                         f"{', '.join(k for k, v in REGISTRY.items() if v.takes_variance)} sampler only, not {sampler!r}")
+        takes = ", ".join(k for k, v in REGISTRY.items() if v.takes_variance)
+        raise ValueError(f"sigma2 and sigma_scale set Algorithm 2's sigma_t, for the {takes} sampler only, "
+                         f"not {sampler!r}")
     return spec.draw(model, schedule, noise, shape, steps=steps, spacing=spacing, eta=eta, sigma2=sigma2,
                      sigma_scale=sigma_scale, variance=variance, clip_denoised=clip_denoised, progress=progress,
                      on_step=on_step, x_T=x_T)

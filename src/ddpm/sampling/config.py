@@ -68,7 +68,7 @@ class SamplingConfig:
                              f"{_names('takes_variance')} only; {self.sampler} {how}")
         eta = check_eta(self.eta)
         if eta != 0.0 and not spec.takes_eta:
-            raise ValueError(f"eta={eta:g} applies to sampler={_names('takes_eta')} only, not {self.sampler}; "
+            raise ValueError(f"eta applies to sampler={_names('takes_eta')} only, not {self.sampler}; "
                              f"drop eta or choose sampler={_names('takes_eta')}")
         guidance = None if self.guidance is None else check_guidance(self.guidance)
         interval = self.guidance_interval

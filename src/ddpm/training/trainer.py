@@ -161,7 +161,7 @@ class Trainer:
 
     def _network(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """eps_theta(x_t, t), or eps_theta(x_t, t, y) with class labels (the unconditional call stays as it was)."""
-        return self.forward(x_t, t, y)
+        return self.forward(x_t, t) if y is None else self.forward(x_t, t, y)
 
     def _first_compiled_gradients(self) -> torch.Tensor:
         """:meth:`accumulate_gradients` on the first step of compile="auto": if the compiled forward or its
@@ -277,7 +277,7 @@ class Trainer:
         if self._want("channels_last"):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self._network(x_t, t, y)
+            out = self._network(x_t, t) if y is None else self._network(x_t, t, y)
         if self.vlb is None:
             gamma = self.config.min_snr_gamma
             return loss_simple(out, noise, self.config.variance,
