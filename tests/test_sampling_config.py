@@ -128,3 +128,16 @@ def test_the_network_is_always_called_with_x_t_and_y():
     f(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long))
     f(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long))
     assert seen[0] is None and seen[1].tolist() == [1]
+
+
+def test_the_readmes_ddpm_sample_with_old_keywords_still_draws(tiny_run, tmp_path):
+    """`ddpm.sample(run_dir, n=16, sampler="ddim", steps=50)` of the README: the keywords build the config, which
+    samples.json records with its fields."""
+    import json
+
+    import ddpm
+    out = ddpm.sample(tiny_run, n=2, out_dir=tmp_path / "s", sampler="ddim", steps=3, seed=4, progress=False)
+    record = json.loads((out / "samples.json").read_text())
+    assert [record[k] for k in ("sampler", "steps", "seed", "n")] == ["ddim", 3, 4, 2]
+    want = generate(load_run(tiny_run), 2, SamplingConfig(sampler="ddim", steps=3), seed=4, progress=False).images
+    assert np.array_equal(np.load(out / "samples.npz")["images"], want.permute(0, 2, 3, 1).numpy())
