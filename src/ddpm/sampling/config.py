@@ -100,7 +100,8 @@ class SamplingConfig:
         chosen = resolve_sampling(run, self.sampler, self.steps, self.variance, self.spacing, note=note)
         steps = T if chosen.steps is None else chosen.steps
         if not 1 <= steps <= T:
-            what = f"got {steps}" if self.steps is not None else f"the sampler's default is {steps}; pass steps={T} or fewer"
+            what = (f"got {steps}" if self.steps is not None
+                    else f"the sampler's default is {steps}; pass steps={T} or fewer")
             raise ValueError(f"steps must lie in [1, {T}] (the run's T), {what}")
         if self.spacing not in (None, spec.spacing) and spec.steps is None and steps == T:  # for_run twice: as once
             raise ValueError(f"spacing={self.spacing} picks the steps a shortened sampler keeps; {self.sampler} here "

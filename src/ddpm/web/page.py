@@ -29,6 +29,7 @@ from ..core.samplers import Step
 from ..data.datasets import DataError, to_uint8
 from ..runs.checkpoint import CheckpointError
 from ..runs.images import make_grid, save_grid, save_npz
+from ..sampling.config import SamplingConfig, parse_class
 from ..sampling.edit import (
     MASK_HALVES,
     ImageError,
@@ -43,7 +44,6 @@ from ..sampling.edit import (
     inpaint_settings,
     noised,
 )
-from ..sampling.config import SamplingConfig, parse_class
 from ..sampling.generate import LoadedRun, generate, load_run
 
 __all__ = ["PageError", "Update", "Page", "num_classes", "side_by_side", "MASK_CHOICES", "DRAWN"]
