@@ -210,8 +210,8 @@ def main(argv=None) -> None:
                                 time.perf_counter() - t0, floor=False)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_class"}), flush=True)
     t0 = time.perf_counter()
-    rows.append(_row("no class", generate(run, args.n, **kw).images, None, classifier, time.perf_counter() - t0,
-                     floor=False))
+    rows.append(_row("no class", generate(run, args.n, labels="none", **kw).images, None, classifier,
+                     time.perf_counter() - t0, floor=False))
     print(json.dumps(rows[-1]), flush=True)
     uncond_fd = None
     if uncond is not None:

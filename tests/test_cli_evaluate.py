@@ -37,7 +37,10 @@ def test_study_noise_writes_picture_and_one_row_per_variant(run, capsys):
     out = run / "study"
     assert main(["study", "noise", str(run), "-n", "4", "--no-progress", "--out", str(out)]) == 0
     res = json.loads((out / "noise_study.json").read_text())
-    assert {k: (r["variance"], r["sigma_scale"]) for k, r in res.items()} == NOISE_VARIANTS
+    # what ddpm sample draws (its own sigma_t: analytic), and the paper's variances and none from the same x_T
+    assert {k: (r["variance"], r["sigma_scale"]) for k, r in res.items()} == {
+        "sigma^2 analytic (ddpm sample's)": ("analytic", 1.0), **NOISE_VARIANTS}
+    assert {r["steps"] for r in res.values()} == {20}  # the default's steps (at most T of the tiny run)
     assert all(r["pixel_variance_mean"] >= 0 for r in res.values()) and (out / "noise_study.png").is_file()
     assert "pixel var" in capsys.readouterr().out
 
@@ -259,7 +262,8 @@ def test_hybrid_learned_range_run_trains_samples_and_evaluates(tmp_path):
     # the noise study samples the eps half with each fixed variance, and the learned variance besides
     assert main(["study", "noise", str(run), "-n", "2", "--no-progress", "--out", str(tmp_path / "st")]) == 0
     res = json.loads((tmp_path / "st" / "noise_study.json").read_text())
-    assert {k: (r["variance"], r["sigma_scale"]) for k, r in res.items()} == {**NOISE_VARIANTS, **LEARNED_VARIANT}
+    assert {k: (r["variance"], r["sigma_scale"]) for k, r in res.items()} == {
+        "sigma^2 analytic (ddpm sample's)": ("analytic", 1.0), **NOISE_VARIANTS, **LEARNED_VARIANT}
 
 
 def test_eval_quality_of_an_image_folder_writes_beside_it(tmp_path, capsys):
@@ -367,15 +371,15 @@ def test_study_noise_says_an_fd_from_few_samples_is_rough(run, tmp_path, capsys,
 @pytest.mark.parametrize("extra, spacing", [
     ([], "quadratic"),                                 # the commands' default: analytic variance, quadratic steps
     (["--spacing", "uniform"], "uniform"),
-    (["--variance", "fixed-large"], None),             # the sampler's own (uniform)
+    (["--variance", "fixed-large"], "uniform"),        # the sampler's own
 ])
 def test_eval_quality_draws_with_the_spacing_asked_for(run, extra, spacing, tmp_path, monkeypatch):
     import ddpm.cli.evaluate as evaluate
     monkeypatch.setattr("ddpm.sampling.defaults.MAX_SIGNAL_AT_START", 1.0)  # the tiny schedule: see test_generate
     seen = {}
 
-    def drawn(run, n, **kw):
-        seen.update(kw)
+    def drawn(run, n, sampling, **kw):
+        seen.update(vars(sampling))
         return SimpleNamespace(images=torch.zeros(n, 1, 8, 8, dtype=torch.uint8), labels=None)
     monkeypatch.setattr(evaluate, "generate", drawn)
     monkeypatch.setattr(evaluate, "run_quality", lambda images, out, name, labels=None: {})

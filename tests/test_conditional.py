@@ -286,7 +286,8 @@ def test_generate_labels_are_per_sample_and_batch_size_independent():
     assert not torch.equal(other.images, a.images)
     w0 = generate(run, 7, batch_size=7, **{**kw, "guidance": 0.0})
     assert not torch.equal(w0.images, a.images)
-    assert generate(run, 2, progress=False, sampler="ddim", steps=3).labels is None   # unconditional model of it
+    assert generate(run, 2, progress=False, sampler="ddim", steps=3, labels="none").labels is None  # its no-class model
+    assert generate(run, 2, progress=False, sampler="ddim", steps=3).labels.tolist() == [0, 1]  # default: in turn
 
 
 def test_generate_checks_labels():
@@ -298,7 +299,7 @@ def test_generate_checks_labels():
     with pytest.raises(ValueError, match="2 integers"):
         generate(run, 2, labels=[0, 1, 2], progress=False)
     with pytest.raises(ValueError, match="needs class labels"):
-        generate(run, 2, guidance=1.0, progress=False)
+        generate(run, 2, labels="none", guidance=1.0, progress=False)  # the "no class" model has none to guide to
     with pytest.raises(ValueError, match="guidance w"):
         generate(run, 2, labels=1, guidance=-1.0, progress=False)
     assert class_labels(3, per_class=2) == [0, 0, 1, 1, 2, 2] and class_labels(3, 4, classes=2) == [2] * 4

@@ -33,7 +33,7 @@ def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
     rec = json.loads((out / "samples.json").read_text())
     assert rec["checkpoint"].endswith("step_0000003") and rec["weights"] == "model" and rec["n"] == 3
     assert {k: rec[k] for k in ("sampler", "steps", "eta", "seed", "spacing", "variance")} == {
-        "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform", "variance": "fixed-large"}
+        "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform", "variance": None}  # DDIM's noise: eta
     assert rec["device"] == "cpu" and rec["precision"] == "fp32"  # "auto", as resolved on this device
     settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n", "device")}
     again = generate(load_run(rec["checkpoint"], which=rec["weights"]), rec["n"], progress=False, **settings).images

@@ -34,15 +34,19 @@ def test_a_class_conditional_run_generates_the_class_chosen_by_name(tmp_path):
     assert main(["train", *TINY, "--class-cond", "--run-dir", str(run_dir), "--steps", "2"]) == 0
     page = Page(run_dir, device="cpu", workdir=tmp_path / "dl", min_interval=0.0)
     assert num_classes(page.run) == 10 and class_choices(page.run) == ["any", *map(str, range(10))]
-    kw = page._class_kwargs("7", 1.5, 3)
-    assert kw["labels"].tolist() == [7, 7, 7] and kw["guidance"] == 1.5
-    assert page._class_kwargs("any", None, 12)["labels"].tolist() == [*range(10), 0, 1]
+    assert page._labels("7", 3) == [7, 7, 7] and page._labels(7, 3) == [7, 7, 7] and page._labels("any", 12) is None
     npz = list(page.generate("ddim", 4, 0.0, 5, 3, every=100, label="7", guidance=1.5))[-1].files[1]
     want = generate(page.run, 3, seed=5, batch_size=3, sampler="ddim", steps=4, labels=7, guidance=1.5).images
     assert np.array_equal(np.load(npz)["images"], want.permute(0, 2, 3, 1).numpy())
-    for label, guidance in (("11", 1.0), ("7", -1.0)):
-        with pytest.raises(PageError):
-            page._class_kwargs(label, guidance, 3)
+    with pytest.raises(PageError, match="class must be one of"):
+        page._labels("11", 3)
+    with pytest.raises(PageError, match="^guidance w must be"):
+        list(page.generate("ddim", 4, 0.0, 5, 3, label="7", guidance=-1.0))
+    # untouched controls draw what ddpm sample draws: every class in turn, w = 0, the default sampler
+    npz = list(page.generate(n=12, every=100))[-1].files[1]
+    want = generate(page.run, 12, seed=0, batch_size=12)
+    assert want.labels.tolist() == [*range(10), 0, 1] and want.sampling.guidance == 0.0
+    assert np.array_equal(np.load(npz)["images"], want.images.permute(0, 2, 3, 1).numpy())
 
 
 def test_generate_streams_x_t_and_x0_then_files(page):
@@ -55,7 +59,7 @@ def test_generate_streams_x_t_and_x0_then_files(page):
     # deterministic for a fixed seed, and the same images as the library's generate
     again = list(page.generate("ddim", 10, 0.0, 3, 4, every=100))[-1].files[1]
     assert np.array_equal(np.load(npz)["images"], np.load(again)["images"])
-    assert num_classes(page.run) == 0 and page._class_kwargs("any", 3.0, 4) == {}
+    assert num_classes(page.run) == 0 and page._labels("7", 4) is None
 
 
 def test_forward_shows_abar_and_snr_and_denoise_starts_there(page):
@@ -87,7 +91,7 @@ def test_inpaint_keeps_the_unpainted_pixels(page):
     (lambda p: list(p.inpaint(_digit(), DRAWN, np.zeros((8, 8), np.uint8))), "The mask is empty"),
     (lambda p: list(p.inpaint(_digit(), DRAWN, None)), "The mask is empty"),
     (lambda p: list(p.inpaint(_digit(), "top", None, steps=5, jump_length=5, resample=2)), "leaves no room"),
-    (lambda p: list(p.generate("ddpm", 10, 0.5)), "eta applies to the ddim sampler only"),
+    (lambda p: list(p.generate("ddpm", 10, 0.5)), "eta applies to sampler=ddim only"),
     (lambda p: p.held_out(10_000), "held-out images 10000-10000"),
 ])
 def test_mistakes_are_one_line_page_errors(page, call, message):

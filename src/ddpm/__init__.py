@@ -3,8 +3,9 @@
     ddpm.train(config)            train, or resume with resume=True
     ddpm.sample(run_dir, n, ...)  sample a run and write grid.png, samples.npz, images/
     ddpm.load_run(run_dir)        the EMA network, schedule and config of a run
-    ddpm.generate(run, n, ...)    Samples: .images, a uint8 tensor (and .chain); labels=, guidance= for a
-                                  class-conditional run (run.class_names is not None)
+    ddpm.generate(run, n, ...)    Samples: .images, a uint8 tensor (and .chain); drawn as ddpm sample draws, or as
+                                  a SamplingConfig says; labels= for a class-conditional run
+    ddpm.SamplingConfig           how to draw: sampler, steps, spacing, variance, eta, guidance
     ddpm.edit(run, images, t)     SDEdit: noise to time t and denoise back (Samples)
     ddpm.inpaint(run, images, m)  RePaint: paint where the mask m is True, keep the rest (Samples)
     ddpm.TrainConfig              the run configuration
@@ -17,8 +18,9 @@ _apply_thread_default()  # before anything imports torch: its OpenMP pool reads 
 
 from ._version import __version__  # noqa: E402
 from .runs.config import TrainConfig  # noqa: E402
+from .sampling.config import SamplingConfig  # noqa: E402
 from .sampling.edit import edit, inpaint  # noqa: E402
 from .sampling.generate import generate, load_run, sample  # noqa: E402
 from .training.trainer import train  # noqa: E402  (binds the function over the submodule of the same name)
 
-__all__ = ["__version__", "TrainConfig", "train", "sample", "generate", "load_run", "edit", "inpaint"]
+__all__ = ["__version__", "TrainConfig", "SamplingConfig", "train", "sample", "generate", "load_run", "edit", "inpaint"]

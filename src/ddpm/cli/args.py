@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.diffusion import VARIANCE_TYPES
 from ..core.respace import SPACINGS
-from ..core.samplers import DEFAULT_FAST_STEPS, SAMPLERS
+from ..core.samplers import REGISTRY
 from ..runs.checkpoint import WEIGHT_SETS
-from ..sampling.defaults import DEFAULT_ANALYTIC_SPACING, DEFAULT_ANALYTIC_STEPS, DEFAULT_SAMPLER
-from ..sampling.variance import ANALYTIC
+from ..sampling.config import VARIANCES, SamplingConfig
+from ..sampling.defaults import DEFAULT_ANALYTIC_SPACING, DEFAULT_ANALYTIC_STEPS, DEFAULT_GUIDANCE
+from .errors import sampling_errors
 
 __all__ = ["at_least", "int_list", "float_list", "weights_choice", "t_range", "positive_float", "non_negative_float",
-           "add_weights", "add_sampler_and_steps", "add_spacing", "add_sampling_variance", "add_device_and_progress"]
+           "add_weights", "add_sampler_and_steps", "add_spacing", "add_sampling_variance", "add_device_and_progress",
+           "add_eta", "add_guidance", "add_steps", "sampling_from_args"]
 
 
 def at_least(minimum: int):
@@ -103,30 +104,75 @@ def add_weights(p, help: str = "which weights") -> None:
                         f"(default: %(default)s)")
 
 
+_DEFAULT = SamplingConfig()
+
+
+def _takes(kind: str) -> str:
+    return ", ".join(k for k, spec in REGISTRY.items() if getattr(spec, kind))
+
+
 def add_sampler_and_steps(p) -> None:
-    """The --sampler and --steps flags of the commands that draw samples, with their defaults
-    (:mod:`ddpm.sampling.defaults`)."""
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
-                   help="ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
-    p.add_argument("--steps", type=at_least(1), default=None,
-                   help=f"sampling steps (default: ddpm {DEFAULT_ANALYTIC_STEPS} with the analytic variance, all T "
-                        f"with another; {DEFAULT_FAST_STEPS} for the others)")
+    """The --sampler and --steps flags of the commands that draw samples, with their defaults and choices from
+    :class:`ddpm.SamplingConfig` and the sampler registry (:data:`ddpm.core.samplers.REGISTRY`)."""
+    p.add_argument("--sampler", default=_DEFAULT.sampler, choices=tuple(REGISTRY),
+                   help=", ".join(f"{k} = {v.about}" for k, v in REGISTRY.items()) + " (default: %(default)s)")
+    add_steps(p)
+
+
+def add_steps(p) -> None:
+    """The --steps flag: network calls of the sampler."""
+    own = "; ".join(f"{k} {'all T' if v.steps is None else v.steps}" for k, v in REGISTRY.items())
+    p.add_argument("--steps", type=at_least(1), default=_DEFAULT.steps,
+                   help=f"sampling steps (default: {DEFAULT_ANALYTIC_STEPS} with the analytic variance; else the "
+                        f"sampler's own: {own})")
+
+
+def add_eta(p) -> None:
+    """The --eta flag: DDIM's noise, for the samplers that take it."""
+    p.add_argument("--eta", type=float, default=_DEFAULT.eta,
+                   help=f"eta in [0, 1] for {_takes('takes_eta')} (default: {_DEFAULT.eta:g}, deterministic)")
 
 
 def add_spacing(p) -> None:
     """The --spacing flag of the commands that draw samples: which of the T steps a shortened sampler visits."""
-    p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help=f"which timesteps a shortened sampler visits (default: {DEFAULT_ANALYTIC_SPACING} for ddpm "
-                        "with the analytic variance where the schedule leaves under 5%% of the image at 0.8 T, as the "
-                        "paper's does; logsnr for dpm++2m; else uniform)")
+    own = "; ".join(f"{k} {v.spacing}" for k, v in REGISTRY.items())
+    p.add_argument("--spacing", choices=SPACINGS, default=_DEFAULT.spacing,
+                   help=f"which timesteps a shortened sampler visits (default: {DEFAULT_ANALYTIC_SPACING} with the "
+                        "analytic variance where the schedule leaves under 5%% of the image at 0.8 T, as the "
+                        f"paper's does; else the sampler's own: {own})")
 
 
 def add_sampling_variance(p) -> None:
     """The --variance flag of the commands that draw samples: Algorithm 2's sigma_t^2."""
-    p.add_argument("--variance", default=None, choices=(*VARIANCE_TYPES, ANALYTIC),
-                   help="sigma_t^2 for ddpm: analytic, Analytic-DPM's optimal sigma_t^2 (Bao et al. 2022), estimated "
-                        "from the run's training data before the first step (the default where that data is at "
-                        "hand; elsewhere the run's own), or the paper's fixed-large, fixed-small, or learned-range")
+    p.add_argument("--variance", default=_DEFAULT.variance, choices=VARIANCES,
+                   help=f"sigma_t^2 for {_takes('takes_variance')}: analytic, Analytic-DPM's optimal sigma_t^2 (Bao "
+                        "et al. 2022; the default where its estimate is at hand, elsewhere the run's own), or the "
+                        "paper's fixed-large, fixed-small, or learned-range")
+
+
+def add_guidance(p, default_help: str | None = None) -> None:
+    """The --guidance and --guidance-interval flags of the commands that draw from class-conditional runs."""
+    p.add_argument("--guidance", type=non_negative_float, default=_DEFAULT.guidance, metavar="W",
+                   help="classifier-free guidance weight w: eps~ = (1 + w) eps(x, t, y) - w eps(x, t); 0 is purely "
+                        "conditional, larger is more typical of the class and less varied (the 'guidance scale' of "
+                        "other libraries is 1 + w) " + (default_help or f"(default: {DEFAULT_GUIDANCE:g} with a class "
+                        "flag; without one, a conditional run draws every class in turn, with w = 0 unless this flag "
+                        "is given)"))
+    p.add_argument("--guidance-interval", type=t_range, default=_DEFAULT.guidance_interval, metavar="LO-HI",
+                   help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
+                        "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
+
+
+def sampling_from_args(args) -> SamplingConfig:
+    """The :class:`ddpm.SamplingConfig` the sampling flags on a command line ask for (a flag a command does not
+    have keeps the default); its ValueError becomes the one-line error naming the flag."""
+    fields = {"sampler": "sampler", "steps": "steps", "spacing": "spacing", "variance": "variance", "eta": "eta",
+              "guidance": "guidance", "guidance_interval": "guidance_interval"}
+    values = {field: getattr(args, dest) for field, dest in fields.items() if hasattr(args, dest)}
+    if hasattr(args, "no_clip"):
+        values["clip_denoised"] = not args.no_clip
+    with sampling_errors():
+        return SamplingConfig(**values)
 
 
 def add_device_and_progress(p: argparse.ArgumentParser, device_default: str | None = "auto") -> None:

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.editing import alpha_bar
-from ..core.samplers import SAMPLERS
+from ..core.samplers import REGISTRY
 from ..data.datasets import to_uint8
 from ..runs.images import save_grid, save_individual, save_npz
 from ..runtime.atomic import write_json_atomic
@@ -29,7 +29,7 @@ from ..sampling.edit import (
     read_picture,
 )
 from ..sampling.generate import LoadedRun, load_run
-from .args import add_device_and_progress, add_weights, at_least
+from .args import add_device_and_progress, add_eta, add_weights, at_least, sampling_from_args
 from .errors import UserError, check_out_dir, refuse_file_as_folder
 
 __all__ = ["register", "EDIT_EXAMPLES", "INPAINT_EXAMPLES"]
@@ -74,10 +74,11 @@ def register(sub) -> None:
                        epilog=EDIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, "edit")
     p.add_argument("--t", type=at_least(0), required=True, help="the time to noise to, 0..T (0 changes nothing)")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS,
-                   help="reverse process from t: ddpm = ancestral (Algorithm 2), ddim, dpm++2m (default: %(default)s)")
+    p.add_argument("--sampler", default="ddpm", choices=tuple(REGISTRY),
+                   help="reverse process from t: " + ", ".join(f"{k} = {v.about}" for k, v in REGISTRY.items())
+                        + " (default: %(default)s)")
     p.add_argument("--steps", type=at_least(1), default=None, help="network calls from t (default: t, one per step)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0)")
+    add_eta(p)
     p.set_defaults(func=_run_edit)
 
     p = sub.add_parser("inpaint", help="RePaint: fill a masked part of a picture from the model (Lugmayr et al. 2022)",
@@ -157,10 +158,7 @@ def _write(out: Path, images: torch.Tensor, rows: list[torch.Tensor], record: di
 
 
 def _run_edit(args) -> int:
-    if not 0.0 <= args.eta <= 1.0:
-        raise UserError(f"--eta must lie in [0, 1], got {args.eta}")
-    if args.eta != 0.0 and args.sampler != "ddim":
-        raise UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
+    sampling = sampling_from_args(args)  # eta's range, and a sampler that takes it, are the config's checks
     run, images, out = _load(args)
     T = run.schedule.num_timesteps
     if args.t > T:
@@ -170,8 +168,7 @@ def _run_edit(args) -> int:
     steps = min(args.steps or args.t, args.t)
     bar = _Bar(steps * -(-len(images) // args.batch_size), not args.no_progress and args.t > 0, "edit")
     try:
-        result = edit(run, images, args.t, seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                      batch_size=args.batch_size, on_step=bar).images
+        result = edit(run, images, args.t, sampling, seed=args.seed, batch_size=args.batch_size, on_step=bar).images
     finally:
         bar.close()
     x_t = to_uint8(noised(run, images, args.t, seed=args.seed).x.clamp(-1, 1))

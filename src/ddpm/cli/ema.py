@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from ..core.ema import gamma_from_sigma_rel
 from ..data.embedded import DIGIT_CLASSES
 from ..evaluation.ema_sweep import DEFAULT_SWEEP, ema_sweep
-from ..sampling.defaults import DEFAULT_SAMPLER, resolve_classes, resolve_sampling
+from ..sampling.config import SamplingConfig
 from ..sampling.generate import generate, load_run
 from ..training.ema import SNAPSHOT_DIR, default_ema_dir, snapshots, write_ema_checkpoint
-from .args import add_device_and_progress, add_sampler_and_steps, add_sampling_variance, add_spacing, at_least
-from .errors import (
-    UserError,
-    check_out_dir,
-    check_sampling_variance,
-    check_spacing,
-    check_steps,
-    refuse_file_as_folder,
+from .args import (
+    add_device_and_progress,
+    add_sampler_and_steps,
+    add_sampling_variance,
+    add_spacing,
+    at_least,
+    sampling_from_args,
 )
+from .errors import UserError, check_out_dir, refuse_file_as_folder, sampling_errors
 
 __all__ = ["register", "EMA_EXAMPLES", "SWEEP_ONLY", "sigma_rel_value", "sigma_rel_list"]
 
@@ -34,8 +35,8 @@ EMA_EXAMPLES = """examples:
 
 
 #: the flags of --sweep alone, with their defaults (given with --sigma-rel, they are refused)
-SWEEP_ONLY = {"sigma_rels": DEFAULT_SWEEP, "num": 1000, "seed": 1, "batch_size": 250, "sampler": DEFAULT_SAMPLER,
-              "steps": None, "spacing": None, "variance": None}
+SWEEP_ONLY = {"sigma_rels": DEFAULT_SWEEP, "num": 1000, "seed": 1, "batch_size": 250,
+              "sampler": SamplingConfig.sampler, "steps": None, "spacing": None, "variance": None}
 
 
 def sigma_rel_value(value: str) -> float:
@@ -101,22 +102,18 @@ def _run_ema(args) -> int:
               f"{found[-1]['step']}, from {len(found)} snapshots, written to {out}; sample it with: ddpm sample {out}")
         return 0
     run = load_run(run_dir, device=args.device)
-    sampler, steps, variance, spacing = resolve_sampling(run, args.sampler, args.steps, args.variance, args.spacing)
-    check_steps(steps, run, given=args.steps is not None)
-    check_spacing(args.spacing, sampler, steps, run)
-    check_sampling_variance(args.variance, sampler, run)
-    labels, w = resolve_classes(run, args.num, None, None)
+    with sampling_errors():
+        config = sampling_from_args(args).for_run(run)  # what ddpm eval quality draws: every class in turn
     if run.config.data.source != "digits":  # as ddpm eval quality says it
         print(f"note: {run_dir} was trained on {run.config.data.source}; the classifier FD compares grey 32x32 "
               "images with the embedded MNIST test digits, so it measures closeness to those digits", file=sys.stderr)
     out = check_out_dir(args.out or run_dir / "ema")
 
     def draw(r):
-        drawn = generate(r, args.num, seed=args.seed, batch_size=args.batch_size, sampler=sampler, steps=steps,
-                         progress=not args.no_progress, labels=labels, guidance=w, variance=variance, spacing=spacing)
+        drawn = generate(r, args.num, config, seed=args.seed, batch_size=args.batch_size,
+                         progress=not args.no_progress)
         return drawn.images, (drawn.labels if run.config.class_names == DIGIT_CLASSES else None)
-    sampling = {"sampler": sampler, "steps": steps, "variance": variance, "spacing": spacing, "n": args.num,
-                "seed": args.seed, "guidance": w}
+    sampling = {**asdict(config), "n": args.num, "seed": args.seed}
     record = ema_sweep(run, run_dir, args.sigma_rels, draw, out, sampling=sampling)
     best = min(record["posthoc"], key=lambda r: r["fd"])
     print(f"best post-hoc length sigma_rel {best['sigma_rel']:g}: FD {best['fd']:.3f}; fixed EMA "

@@ -2,16 +2,14 @@
 line, and the checks that refuse bad output folders and step counts before any work."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 from pathlib import Path
 
-from ..sampling.variance import ANALYTIC
-
-__all__ = ["UserError", "checked", "check_steps", "guidance_flags", "check_guidance_interval",
-           "refuse_file_as_folder", "check_out_dir", "one_line_warning",
-           "check_guidance_has_classes", "check_sampling_variance", "check_spacing"]
+__all__ = ["UserError", "checked", "check_steps", "guidance_flags", "check_guidance_has_classes", "SAMPLING_FLAGS",
+           "sampling_errors", "refuse_file_as_folder", "check_out_dir", "one_line_warning"]
 
 
 class UserError(Exception):
@@ -45,36 +43,24 @@ def check_guidance_has_classes(given: list[str], run, where) -> None:
                         f"{given[0].split()[0]}")
 
 
-def check_spacing(spacing: str | None, sampler: str, steps: int | None, run) -> None:
-    """Refuse ``--spacing`` where Algorithm 2 runs all T steps: there is nothing to space."""
-    if spacing is not None and sampler == "ddpm" and steps in (None, run.schedule.num_timesteps):
-        raise UserError(f"--spacing {spacing} picks the steps a shortened sampler keeps; ddpm here runs all T of "
-                        "them; add --steps or drop --spacing")
+#: the flag of each :class:`ddpm.SamplingConfig` field, whose ValueError begins with the field's name
+SAMPLING_FLAGS = {"sampler": "--sampler", "steps": "--steps", "spacing": "--spacing", "variance": "--variance",
+                  "eta": "--eta", "guidance": "--guidance", "guidance_interval": "--guidance-interval",
+                  "clip_denoised": "--no-clip"}
 
 
-def check_sampling_variance(variance: str | None, sampler: str, run=None) -> None:
-    """Refuse a ``--variance`` that does not fit the sampler, or (given the loaded ``run``) its network."""
-    if variance in ("fixed-large", "fixed-small", ANALYTIC) and sampler != "ddpm":
-        how = "takes its noise from --eta" if sampler == "ddim" else "adds no noise"
-        raise UserError(f"--variance {variance} sets Algorithm 2's sigma_t, for --sampler ddpm only; {sampler} {how}")
-    if run is None or variance in (None, ANALYTIC):
-        return
-    mc = run.config.model
-    if (variance == "learned-range") != (mc.output_channels == 2 * mc.in_channels):
-        raise UserError(f"{run.checkpoint}: a network trained with --variance {run.config.variance} cannot be sampled "
-                        f"with --variance {variance} (learned-range needs the variance outputs); drop --variance")
-
-
-def check_guidance_interval(interval, guidance, run) -> None:
-    """Refuse ``--guidance-interval LO-HI`` without a guidance weight w > 0, or outside 1..T of ``run``."""
-    if interval is None:
-        return
-    lo, hi = interval
-    if not guidance:
-        raise UserError(f"--guidance-interval {lo}-{hi} says where to guide; add --guidance W with W > 0")
-    T = run.schedule.num_timesteps
-    if not 1 <= lo <= hi <= T:
-        raise UserError(f"--guidance-interval {lo}-{hi} must lie within the run's t = 1..{T}, its start first")
+@contextlib.contextmanager
+def sampling_errors(where=None):
+    """Turn a :class:`ddpm.SamplingConfig` ValueError (made, or filled for a run) into the command line's one-line
+    error: its first word, the field at fault, and every ``field=value`` written as the flag (``--field value``)."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        for name in sorted(SAMPLING_FLAGS, key=len, reverse=True):  # guidance_interval before guidance
+            message = re.sub(rf"(?<![\w-]){name}=", SAMPLING_FLAGS[name] + " ", message)
+            message = re.sub(rf"^{name}(?=[ :])", SAMPLING_FLAGS[name], message)
+        raise UserError(f"{where}: {message}" if where else message) from None
 
 
 def checked(build, where, flags=()):

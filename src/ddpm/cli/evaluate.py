@@ -1,4 +1,5 @@
-"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluation/reports.py and evaluation/study.py."""
+"""``ddpm eval nll | quality | fid`` and ``ddpm study noise``: flags -> calls into evaluation/reports.py and
+evaluation/study.py."""
 from __future__ import annotations
 
 import argparse
@@ -19,31 +20,25 @@ from ..evaluation.reports import (
     run_quality,
 )
 from ..evaluation.study import measures_quality, noise_study
-from ..sampling.defaults import resolve_classes, resolve_sampling
-from ..sampling.generate import (
-    generate,
-    load_run,
-)
+from ..sampling.generate import generate, load_run
 from .args import (
     add_device_and_progress,
+    add_guidance,
     add_sampler_and_steps,
     add_sampling_variance,
     add_spacing,
+    add_steps,
     add_weights,
     at_least,
-    non_negative_float,
-    t_range,
+    sampling_from_args,
 )
 from .errors import (
     UserError,
     check_guidance_has_classes,
-    check_guidance_interval,
     check_out_dir,
-    check_sampling_variance,
-    check_spacing,
-    check_steps,
     guidance_flags,
     refuse_file_as_folder,
+    sampling_errors,
 )
 
 __all__ = ["register", "EVAL_EXAMPLES", "STUDY_EXAMPLES"]
@@ -132,12 +127,16 @@ def register(sub) -> None:
     stsub = _group(sub, "study", "studies: why Algorithm 2 adds noise", STUDY_EXAMPLES)
     noise = stsub.add_parser("noise", help="sample with sigma^2 = beta_t, beta~_t and 0 from the same x_T",
                              description="Why Algorithm 2 adds sigma_t z: the same network and the same x_T sampled "
-                                         "with sigma^2 = beta_t, beta~_t and without the noise term.",
+                                         "as ddpm sample draws (every class in turn on a class-conditional run), "
+                                         "with its own sigma_t, sigma^2 = beta_t, beta~_t and without the noise "
+                                         "term.",
                              epilog=STUDY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     noise.add_argument("run", help="run folder")
     noise.add_argument("-n", "--num", type=at_least(1), default=64, help="samples per variant (default: %(default)s)")
     noise.add_argument("--seed", type=int, default=0, help="base seed of x_T and of every z (default: 0)")
     noise.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: 64)")
+    add_steps(noise)
+    add_spacing(noise)
     noise.add_argument("--no-quality", action="store_true", help="skip the classifier FD")
     noise.add_argument("--out", default=None, help="output folder (default: RUN/study)")
     add_device_and_progress(noise)
@@ -153,12 +152,8 @@ def _add_sampling_flags(p, default_n):
     p.add_argument("--seed", type=int, default=1, help="base seed of the drawn samples (default: %(default)s)")
     p.add_argument("--batch-size", type=at_least(1), default=250,
                    help="samples per batch when drawing from a run (default: %(default)s)")
-    p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
-                   help="class-conditional runs: guidance weight w of the samples drawn, every class in turn "
-                        "(default: 0, purely conditional, one network pass a step)")
-    p.add_argument("--guidance-interval", type=t_range, default=None, metavar="LO-HI",
-                   help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
-                        "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
+    add_guidance(p, "of the samples drawn, every class in turn (default: 0, purely conditional, one network pass "
+                    "a step)")
     add_device_and_progress(p)
 
 
@@ -184,22 +179,17 @@ def _images_from(args, native: bool = False, ready=lambda: None):
     src = Path(args.source)
     given = guidance_flags(args)
     if _is_run(src):
+        sampling = sampling_from_args(args)
         run = load_run(src, device=args.device)
-        sampler, steps, variance, spacing = resolve_sampling(run, args.sampler, args.steps, args.variance,
-                                                             args.spacing)
-        check_steps(steps, run, given=args.steps is not None)
-        check_spacing(args.spacing, sampler, steps, run)
-        check_sampling_variance(args.variance, sampler, run)
-        names = run.config.class_names
         check_guidance_has_classes(given, run, src)
-        labels, w = resolve_classes(run, args.num, None, args.guidance)
-        check_guidance_interval(args.guidance_interval, w, run)
+        with sampling_errors():
+            sampling = sampling.for_run(run)  # a conditional run: every class in turn
+        names = run.config.class_names
         if not native and run.config.data.source != "digits":
             _note_not_digits(f"{src} was trained on {run.config.data.source}")
         ready()
-        drawn = generate(run, args.num, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
-                         steps=steps, progress=not args.no_progress, labels=labels, guidance=w,
-                         guidance_interval=args.guidance_interval, variance=variance, spacing=spacing)
+        drawn = generate(run, args.num, sampling, seed=args.seed, batch_size=args.batch_size,
+                         progress=not args.no_progress)
         return drawn.images, (drawn.labels if names == DIGIT_CLASSES else None)
     given += [f"--{flag} {value}" for flag, value in (("variance", args.variance), ("spacing", args.spacing))
               if value is not None]
@@ -257,7 +247,7 @@ def _run_nll(args) -> int:
     out = check_out_dir(args.out or default_out)
 
     def f(x, t, y=None):  # full precision: the bound's smallest terms need it
-        return (run.model(x, t) if y is None else run.model(x, t, y)).float()
+        return run.model(x, t, y).float()
     result = run_nll(f, run.schedule, x0, out, variance=run.config.variance, quick_k=args.quick,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, device=run.device,
                      labels=labels)
@@ -310,7 +300,10 @@ def _run_fid(args) -> int:
 
 def _run_noise_study(args) -> int:
     refuse_file_as_folder(args.out, "--out")
+    sampling = sampling_from_args(args)
     run = load_run(args.run, device=args.device)
+    with sampling_errors():
+        sampling = sampling.for_run(run)  # what ddpm sample draws; the study varies its sigma_t
     if args.num < 2 and not args.no_quality and measures_quality(run.config):
         raise UserError(f"-n {args.num}: the classifier FD needs at least 2 samples; pass -n 2 or more, "
                           "or --no-quality")
@@ -322,10 +315,10 @@ def _run_noise_study(args) -> int:
               "variance only, not the classifier FD", file=sys.stderr)
     out = check_out_dir(args.out or Path(args.run) / "study")
     results = noise_study(run, out, n=args.num, seed=args.seed, batch_size=args.batch_size,
-                          quality=not args.no_quality, progress=not args.no_progress)
-    print(f"{'variant':<24} {'pixel var':>10} {'classifier FD':>14}")
+                          quality=not args.no_quality, progress=not args.no_progress, sampling=sampling)
+    print(f"{'variant':<34} {'pixel var':>10} {'classifier FD':>14}")
     for name, r in results.items():
         fd = f"{r['classifier_fd']:.2f}" if "classifier_fd" in r else "-"
-        print(f"{name:<24} {r['pixel_variance_mean']:>10.4f} {fd:>14}")
+        print(f"{name:<34} {r['pixel_variance_mean']:>10.4f} {fd:>14}")
     print(f"written: {out / 'noise_study.png'}, {out / 'noise_study.json'}")
     return 0

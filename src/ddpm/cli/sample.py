@@ -5,34 +5,27 @@ import argparse
 
 from ..runtime.distributed import resolve_device
 from ..runtime.precision import SAMPLING_PRECISIONS
-from ..sampling.defaults import resolve_classes, resolve_sampling
-from ..sampling.generate import (
-    DEFAULT_GUIDANCE,
-    class_labels,
-    default_samples_dir,
-    load_run,
-    sample,
-)
+from ..sampling.config import parse_class
+from ..sampling.defaults import class_labels
+from ..sampling.generate import default_samples_dir, load_run, sample
 from .args import (
     add_device_and_progress,
+    add_eta,
+    add_guidance,
     add_sampler_and_steps,
     add_sampling_variance,
     add_spacing,
     add_weights,
     at_least,
-    non_negative_float,
-    t_range,
+    sampling_from_args,
 )
 from .errors import (
     UserError,
     check_guidance_has_classes,
-    check_guidance_interval,
     check_out_dir,
-    check_sampling_variance,
-    check_spacing,
-    check_steps,
     guidance_flags,
     refuse_file_as_folder,
+    sampling_errors,
 )
 
 __all__ = ["register", "SAMPLE_EXAMPLES"]
@@ -62,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed; sample k has its own seed (default: 0)")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="samples per batch (default: %(default)s)")
     add_sampler_and_steps(p)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default: 0, deterministic)")
+    add_eta(p)
     add_spacing(p)
     add_sampling_variance(p)
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
@@ -76,14 +69,7 @@ def register(sub) -> None:
     which.add_argument("--per-class", type=at_least(1), metavar="K", default=None,
                        help="class-conditional runs: K samples of every class, the grid one row per class "
                             "(replaces -n: K x classes samples)")
-    p.add_argument("--guidance", type=non_negative_float, default=None, metavar="W",
-                   help="classifier-free guidance weight w: eps~ = (1 + w) eps(x, t, y) - w eps(x, t); 0 is purely "
-                        "conditional, larger is more typical of the class and less varied (the 'guidance scale' of "
-                        f"other libraries is 1 + w) (default: {DEFAULT_GUIDANCE:g} with a class flag; without one, a "
-                        "conditional run draws every class in turn, with w = 0 unless this flag is given)")
-    p.add_argument("--guidance-interval", type=t_range, default=None, metavar="LO-HI",
-                   help="guide only the steps with the paper's t in LO..HI, the conditional pass alone elsewhere "
-                        "(Kynkaanniemi et al. 2024; the steps outside cost half as much); default: every step")
+    add_guidance(p)
     p.add_argument("--chain", type=at_least(0), default=0, metavar="K",
                    help="also save the denoising chain of the first K samples (strip PNG + GIF)")
     p.add_argument("--no-individual", action="store_true", help="skip the one-PNG-per-sample folder")
@@ -97,14 +83,11 @@ def register(sub) -> None:
 
 
 def _class_index(names, token: str, flag: str) -> int:
-    """A class given on the command line, by name (tried first) or by index."""
-    token = token.strip()
-    if token in names:
-        return names.index(token)
-    if token.lstrip("-").isdigit() and 0 <= int(token) < len(names):
-        return int(token)
-    raise UserError(f"{flag} {token}: not a class of this run; its classes are {', '.join(names)} "
-                    f"(names, or indices 0-{len(names) - 1})")
+    """A class given on the command line (:func:`ddpm.sampling.config.parse_class`), its error naming ``flag``."""
+    try:
+        return parse_class(names, token)
+    except ValueError as e:
+        raise UserError(f"{flag} {str(e).removeprefix('class ')}") from None
 
 
 def _labels(args, run):
@@ -140,41 +123,32 @@ def _class_flags(args) -> list[str]:
 def _run_sample(args) -> int:
     if args.per_class is not None and args.num is not None:
         raise UserError(f"--per-class {args.per_class} draws {args.per_class} samples of every class; drop -n")
-    if not 0.0 <= args.eta <= 1.0:
-        raise UserError(f"--eta must lie in [0, 1], got {args.eta}")
+    sampling = sampling_from_args(args)  # refuses what does not fit together (eta, variance, interval) in one line
     if args.cuda_graph:
         if (device := resolve_device(args.device)).type != "cuda":
             raise UserError(f"--cuda-graph needs a CUDA device, but this would sample on {device}; drop the flag")
-    if args.eta != 0.0 and args.sampler != "ddim":
-        raise UserError(f"--eta applies to --sampler ddim only, not {args.sampler}; drop --eta or add --sampler ddim")
-    check_sampling_variance(args.variance, args.sampler)
     if args.num is not None and args.chain > args.num:
         raise UserError(f"--chain {args.chain}: only -n {args.num} samples are drawn; pass --chain {args.num} or less")
     refuse_file_as_folder(args.out, "--out")  # before loading the run; check_out_dir below tries a write
     run = load_run(args.run, which=args.weights, device=args.device)
     check_guidance_has_classes(guidance_flags(args), run, args.run)
-    sampler, steps, variance, spacing = resolve_sampling(run, args.sampler, args.steps, args.variance, args.spacing)
-    check_spacing(args.spacing, sampler, steps, run)
-    asked = _labels(args, run)
-    n = len(asked) if asked is not None else args.num if args.num is not None else 64
-    labels, w = resolve_classes(run, n, asked, args.guidance)  # a conditional run asked for no class: all in turn
+    labels = _labels(args, run)
+    n = len(labels) if labels is not None else args.num if args.num is not None else 64
     if args.chain > n:
         raise UserError(f"--chain {args.chain}: only {n} samples are drawn; pass --chain {n} or less")
-    check_sampling_variance(args.variance, sampler, run)
-    check_steps(steps, run, given=args.steps is not None)
-    out = check_out_dir(args.out or default_samples_dir(run, sampler))
-    check_guidance_interval(args.guidance_interval, w, run)
-    out = sample(run, n, out, individual=not args.no_individual, chain_samples=args.chain,
-                 grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, sampler=sampler,
-                 steps=steps, eta=args.eta, spacing=spacing, variance=variance,
-                 clip_denoised=not args.no_clip, cuda_graph=args.cuda_graph, precision=args.precision,
-                 progress=not args.no_progress, labels=labels, guidance=w,
-                 guidance_interval=args.guidance_interval)
-    drawn = "" if labels is None else f", classes {_shown(run.config.class_names, labels)}, guidance w = {w:g}"
+    with sampling_errors():
+        sampling = sampling.for_run(run, classes_asked=labels is not None)
+    out = check_out_dir(args.out or default_samples_dir(run, sampling.sampler))
+    out = sample(run, n, out, sampling, individual=not args.no_individual, chain_samples=args.chain,
+                 grid_width=args.per_class, seed=args.seed, batch_size=args.batch_size, cuda_graph=args.cuda_graph,
+                 precision=args.precision, progress=not args.no_progress, labels=labels)
+    names = run.config.class_names
+    drawn = ""
+    if names is not None:
+        shown = labels if labels is not None else class_labels(len(names), n)
+        drawn = f", classes {_shown(names, shown)}, guidance w = {sampling.guidance:g}"
     if args.guidance_interval is not None:
         drawn += " for t in {}..{}".format(*args.guidance_interval)
     print(f"samples of {run.checkpoint} ({args.weights} weights{drawn}) written to {out} (grid.png, samples.npz"
           f"{', images/' if not args.no_individual else ''}{', chain.png, chain.gif' if args.chain else ''})")
     return 0
-
-

@@ -8,7 +8,8 @@ its seed alone, never on which batch drew it.
 * :func:`ddim_sample`       DDIM (Song et al. 2021, eq. 12) with sigma_t(eta) of eq. 16; eta = 0 is the ODE.
 * :func:`dpm_solver_2m_sample`  DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
 * :func:`ddim_encode` / :func:`ddim_decode`  the eta = 0 ODE run forwards (image -> x_T) and back.
-* :func:`run_sampler`       one entry point for all of them, by name.
+* :data:`REGISTRY`          name -> :class:`SamplerSpec` (the function and its defaults); :func:`run_sampler`
+  draws with one by name.  Adding a sampler is one function with :func:`draw_ddpm`'s signature and one entry.
 
 Every sampler returns x_0.  To watch the way there (pictures of the denoising chain, a live page), pass
 ``on_step``: it is called with a :class:`Step` before the first step (x = x_T) and after every step, with x and
@@ -32,28 +33,19 @@ from .diffusion import VARIANCE_TYPES, p_mean_variance, split_model_output
 from .respace import SPACINGS, log_snr, respace, timestep_sequence
 from .schedule import Schedule
 
-__all__ = ["PerSampleNoise", "ModelFn", "Step", "OnStep", "Chain", "SAMPLERS", "DEFAULT_SPACING", "DEFAULT_FAST_STEPS",
-           "steps_or_default", "ancestral_sample", "ddim_sample", "ddim_sigma", "dpm_solver_2m_sample", "ddim_encode",
-           "ddim_decode", "run_sampler", "ancestral_timesteps"]
+__all__ = ["PerSampleNoise", "ModelFn", "Step", "OnStep", "Chain", "SamplerSpec", "REGISTRY", "SAMPLERS",
+           "sampler_spec", "check_eta", "ancestral_sample", "ddim_sample", "ddim_sigma", "dpm_solver_2m_sample",
+           "ddim_encode", "ddim_decode", "draw_ddpm", "draw_ddim", "draw_dpm_solver_2m", "run_sampler",
+           "ancestral_timesteps"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
-#: the spacing :func:`run_sampler` uses when none is given.  DPM-Solver++ steps uniformly in lambda: on the linear
-#: schedule uniform-in-time steps leave its last interval with a lambda jump many times the previous one, which
-#: the two-step extrapolation amplifies (see :mod:`ddpm.core.respace`).
-DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpm++2m": "logsnr"}
 
-
-#: network calls of the fast samplers when the command line names none
-DEFAULT_FAST_STEPS = 50
-
-
-def steps_or_default(sampler: str, steps: int | None) -> int | None:
-    """``steps`` if given; otherwise None (all T) for "ddpm" and :data:`DEFAULT_FAST_STEPS` for the others."""
-    if steps is not None or sampler == "ddpm":
-        return steps
-    return DEFAULT_FAST_STEPS
+def check_eta(eta: float) -> float:
+    """DDIM's eta (Song et al. 2021, eq. 16) must lie in [0, 1]: 0 is the ODE, 1 Algorithm 2's posterior variance."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    return float(eta)
 
 
 class PerSampleNoise:
@@ -163,7 +155,7 @@ def ancestral_timesteps(schedule: Schedule, steps: int | None = None, spacing: s
     """The 0-based indices the "ddpm" sampler of :func:`run_sampler` visits with ``steps`` and ``spacing``."""
     if steps is None or steps == schedule.num_timesteps:
         return torch.arange(schedule.num_timesteps)
-    return _plan(schedule, steps, DEFAULT_SPACING["ddpm"] if spacing is None else spacing)
+    return _plan(schedule, steps, REGISTRY["ddpm"].spacing if spacing is None else spacing)
 
 
 def _t(i: int, x: torch.Tensor) -> torch.Tensor:
@@ -254,8 +246,7 @@ def ddim_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoise | None
     (learned-range: the first half of the channels is eps).  ``on_step``: as for :func:`ancestral_sample`.
     Returns x_0.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    check_eta(eta)
     timesteps = _plan(schedule, steps, spacing)
     abar = schedule.alpha_bars[timesteps].tolist()
     x = _start(noise, shape, x_T)
@@ -347,37 +338,91 @@ def dpm_solver_2m_sample(model: ModelFn, schedule: Schedule, noise: PerSampleNoi
     return x
 
 
+def draw_ddpm(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Sequence[int], *, steps: int | None,
+              spacing: str, eta: float, sigma2: torch.Tensor | None, sigma_scale: float, **common) -> torch.Tensor:
+    """Algorithm 2 (:func:`ancestral_sample`), on all T steps or respaced to ``steps``; ``sigma2`` (one variance per
+    step, e.g. Analytic-DPM's) and ``sigma_scale`` set sigma_t.  The signature every registered sampler has;
+    ``common``: variance, clip_denoised, progress, on_step, x_T."""
+    timesteps = ancestral_timesteps(schedule, steps, spacing)
+    timesteps = None if len(timesteps) == schedule.num_timesteps else timesteps
+    return ancestral_sample(model, schedule, noise, shape, timesteps=timesteps, sigma2=sigma2,
+                            sigma_scale=sigma_scale, **common)
+
+
+def draw_ddim(model, schedule, noise, shape, *, steps, spacing, eta, sigma2, sigma_scale, **common) -> torch.Tensor:
+    """DDIM (:func:`ddim_sample`) for the registry."""
+    return ddim_sample(model, schedule, noise, shape, steps=steps, eta=eta, spacing=spacing, **common)
+
+
+def draw_dpm_solver_2m(model, schedule, noise, shape, *, steps, spacing, eta, sigma2, sigma_scale,
+                       **common) -> torch.Tensor:
+    """DPM-Solver++(2M) (:func:`dpm_solver_2m_sample`) for the registry."""
+    return dpm_solver_2m_sample(model, schedule, noise, shape, steps=steps, spacing=spacing, **common)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler of the registry.  draw: the function (:func:`draw_ddpm`'s signature).  steps: network calls when
+    none are asked for (None: all T).  spacing: which timesteps a shortened run visits when none is asked for
+    (:data:`ddpm.core.respace.SPACINGS`).  takes_eta: whether eta (DDIM's noise) applies.  takes_variance:
+    whether sigma_t^2 (a fixed variance type, Analytic-DPM's) applies; the others only read the network's output
+    by the variance type.  about: what it is, for the command line's and the page's help."""
+
+    draw: Callable[..., torch.Tensor]
+    steps: int | None
+    spacing: str
+    takes_eta: bool
+    takes_variance: bool
+    about: str
+
+
+#: every sampler by name: the CLI's and the page's choices and every check come from here.  DPM-Solver++ steps
+#: uniformly in lambda: on the linear schedule uniform-in-time steps leave its last interval with a lambda jump many
+#: times the previous one, which the two-step extrapolation amplifies (see :mod:`ddpm.core.respace`).
+REGISTRY: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(draw_ddpm, None, "uniform", False, True, "ancestral sampling, Algorithm 2"),
+    "ddim": SamplerSpec(draw_ddim, 50, "uniform", True, False, "DDIM, eta = 0 deterministic"),
+    "dpm++2m": SamplerSpec(draw_dpm_solver_2m, 50, "logsnr", False, False, "DPM-Solver++(2M)"),
+}
+SAMPLERS = tuple(REGISTRY)
+
+
+def sampler_spec(sampler: str) -> SamplerSpec:
+    """The registry's entry of ``sampler``; ValueError naming the choices for an unknown name."""
+    if sampler not in REGISTRY:
+        raise ValueError(f"sampler must be one of {', '.join(REGISTRY)}, got {sampler!r}")
+    return REGISTRY[sampler]
+
+
 def run_sampler(model: ModelFn, schedule: Schedule, noise: PerSampleNoise, shape: Sequence[int], *,
                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                 variance: str = "fixed-large", clip_denoised: bool = True, progress: bool = False,
                 on_step: OnStep | None = None, x_T: torch.Tensor | None = None,
-                sigma2: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw one sample per seed of ``noise``, of per-sample ``shape`` (C, H, W), with the named sampler.
+                sigma2: torch.Tensor | None = None, sigma_scale: float = 1.0) -> torch.Tensor:
+    """Draw one sample per seed of ``noise``, of per-sample ``shape`` (C, H, W), with the named sampler of
+    :data:`REGISTRY`.
 
-    sampler: "ddpm" (ancestral, Algorithm 2; respaced when ``steps`` < T), "ddim" (eta in [0, 1]) or
-    "dpm++2m".  steps: network calls; None means all T (for every sampler).  spacing: which timesteps
-    (:data:`ddpm.core.respace.SPACINGS`); None picks :data:`DEFAULT_SPACING` for the sampler.  eta: only for
-    "ddim".  variance: the model's variance type (sets sigma_t for "ddpm"; for the others it only says how
-    to read the network's output).  on_step: called before the first step and after every step with a
-    :class:`Step` (pass a :class:`Chain` for the denoising chain).  sigma2: "ddpm" only, one variance per step of
-    :func:`ancestral_timesteps` replacing the variance type's (Analytic-DPM's).  Returns x_0.
+    steps: network calls; None means all T (for every sampler).  spacing: which timesteps
+    (:data:`ddpm.core.respace.SPACINGS`); None picks the sampler's own.  eta: only for a sampler that takes it.
+    variance: the model's variance type (sets sigma_t for "ddpm"; for the others it only says how to read the
+    network's output).  on_step: called before the first step and after every step with a :class:`Step` (pass a
+    :class:`Chain` for the denoising chain).  sigma2, sigma_scale: for a sampler that takes a variance, one variance
+    per step of :func:`ancestral_timesteps` replacing the variance type's (Analytic-DPM's), and a factor on sigma_t
+    (0: the mean-only path of the noise study).  Returns x_0.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    spec = sampler_spec(sampler)
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"variance must be one of {VARIANCE_TYPES}, got {variance!r}")
-    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing
+    spacing = spec.spacing if spacing is None else spacing
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    if eta != 0.0 and sampler != "ddim":
-        raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with {sampler!r}")
-    if sigma2 is not None and sampler != "ddpm":
-        raise ValueError(f"sigma2 sets Algorithm 2's variances, for the ddpm sampler only, not {sampler!r}")
-    common = dict(variance=variance, clip_denoised=clip_denoised, progress=progress, on_step=on_step, x_T=x_T)
-    if sampler == "ddpm":
-        timesteps = ancestral_timesteps(schedule, steps, spacing)
-        timesteps = None if len(timesteps) == schedule.num_timesteps else timesteps
-        return ancestral_sample(model, schedule, noise, shape, timesteps=timesteps, sigma2=sigma2, **common)
-    if sampler == "ddim":
-        return ddim_sample(model, schedule, noise, shape, steps=steps, eta=eta, spacing=spacing, **common)
-    return dpm_solver_2m_sample(model, schedule, noise, shape, steps=steps, spacing=spacing, **common)
+    if eta != 0.0 and not spec.takes_eta:
+        raise ValueError(f"eta applies to {', '.join(k for k, v in REGISTRY.items() if v.takes_eta)} only, "
+                         f"got eta={eta} with {sampler!r}")
+    if (sigma2 is not None or sigma_scale != 1.0) and not spec.takes_variance:
+        takes = ", ".join(k for k, v in REGISTRY.items() if v.takes_variance)
+        raise ValueError(f"sigma2 and sigma_scale set Algorithm 2's sigma_t, for the {takes} sampler only, "
+                         f"not {sampler!r}")
+    return spec.draw(model, schedule, noise, shape, steps=steps, spacing=spacing, eta=eta, sigma2=sigma2,
+                     sigma_scale=sigma_scale, variance=variance, clip_denoised=clip_denoised, progress=progress,
+                     on_step=on_step, x_T=x_T)

@@ -5,8 +5,10 @@ mean mu_theta(x_t, t) at every step (sigma_t = 0 for t > 1), should give the bes
 mean step is a denoiser's average over all images compatible with x_t, so taking means over and over
 removes the variation the reverse process needs; the samples come out smooth, faint and alike.
 
-:func:`noise_study` samples the same model from the same x_T (and the same z draws) three ways:
+:func:`noise_study` draws what ``ddpm sample`` draws (:class:`ddpm.SamplingConfig`'s default: on a class-conditional
+run every class in turn, on the default's steps) from the same x_T (and the same z draws) in several ways:
 
+* the default's own sigma_t (Analytic-DPM's, where its estimate is at hand),
 * ``sigma^2 = beta_t``      (fixed-large, the paper's choice for CIFAR-10),
 * ``sigma^2 = beta~_t``     (fixed-small, the posterior variance of eq. 7),
 * ``sigma = 0`` for t > 1   (the mean-only path),
@@ -17,15 +19,15 @@ same three ways from the eps half of its output, and a fourth way with its learn
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..core.samplers import PerSampleNoise, ancestral_sample
-from ..data.datasets import to_uint8
 from ..runs.images import atomic_write_path, make_grid
 from ..runtime.atomic import write_json_atomic
-from ..sampling.generate import load_run, model_fn, sample_seed
+from ..sampling.config import SamplingConfig
+from ..sampling.generate import generate, load_run
 from .quality import quality_report
 
 __all__ = ["NOISE_VARIANTS", "LEARNED_VARIANT", "noise_study", "measures_quality", "pixel_variance"]
@@ -47,29 +49,23 @@ def pixel_variance(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def noise_study(run, out_dir, *, n: int = 64, seed: int = 0, batch_size: int = 64, quality: bool = True,
-                progress: bool = True) -> dict:
-    """Sample ``run`` with each of :data:`NOISE_VARIANTS` from identical noise, write ``noise_study.png`` (the grids
-    side by side) and ``noise_study.json``, and return the numbers."""
-
+                progress: bool = True, sampling: SamplingConfig | None = None) -> dict:
+    """Sample ``run`` as ``sampling`` says (None: the default, what ``ddpm sample`` draws) with its own sigma_t and
+    with each of :data:`NOISE_VARIANTS` from identical noise, write ``noise_study.png`` (the grids side by side) and
+    ``noise_study.json``, and return the numbers."""
     loaded = load_run(run) if not hasattr(run, "model") else run
     cfg = loaded.config
-    shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-    f_full = model_fn(loaded.model, loaded.device)
-    learned = cfg.variance == "learned-range"
-    variants = {**NOISE_VARIANTS, **LEARNED_VARIANT} if learned else NOISE_VARIANTS
+    base = replace((sampling or SamplingConfig()).for_run(loaded), sampler="ddpm")
+    variants = {**NOISE_VARIANTS, **LEARNED_VARIANT} if cfg.variance == "learned-range" else dict(NOISE_VARIANTS)
+    if base.variance not in {v for v, _ in variants.values()}:
+        variants = {f"sigma^2 {base.variance} (ddpm sample's)": (base.variance, 1.0), **variants}
     results, grids = {}, {}
     for name, (variance, scale) in variants.items():
-        f = _eps_half(f_full, shape[0]) if learned and variance != "learned-range" else f_full
-        chunks = []
-        for start in range(0, n, batch_size):
-            idx = range(start, min(n, start + batch_size))
-            noise = PerSampleNoise([sample_seed(seed, k) for k in idx], loaded.device)
-            x = ancestral_sample(f, loaded.schedule, noise, shape, variance=variance, sigma_scale=scale,
-                                 clip_denoised=True, progress=progress)
-            chunks.append(to_uint8(x.clamp(-1, 1)).cpu())
-        images = torch.cat(chunks)
+        images = generate(loaded, n, replace(base, variance=variance), seed=seed, batch_size=batch_size,
+                          progress=progress, sigma_scale=scale).images
         var = pixel_variance(images)
-        row = {"variance": variance, "sigma_scale": scale, "pixel_variance_mean": float(var.mean()),
+        row = {"variance": variance, "sigma_scale": scale, "steps": base.steps, "spacing": base.spacing,
+               "pixel_variance_mean": float(var.mean()),
                "pixel_variance_std": float(var.std()) if len(var) > 1 else 0.0}
         if quality and measures_quality(cfg):
             q = quality_report(images, floor=False)
@@ -90,16 +86,10 @@ def measures_quality(cfg) -> bool:
     return cfg.data.source == "digits" and (m.in_channels, m.image_size) == (1, 32)
 
 
-def _eps_half(f, channels: int):
-    """The network ``f`` with the v half of a learned-range output dropped, for the fixed-variance samplers."""
-    return lambda x, t: f(x, t)[:, :channels]
-
-
 def _plot(grids, results, path, make_grid):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.8), dpi=110)
     for ax, (name, images) in zip(axes, grids.items()):

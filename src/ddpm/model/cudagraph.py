@@ -43,7 +43,7 @@ class GraphedNetwork:
         ctx = (torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
                if self.autocast_dtype is not None else contextlib.nullcontext())
         with ctx:
-            return self.net(x, t) if y is None else self.net(x, t, y)
+            return self.net(x, t, y)
 
     def _capture(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None):
         if x.device.type != "cuda":

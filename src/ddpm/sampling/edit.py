@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.diffusion import VARIANCE_TYPES
 from ..core.editing import (
     Noised,
     noise_to,
@@ -26,10 +27,12 @@ from ..core.samplers import OnStep, PerSampleNoise
 from ..data.datasets import EMBEDDED, DataConfig, load_images, to_model_range, to_uint8
 from ..data.errors import DataError
 from ..data.files import read_picture as data_read_picture
-from .generate import LoadedRun, Samples, model_fn, sample_seed
+from .config import SamplingConfig
+from .generate import LoadedRun, Samples, model_fn, sample_seed, sampling_config
+from .variance import ANALYTIC
 
-__all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "held_out_images", "held_out", "read_picture", "fit_images", "fit_mask", "half_mask",
-           "noised", "edit", "inpaint_settings", "inpaint_calls", "inpaint"]
+__all__ = ["ImageError", "INPAINT_DEFAULTS", "MASK_HALVES", "held_out_images", "held_out", "read_picture", "fit_images",
+           "fit_mask", "half_mask", "noised", "edit", "inpaint_settings", "inpaint_calls", "inpaint"]
 
 #: RePaint's settings when none are given: 100 respaced steps, jumps of 5 steps, each window denoised 5 times
 #: (about 480 network calls; the paper's 250 / 10 / 10 takes 2,260, too slow for a CPU page).
@@ -185,21 +188,27 @@ def _batches(n: int, batch_size: int):
         yield start, min(n, start + batch_size)
 
 
-def edit(run: LoadedRun, images, t: int, *, seed: int = 0, sampler: str = "ddpm", steps: int | None = None,
-         eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True, batch_size: int = 64,
-         precision: str = "auto", progress: bool = False, on_step: OnStep | None = None) -> Samples:
+def edit(run: LoadedRun, images, t: int, sampling: SamplingConfig | None = None, *, seed: int = 0,
+         batch_size: int = 64, precision: str = "auto", progress: bool = False, on_step: OnStep | None = None,
+         **settings) -> Samples:
     """SDEdit (Meng et al. 2022): noise each image to the paper's time t with eq. 4 and run the reverse process
-    back to x_0 with the named sampler (``steps`` network calls, at most t; default all t).  The larger t, the
-    more of the image the model redraws; t = 0 returns the images as they are.  Deterministic for a fixed
-    ``seed``.  Returns :class:`~ddpm.sampling.generate.Samples` (uint8 images).  ``on_step``: every batch's
-    steps, as for :func:`~ddpm.sampling.generate.generate`."""
+    back to x_0 as ``sampling`` says (a :class:`~ddpm.sampling.config.SamplingConfig`, or its fields as keywords:
+    the sampler, ``steps`` network calls, at most t, default all t; eta; a variance type, default the run's own).
+    The larger t, the more of the image the model redraws; t = 0 returns the images as they are.  Deterministic
+    for a fixed ``seed``.  Returns :class:`~ddpm.sampling.generate.Samples` (uint8 images).  ``on_step``: every
+    batch's steps, as for :func:`~ddpm.sampling.generate.generate`."""
+    sampling = sampling_config(sampling, **settings)
+    if sampling.variance == ANALYTIC:
+        raise ValueError("variance analytic is estimated for drawing from noise; SDEdit takes a variance type "
+                         f"({', '.join(VARIANCE_TYPES)}) or the run's own")
     x0 = to_model_range(_run_images(run, images))
     f = model_fn(run.model, run.device, precision)
     out = []
     for start, stop in _batches(len(x0), batch_size):
-        x = sdedit_sample(f, run.schedule, x0[start:stop], t, _noise(run, seed, start, stop), sampler=sampler,
-                          steps=steps, eta=eta, variance=variance or run.config.variance,
-                          clip_denoised=clip_denoised, progress=progress, on_step=on_step)
+        x = sdedit_sample(lambda x, t: f(x, t, None), run.schedule, x0[start:stop], t,
+                          _noise(run, seed, start, stop), sampler=sampling.sampler, steps=sampling.steps,
+                          eta=sampling.eta, variance=sampling.variance or run.config.variance,
+                          clip_denoised=sampling.clip_denoised, progress=progress, on_step=on_step)
         out.append(to_uint8(x.clamp(-1, 1)).cpu())
     return Samples(torch.cat(out))
 
@@ -223,18 +232,22 @@ def inpaint_calls(num_timesteps: int, steps: int | None = None, jump_length: int
     return repaint_calls(**inpaint_settings(num_timesteps, steps, jump_length, resample))
 
 
-def inpaint(run: LoadedRun, images, mask, *, seed: int = 0, steps: int | None = None, jump_length: int | None = None,
-            resample: int | None = None, spacing: str = "uniform", variance: str | None = None,
-            clip_denoised: bool = True, batch_size: int = 64, precision: str = "auto",
-            on_step: OnStep | None = None) -> Samples:
+def inpaint(run: LoadedRun, images, mask, sampling: SamplingConfig | None = None, *, seed: int = 0,
+            steps: int | None = None, jump_length: int | None = None, resample: int | None = None,
+            batch_size: int = 64, precision: str = "auto", on_step: OnStep | None = None, **settings) -> Samples:
     """RePaint (Lugmayr et al. 2022): fill the pixels ``mask`` marks from the model, keeping the others.
 
     mask: True (or white) where the model paints; one mask (H, W) / (1, 1, H, W) for all images or one per
     image (N, 1, H, W); see :func:`fit_mask`.  steps: levels of the respaced schedule; jump_length and
     resample: RePaint's j and r (``resample=1`` is plain replacement); ``None`` takes :data:`INPAINT_DEFAULTS`
-    (fitted to the run by :func:`inpaint_settings`).
-    Pixels outside the mask come back exactly as given.  Deterministic for a fixed ``seed``.  Returns
-    :class:`~ddpm.sampling.generate.Samples` (uint8 images)."""
+    (fitted to the run by :func:`inpaint_settings`).  ``sampling`` (or its fields as keywords): the spacing of the
+    steps (default uniform), a variance type (default the run's own) and the clipping; RePaint is Algorithm 2, so
+    the sampler is ddpm.  Pixels outside the mask come back exactly as given.  Deterministic for a fixed ``seed``.
+    Returns :class:`~ddpm.sampling.generate.Samples` (uint8 images)."""
+    sampling = sampling_config(sampling, **settings)
+    if sampling.sampler != "ddpm" or sampling.variance == ANALYTIC:
+        raise ValueError(f"sampler={sampling.sampler}, variance={sampling.variance}: RePaint runs Algorithm 2 with a "
+                         f"variance type ({', '.join(VARIANCE_TYPES)}) or the run's own")
     settings = inpaint_settings(run.schedule.num_timesteps, steps, jump_length, resample)
     steps, jump_length, resample = settings["steps"], settings["jump_length"], settings["resample"]
     if not 1 <= steps <= run.schedule.num_timesteps:
@@ -252,7 +265,8 @@ def inpaint(run: LoadedRun, images, mask, *, seed: int = 0, steps: int | None = 
     out = []
     for start, stop in _batches(len(x0), batch_size):
         x = repaint_sample(f, run.schedule, x0[start:stop], m[start:stop], _noise(run, seed, start, stop),
-                           steps=steps, spacing=spacing, jump_length=jump_length, resample=resample,
-                           variance=variance or run.config.variance, clip_denoised=clip_denoised, on_step=on_step)
+                           steps=steps, spacing=sampling.spacing or "uniform", jump_length=jump_length,
+                           resample=resample, variance=sampling.variance or run.config.variance,
+                           clip_denoised=sampling.clip_denoised, on_step=on_step)
         out.append(to_uint8(x.clamp(-1, 1)).cpu())
     return Samples(torch.cat(out))

@@ -3,31 +3,25 @@
 ``sample(run, n)`` is the Python twin of ``ddpm sample``.  Sample k of a call with base seed s is drawn
 from its own generator seeded with ``sample_seed(s, k)``, so it is the same image whatever the batch size.
 
-Class-conditional runs (``run.config.class_names`` is not None): ``generate(run, n, labels=..., guidance=w)``
-draws sample k of class ``labels[k]`` (again whatever the batch size), with classifier-free guidance of weight w
-(:mod:`ddpm.core.guidance`: w = 0 purely conditional; the "guidance scale" of other libraries is 1 + w).
-:func:`class_labels` builds the usual label lists (one class, classes in turn, one row per class).
+How to draw is one :class:`~ddpm.sampling.config.SamplingConfig` (sampler, steps, spacing, variance, eta,
+guidance); ``generate(run, n)`` with none draws what ``ddpm sample RUN -n n`` draws.  Class-conditional runs
+(``run.config.class_names`` is not None): ``generate(run, n, labels=...)`` draws sample k of class ``labels[k]``
+(again whatever the batch size), with classifier-free guidance of the config's weight w (:mod:`ddpm.core.guidance`:
+w = 0 purely conditional; the "guidance scale" of other libraries is 1 + w); no labels draws every class in turn,
+``labels="none"`` the run's "no class" model.  :func:`~ddpm.sampling.defaults.class_labels` builds the usual label
+lists (one class, classes in turn, one row per class).
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..core.guidance import check_guidance, check_interval, guided_model
-from ..core.samplers import (
-    DEFAULT_SPACING,
-    Chain,
-    OnStep,
-    PerSampleNoise,
-    ancestral_timesteps,
-    run_sampler,
-    steps_or_default,
-)
+from ..core.guidance import check_interval, guided_model
+from ..core.samplers import Chain, OnStep, PerSampleNoise, ancestral_timesteps, run_sampler
 from ..core.schedule import Schedule, make_schedule
 from ..data.datasets import to_uint8
 from ..model.cudagraph import GraphedNetwork
@@ -51,16 +45,12 @@ from ..runtime.atomic import write_json_atomic
 from ..runtime.distributed import resolve_device
 from ..runtime.governor import governor_for
 from ..runtime.precision import SAMPLING_PRECISIONS, autocast_dtype, check_precision
+from .config import NO_CLASS, SamplingConfig, parse_class
+from .defaults import DEFAULT_GUIDANCE, class_labels, resolve_guidance  # noqa: F401  (re-exported: older imports)
 from .variance import ANALYTIC, analytic_sigma2
 
-__all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "class_labels", "resolve_labels", "generate",
-           "sample", "DEFAULT_GUIDANCE", "resolve_guidance",
-           "SAMPLING_SETTINGS", "default_samples_dir", "sampling_record"]
-
-#: the guidance weight w of :func:`generate` and ``ddpm sample`` when classes are asked for and no w is given: on the
-#: digits, w = 1 draws the digit asked for 99.0% (DDIM-50) to 99.8% (DDPM-100) of the time, against 88.4% and 95.2%
-#: for w = 0, the purely conditional model (docs/conditional.md)
-DEFAULT_GUIDANCE = 1.0
+__all__ = ["LoadedRun", "Samples", "load_run", "sample_seed", "model_fn", "resolve_labels", "generate", "sample",
+           "sampling_config", "sampling_record", "default_samples_dir"]
 
 
 @dataclass
@@ -145,50 +135,29 @@ def model_fn(model: torch.nn.Module, device: torch.device, precision: str = "aut
         threads.tick()
         x = x.contiguous(memory_format=torch.channels_last)
         with ctx():
-            return (model(x, t) if y is None else model(x, t, y)).float()
+            return model(x, t, y).float()
     return f
 
 
-def class_labels(num_classes: int, n: int | None = None, *, classes=None, per_class: int | None = None) -> list[int]:
-    """Per-sample labels for :func:`generate`: ``classes`` (an int, or a list taken in turn: sample k gets
-    ``classes[k % len(classes)]``) for ``n`` samples; or, with ``per_class`` K, K samples of every class in order
-    (0, 0, ..., 1, 1, ...), which a grid K images wide shows one class per row.  Neither: every class in turn."""
-    if per_class is not None:
-        if classes is not None or n is not None:
-            raise ValueError("per_class gives the labels and their number; pass neither classes nor n with it")
-        return [c for c in range(num_classes) for _ in range(per_class)]
-    if n is None:
-        raise ValueError("pass n, the number of samples, or per_class")
-    if classes is None:
-        classes = range(num_classes)
-    classes = [classes] if isinstance(classes, int) else list(classes)
-    if not classes:
-        raise ValueError("classes is empty; name at least one class")
-    return [int(classes[k % len(classes)]) for k in range(n)]
-
-
-def resolve_guidance(labels, guidance: float | None) -> float:
-    """The w a :func:`generate` call guides with: ``guidance`` when given, else :data:`DEFAULT_GUIDANCE` for a call
-    with labels and 0 (nothing to guide towards) for one without."""
-    if guidance is not None:
-        return check_guidance(guidance)
-    return DEFAULT_GUIDANCE if labels is not None else 0.0
-
-
-def resolve_labels(run: LoadedRun, n: int, labels, guidance: float = 0.0) -> torch.Tensor | None:
-    """The labels of a :func:`generate` call as an int64 (n,) tensor (None: unconditional), checked against the
-    run: an int means every sample; a sequence or tensor gives sample k its own label.  ValueError for labels
-    asked of an unconditional run, a label outside 0..K-1, the wrong count, or guidance without labels."""
-    check_guidance(guidance)
+def resolve_labels(run: LoadedRun, n: int, labels) -> torch.Tensor | None:
+    """The labels of a :func:`generate` call as an int64 (n,) tensor, checked against the run (None: drawn without
+    a class).  None: every class in turn on a class-conditional run (the default), nothing on an unconditional one;
+    ``"none"``: the "no class" model; an int or class name: every sample; a sequence or tensor: sample k its own
+    label (names or indices, :func:`~ddpm.sampling.config.parse_class`).  ValueError for labels asked of an
+    unconditional run, a class the run does not have, or the wrong count."""
     names = run.config.class_names
-    if labels is None:
-        if guidance != 0:
-            raise ValueError(f"guidance {guidance} needs class labels to guide towards; pass labels")
+    if isinstance(labels, str) and labels == NO_CLASS:
         return None
+    if labels is None:
+        return None if names is None else torch.tensor(class_labels(len(names), n), dtype=torch.long)
     if names is None:
         raise ValueError(f"{run.checkpoint} is an unconditional run (trained without class labels) and draws no "
                          "chosen class; drop the labels, or train with class labels (ddpm train --class-cond)")
-    y = torch.full((n,), labels, dtype=torch.long) if isinstance(labels, int) else torch.as_tensor(labels)
+    if isinstance(labels, (int, str)):
+        labels = [labels] * n
+    if not isinstance(labels, torch.Tensor):
+        labels = [parse_class(names, v) if isinstance(v, str) else v for v in labels]
+    y = torch.as_tensor(labels)
     if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"labels must be one class index per sample, {n} integers; got {y.dtype} {tuple(y.shape)}")
     y = y.to(torch.long).cpu()
@@ -203,81 +172,76 @@ def resolve_labels(run: LoadedRun, n: int, labels, guidance: float = 0.0) -> tor
 class Samples:
     """What :func:`generate` draws: ``images``, uint8 (n, C, H, W); ``chain``, with ``chain_samples`` > 0, the
     denoising chain of the first that many samples as a list of (t, uint8 tensor) frames from x_T to x_0
-    (t the paper's time, 0 for x_0), else None; ``labels``, the int64 (n,) class of each sample when classes were
-    asked for, else None."""
+    (t the paper's time, 0 for x_0), else None; ``labels``, the int64 (n,) class of each sample of a class-conditional
+    run (None: drawn without a class); ``sampling``, the concrete :class:`SamplingConfig` they were drawn with."""
 
     images: torch.Tensor
     chain: list[tuple[int, torch.Tensor]] | None = None
     labels: torch.Tensor | None = None
+    sampling: SamplingConfig | None = None
 
 
-def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sampler: str = "ddpm",
-             steps: int | None = None, eta: float = 0.0, variance: str | None = None, clip_denoised: bool = True,
-             progress: bool = True, chain_samples: int = 0, chain_every: int | None = None,
+def sampling_config(sampling: SamplingConfig | None = None, **settings) -> SamplingConfig:
+    """``sampling``, or a :class:`SamplingConfig` built from the keywords of its fields (``sampler="ddim",
+    steps=50``, as :func:`generate` took them before the config existed), or the default; TypeError for both, or a
+    keyword that is not a field."""
+    names = {f.name for f in fields(SamplingConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}; how to draw is a SamplingConfig of "
+                        f"{', '.join(sorted(names))}")
+    if sampling is not None and settings:
+        raise TypeError(f"pass either a SamplingConfig or its fields ({', '.join(settings)}), not both")
+    return sampling if sampling is not None else SamplingConfig(**settings)
+
+
+def generate(run: LoadedRun, n: int, sampling: SamplingConfig | None = None, *, seed: int = 0, batch_size: int = 64,
+             labels=None, chain_samples: int = 0, chain_every: int | None = None, progress: bool = True,
              cuda_graph: bool = False, precision: str = "auto", on_step: OnStep | None = None,
-             labels=None, guidance: float | None = None, guidance_interval: tuple[int, int] | None = None,
-             **sampler_kw) -> Samples:
-    """Draw ``n`` samples; returns :class:`Samples` (the uint8 images, and the chain of the first
-    ``chain_samples`` of them, one frame every ``chain_every`` steps, by default a tenth of the steps).
-    ``variance``: sigma_t^2 of the "ddpm" sampler: a variance type of :data:`ddpm.core.diffusion.VARIANCE_TYPES`,
-    ``"analytic"`` (Analytic-DPM's, estimated once per loaded run from its training data: :mod:`.variance`), or None,
-    the run's own.  The library's defaults are the paper's (all T steps, the run's variance); the commands' defaults
-    are :func:`ddpm.sampling.defaults.resolve_sampling`'s.
-    ``cuda_graph``: replay the network from CUDA graphs (:class:`ddpm.model.cudagraph.GraphedNetwork`; CUDA
-    only).  ``precision``: see :func:`model_fn`.  ``on_step``: called with every batch's
-    :class:`~ddpm.core.samplers.Step` (x_t and the predicted x_0 in the model's [-1, 1] range), e.g. to show
-    the images forming.
-
-    Class-conditional runs: ``labels``, an int (every sample of that class) or n class indices (sample k of class
-    ``labels[k]``, whatever the batch size; :func:`class_labels` builds them), and ``guidance``, the weight w of
-    classifier-free guidance, eps~ = (1 + w) eps(x, t, y) - w eps(x, t) (:mod:`ddpm.core.guidance`; w = 0 is
-    purely conditional, w > 0 costs one forward pass of twice the batch per step; None: :data:`DEFAULT_GUIDANCE`
-    with labels).  ``labels=None`` draws from
-    the run's unconditional model.  The labels come back in ``Samples.labels``.  ``guidance_interval``: (lo, hi)
-    in the paper's t (1..T): guide only those steps, the conditional pass alone elsewhere (Kynkäänniemi et al. 2024;
-    the steps outside cost one pass of the batch); None guides every step."""
+             sigma_scale: float = 1.0, **settings) -> Samples:
+    """Draw ``n`` samples of ``run`` as ``sampling`` says (None: the default, what ``ddpm sample`` draws; or its
+    fields as keywords, ``sampler="ddim", steps=50``); returns :class:`Samples` (the uint8 images, the chain of the
+    first ``chain_samples`` of them, one frame every ``chain_every`` steps, by default a tenth of the steps, and
+    the concrete config).  ``labels``: see :func:`resolve_labels` (None: every class in turn on a class-conditional
+    run; guided with w = 1 unless the config says otherwise when classes are asked for).  ``cuda_graph``: replay the
+    network from CUDA graphs (:class:`ddpm.model.cudagraph.GraphedNetwork`; CUDA only).  ``precision``: see
+    :func:`model_fn`.  ``on_step``: called with every batch's :class:`~ddpm.core.samplers.Step` (x_t and the
+    predicted x_0 in the model's [-1, 1] range), e.g. to show the images forming.  ``sigma_scale``: a factor on
+    Algorithm 2's sigma_t (0: the mean-only path of the noise study)."""
+    y_all = resolve_labels(run, n, labels)
+    asked = labels is not None and not (isinstance(labels, str) and labels == NO_CLASS)
+    concrete = sampling_config(sampling, **settings).for_run(run, classes_asked=asked)
+    if y_all is None and concrete.guidance:
+        raise ValueError(f"guidance {concrete.guidance:g} needs class labels to guide towards; pass labels")
     cfg = run.config
-    guidance = resolve_guidance(labels, guidance)
-    y_all = resolve_labels(run, n, labels, guidance)
-    interval = None
-    if guidance_interval is not None:
-        if not guidance:
-            raise ValueError("a guidance interval needs a guidance weight w > 0 to apply in it")
-        lo, hi = guidance_interval
-        interval = check_interval((int(lo) - 1, int(hi) - 1), cfg.schedule.num_timesteps)  # 0-based indices
+    interval = None if concrete.guidance_interval is None else check_interval(
+        tuple(v - 1 for v in concrete.guidance_interval), cfg.schedule.num_timesteps)  # 0-based indices
+    f = _network(run, cuda_graph, precision)
+    read = cfg.variance if concrete.variance in (None, ANALYTIC) else concrete.variance  # how to read its output
+    if cfg.variance == "learned-range" != read:  # a fixed variance asked of a network that learned one: its eps half
+        f = _eps_half(f, cfg.model.in_channels)
+    guide = None if y_all is None else (concrete.guidance, interval)
+    analytic = concrete.variance == ANALYTIC
+    sigma2 = analytic_sigma2(run, ancestral_timesteps(run.schedule, concrete.steps, concrete.spacing), model=f,
+                             guide=guide) if analytic else None
     shape = (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
-    variance = variance or cfg.variance
-    analytic = variance == ANALYTIC
-    if analytic:
-        if sampler != "ddpm":
-            raise ValueError(f"the analytic variance sets Algorithm 2's sigma_t, for the ddpm sampler only, "
-                             f"not {sampler!r}")
-        variance = cfg.variance  # how to read the network's output
-    if cuda_graph:
-        if run.device.type != "cuda":
-            raise ValueError(f"cuda_graph needs a CUDA device, the run is loaded on {run.device}")
-        f = GraphedNetwork(run.model, autocast_dtype=_autocast_dtype(run.device, precision))
-    else:
-        f = model_fn(run.model, run.device, precision)
-    guide = None if y_all is None else (guidance, interval)
-    sigma2 = analytic_sigma2(run, ancestral_timesteps(run.schedule, steps, sampler_kw.get("spacing")),
-                             model=f, guide=guide) if analytic else None
+    kw = dict(sampler=concrete.sampler, steps=concrete.steps, eta=concrete.eta, spacing=concrete.spacing,
+              variance=read,
+              clip_denoised=concrete.clip_denoised, sigma2=sigma2, sigma_scale=sigma_scale)
     out, chains = [], []
     bar = tqdm(total=n, desc="images", unit="img", dynamic_ncols=True) if progress and n > batch_size else None
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         noise = PerSampleNoise([sample_seed(seed, k) for k in idx], run.device)
-        model = f if y_all is None else guided_model(f, y_all[start:start + len(idx)].to(run.device), guidance,
-                                                     null_label=cfg.model.num_classes,
-                                                     eps_channels=cfg.model.in_channels, interval=interval)
+        model = (lambda x, t: f(x, t, None)) if y_all is None else guided_model(
+            f, y_all[start:start + len(idx)].to(run.device), concrete.guidance, null_label=cfg.model.num_classes,
+            eps_channels=cfg.model.in_channels, interval=interval)
         observers = [on_step] if on_step is not None else []
         if start < chain_samples:  # the chain's samples may span several batches
-            chains.append(Chain(chain_every or max(1, (steps or cfg.schedule.num_timesteps) // 10),
-                                first=chain_samples - start))
+            chains.append(Chain(chain_every or max(1, concrete.steps // 10), first=chain_samples - start))
             observers.append(chains[-1])
-        x = run_sampler(model, run.schedule, noise, shape, sampler=sampler, steps=steps, eta=eta, variance=variance,
-                        clip_denoised=clip_denoised, progress=progress and bar is None,
-                        on_step=_all_of(observers), sigma2=sigma2, **sampler_kw)
+        x = run_sampler(model, run.schedule, noise, shape, progress=progress and bar is None,
+                        on_step=_all_of(observers), **kw)
         out.append(to_uint8(x.clamp(-1, 1)).cpu())
         if bar is not None:
             bar.update(len(idx))
@@ -287,7 +251,21 @@ def generate(run: LoadedRun, n: int, *, seed: int = 0, batch_size: int = 64, sam
     if chains:
         frames = [(t, to_uint8(torch.cat([c.frames[i][1] for c in chains]).clamp(-1, 1)))
                   for i, (t, _) in enumerate(chains[0].frames)]
-    return Samples(torch.cat(out), frames, y_all)
+    return Samples(torch.cat(out), frames, y_all, concrete)
+
+
+def _eps_half(f, channels: int):
+    """The network ``f`` with the v half of a learned-range output dropped, for a fixed variance."""
+    return lambda x, t, y=None: f(x, t, y)[:, :channels]
+
+
+def _network(run: LoadedRun, cuda_graph: bool, precision: str):
+    """The network as ``f(x, t, y)``: :func:`model_fn`, or replayed from CUDA graphs."""
+    if not cuda_graph:
+        return model_fn(run.model, run.device, precision)
+    if run.device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA device, the run is loaded on {run.device}")
+    return GraphedNetwork(run.model, autocast_dtype=_autocast_dtype(run.device, precision))
 
 
 def _all_of(observers: list) -> OnStep | None:
@@ -303,32 +281,16 @@ def _all_of(observers: list) -> OnStep | None:
     return each
 
 
-#: the keyword arguments of :func:`generate` that decide which images come out
-SAMPLING_SETTINGS = ("seed", "sampler", "steps", "eta", "spacing", "variance", "clip_denoised", "precision", "labels",
-                     "guidance", "guidance_interval")
-
-
-def sampling_record(run: LoadedRun, n: int, kw: dict) -> dict:
-    """What ``samples.json`` says of a :func:`sample` call: the checkpoint and weights, ``n``, and every setting
-    that decides the images (defaults filled in), so that the samples can be drawn again."""
-    defaults = {k: p.default for k, p in inspect.signature(generate).parameters.items() if k in SAMPLING_SETTINGS}
-    settings = {**defaults, **{k: kw[k] for k in SAMPLING_SETTINGS if k in kw}}
-    sampler = settings["sampler"]
-    steps = steps_or_default(sampler, settings.get("steps"))
-    settings["steps"] = run.schedule.num_timesteps if steps is None else steps
-    settings["spacing"] = settings.get("spacing") or DEFAULT_SPACING[sampler]
-    settings["variance"] = settings.get("variance") or run.config.variance
+def sampling_record(run: LoadedRun, drawn: Samples, seed: int, precision: str) -> dict:
+    """What ``samples.json`` says of a :func:`sample` call: the checkpoint and weights, ``n``, the seed, the concrete
+    :class:`SamplingConfig` (``dataclasses.asdict``), the precision and every sample's label, so that the samples
+    can be drawn again (``generate(run, n, SamplingConfig(**config fields), seed=, precision=, labels=)``)."""
     # "auto" means bf16 on CUDA, and CUDA generators draw other noise than CPU ones: record what it was here
-    settings["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
-        _autocast_dtype(run.device, settings["precision"])]
-    settings["guidance"] = resolve_guidance(settings["labels"], settings["guidance"])
-    labels = resolve_labels(run, n, settings["labels"], settings["guidance"])
-    settings["labels"] = None if labels is None else labels.tolist()  # one per sample: the same images again
-    settings["guidance"] = float(settings["guidance"])
-    if settings["guidance_interval"] is not None:
-        settings["guidance_interval"] = [int(v) for v in settings["guidance_interval"]]
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[_autocast_dtype(run.device, precision)]
+    labels = None if drawn.labels is None else drawn.labels.tolist()  # one per sample: the same images again
     return {"checkpoint": str(Path(run.checkpoint).resolve()), "weights": run.weights, "device": run.device.type,
-            "n": n, **settings}
+            "n": len(drawn.images), "seed": int(seed), **asdict(drawn.sampling), "precision": precision,
+            "labels": labels}
 
 
 def default_samples_dir(run: LoadedRun, sampler: str) -> Path:
@@ -338,26 +300,30 @@ def default_samples_dir(run: LoadedRun, sampler: str) -> Path:
     return (ckpt.parent.parent if ckpt.name.startswith("step_") else ckpt) / "samples" / sampler
 
 
-def sample(run, n: int = 64, out_dir=None, *, which: str = "ema", device: str = "auto", individual: bool = True,
-           chain_samples: int = 0, grid_width: int | None = None, **kw) -> Path:
+def sample(run, n: int = 64, out_dir=None, sampling: SamplingConfig | None = None, *, which: str = "ema",
+           device: str = "auto", individual: bool = True, chain_samples: int = 0, grid_width: int | None = None,
+           **kw) -> Path:
     """Sample ``n`` images from a run folder and write ``grid.png`` (``grid_width`` images a row; default near
     square), ``samples.npz`` (uint8 N x H x W x C under "images"; with class labels, their int64 (N,) indices under
     "labels"), one PNG per sample under ``images/``, and with ``chain_samples`` the chain strip PNG and GIF.
-    ``kw`` goes to :func:`generate` (``labels=``, ``guidance=`` for a class-conditional run).
+    ``sampling`` and ``kw`` go to :func:`generate` (``seed=``, ``labels=``; or the config's fields as keywords).
     Returns the output folder (default ``RUN/samples/<sampler>``).  What an earlier call wrote there (its
     ``images/sample_*.png``, its chain, a ``samples_quality.json`` of its samples) is replaced, so the folder never
     mixes two calls' samples; other files are left alone.  ``samples.json`` records the checkpoint and settings."""
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, which=which, device=device)
-    out = Path(out_dir) if out_dir else default_samples_dir(loaded, kw.get("sampler", "ddpm"))
-    drawn = generate(loaded, n, chain_samples=chain_samples, **kw)
+    settings = {k: kw.pop(k) for k in [k for k in kw if k in {f.name for f in fields(SamplingConfig)}]}
+    sampling = sampling_config(sampling, **settings)
+    out = Path(out_dir) if out_dir else default_samples_dir(loaded, sampling.sampler)
+    drawn = generate(loaded, n, sampling, chain_samples=chain_samples, **kw)
     images, chain = drawn.images, drawn.chain
     out.mkdir(parents=True, exist_ok=True)
     # an earlier call's images, chain and quality report (of those images) would describe other samples
     for stale in [*(out / "images").glob("sample_*.png"), out / "chain.png", out / "chain.gif",
                   out / "samples_quality.json"]:
         stale.unlink(missing_ok=True)
-    write_json_atomic(out / "samples.json", sampling_record(loaded, n, kw))
+    write_json_atomic(out / "samples.json", sampling_record(loaded, drawn, kw.get("seed", 0),
+                                                            kw.get("precision", "auto")))
     save_grid(out / "grid.png", images, nrow=grid_width)
     save_npz(out / "samples.npz", images, labels=drawn.labels)
     if individual:

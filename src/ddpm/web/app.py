@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.samplers import SAMPLERS
+from ..core.samplers import REGISTRY
+from ..sampling.config import SamplingConfig
+from ..sampling.defaults import DEFAULT_ANALYTIC_STEPS, DEFAULT_GUIDANCE
 from ..sampling.edit import INPAINT_DEFAULTS
-from ..sampling.generate import DEFAULT_GUIDANCE
 from .page import DRAWN, MASK_CHOICES, Page, PageError, class_choices, num_classes
 
 __all__ = ["WebUnavailable", "GRADIO_REQUIREMENT", "check_gradio", "build_app", "launch", "close", "free_port"]
@@ -120,7 +121,6 @@ def build_app(page: Page):
     gr = _gradio()
     T, size = page.T, page.size
     canvas = (8 * size, 8 * size)
-    k = num_classes(page.run)
 
     def picture_input(label: str, brush: str, prefix: str):
         """A picture to upload or draw on (with a brush of one colour), and the row that loads a held-out digit into
@@ -143,14 +143,6 @@ def build_app(page: Page):
         k = num_classes(page.run)
         return (text, gr.update(visible=k > 0, choices=class_choices(page.run), value="any"),
                 gr.update(visible=k > 0), gr.update(maximum=page.T), gr.update(maximum=page.T))
-
-    def generate(sampler, steps, eta, seed, n, every, label, guidance, progress=gr.Progress()):
-        for update in page.generate(sampler, steps, eta, seed, n, every, label, guidance):
-            progress_of(progress, update)
-            yield update.picture, update.text, update.files
-
-    def sampler_changed(sampler):
-        return gr.update(visible=sampler == "ddim", value=0.0)
 
     def held_out(index):
         return page.held_out(index)
@@ -188,31 +180,7 @@ def build_app(page: Page):
             load_btn = gr.Button("Load run", scale=1, elem_id="load-btn")
         run_info = gr.Markdown(page.describe(), elem_id="run-info")
 
-        with gr.Tab("Generate", elem_id="tab-generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler", elem_id="gen-sampler",
-                                          info="ddpm = Algorithm 2 (ancestral); ddim; dpm++2m")
-                    steps = gr.Slider(1, T, value=min(50, T), step=1, label="Steps", elem_id="gen-steps")
-                    eta = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="eta (DDIM noise; 0 = deterministic)")
-                    seed = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
-                    n = gr.Slider(1, 64, value=16, step=1, label="Number of images", elem_id="gen-n")
-                    every = gr.Slider(1, 50, value=5, step=1, label="Show the picture every N steps")
-                    # class-conditional runs only (hidden otherwise): see ddpm.web.page.num_classes
-                    label = gr.Dropdown(class_choices(page.run), value="any", label="Class", visible=k > 0)
-                    guidance = gr.Slider(0.0, 8.0, value=DEFAULT_GUIDANCE, step=0.5, visible=k > 0,
-                                         label="Guidance w (0: purely conditional; other libraries' scale is 1 + w)")
-                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                with gr.Column(scale=2):
-                    gen_out = gr.Image(label="x_t and the predicted x_0 while sampling; the samples at the end",
-                                       show_label=False, type="numpy", format="png", interactive=False,
-                                       elem_id="gen-out")
-                    gen_text = gr.Textbox(label="Status", interactive=False, elem_id="gen-status")
-                    gen_files = gr.File(label="Download (PNG grid, .npz)", file_count="multiple",
-                                        interactive=False, elem_id="gen-file")
-            sampler.change(sampler_changed, sampler, eta, api_name=False, queue=False)
-            gen_btn.click(_shown(gr, generate), [sampler, steps, eta, seed, n, every, label, guidance],
-                          [gen_out, gen_text, gen_files], api_name="generate", show_progress_on=gen_text, **model)
+        label, guidance, steps = _generate_tab(gr, page, model, progress_of)
 
         with gr.Tab("Forward process and SDEdit", elem_id="tab-forward"):
             gr.Markdown("Upload or draw a picture (white on black), or load a held-out digit; pick t to see "
@@ -229,7 +197,7 @@ def build_app(page: Page):
                         fwd_btn = gr.Button("Add noise to t", elem_id="fwd-btn")
                         den_btn = gr.Button("Denoise from t (SDEdit)", variant="primary", elem_id="den-btn")
                     with gr.Accordion("Denoising settings", open=False):
-                        den_sampler = gr.Dropdown(list(SAMPLERS), value="ddpm", label="Sampler")
+                        den_sampler = gr.Dropdown(list(REGISTRY), value="ddpm", label="Sampler")
                         den_steps = gr.Slider(0, T, value=0, step=1, label="Steps (0 = one per time step)")
                         den_every = gr.Slider(1, 50, value=5, step=1, label="Show the picture every N steps")
                     fwd_out = gr.Image(label="x_0, x_t, and the denoising", show_label=False, type="numpy",
@@ -278,6 +246,56 @@ def build_app(page: Page):
                        **model)
     app.queue(default_concurrency_limit=1, max_size=32)
     return app
+
+
+def _generate_tab(gr, page: Page, model: dict, progress_of):
+    """The Generate tab, its controls and defaults built from :class:`~ddpm.sampling.config.SamplingConfig` and the
+    sampler registry, so that it draws what ``ddpm sample`` draws until a control is moved.  Returns the controls
+    a newly loaded run updates: (class, guidance, steps)."""
+    T, k, default = page.T, num_classes(page.run), SamplingConfig()
+    takes_eta = [name for name, spec in REGISTRY.items() if spec.takes_eta]
+
+    def generate(sampler, steps, eta, seed, n, every, label, guidance, progress=gr.Progress()):
+        for update in page.generate(sampler, steps, eta, seed, n, every, label, guidance):
+            progress_of(progress, update)
+            yield update.picture, update.text, update.files
+
+    def sampler_changed(sampler):
+        return gr.update(visible=sampler in takes_eta, value=default.eta)
+
+    def label_changed(label):  # a class asked for is guided (w = 1); every class in turn is not (w = 0)
+        return gr.update(value=0.0 if label in (None, "", "any") else DEFAULT_GUIDANCE)
+
+    with gr.Tab("Generate", elem_id="tab-generate"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                sampler = gr.Dropdown(list(REGISTRY), value=default.sampler, label="Sampler", elem_id="gen-sampler",
+                                      info="; ".join(f"{name} = {spec.about}" for name, spec in REGISTRY.items()))
+                steps = gr.Slider(0, T, value=0, step=1, elem_id="gen-steps",
+                                  label=f"Steps (0 = the default: {DEFAULT_ANALYTIC_STEPS} for ddpm with the analytic "
+                                        "variance, else the sampler's own)")
+                eta = gr.Slider(0.0, 1.0, value=default.eta, step=0.05, visible=default.sampler in takes_eta,
+                                label="eta (DDIM noise; 0 = deterministic)")
+                seed = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
+                n = gr.Slider(1, 64, value=16, step=1, label="Number of images", elem_id="gen-n")
+                every = gr.Slider(1, 50, value=5, step=1, label="Show the picture every N steps")
+                # class-conditional runs only (hidden otherwise): see ddpm.web.page.num_classes
+                label = gr.Dropdown(class_choices(page.run), value="any", label="Class (any: every class in turn)",
+                                    visible=k > 0)
+                guidance = gr.Slider(0.0, 8.0, value=0.0, step=0.5, visible=k > 0,
+                                     label="Guidance w (0: purely conditional; other libraries' scale is 1 + w)")
+                gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            with gr.Column(scale=2):
+                gen_out = gr.Image(label="x_t and the predicted x_0 while sampling; the samples at the end",
+                                   show_label=False, type="numpy", format="png", interactive=False, elem_id="gen-out")
+                gen_text = gr.Textbox(label="Status", interactive=False, elem_id="gen-status")
+                gen_files = gr.File(label="Download (PNG grid, .npz)", file_count="multiple", interactive=False,
+                                    elem_id="gen-file")
+        sampler.change(sampler_changed, sampler, eta, api_name=False, queue=False)
+        label.change(label_changed, label, guidance, api_name=False, queue=False)
+        gen_btn.click(_shown(gr, generate), [sampler, steps, eta, seed, n, every, label, guidance],
+                      [gen_out, gen_text, gen_files], api_name="generate", show_progress_on=gen_text, **model)
+    return label, guidance, steps
 
 
 def launch(app, host: str = "127.0.0.1", port: int | None = None, block: bool = True):

@@ -25,11 +25,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..core.editing import alpha_bar
-from ..core.samplers import SAMPLERS, Step, steps_or_default
+from ..core.samplers import Step
 from ..data.datasets import DataError, to_uint8
 from ..data.files import to_nhwc
 from ..runs.checkpoint import CheckpointError
 from ..runs.images import make_grid, save_grid, save_npz
+from ..sampling.config import SamplingConfig, parse_class
 from ..sampling.edit import (
     MASK_HALVES,
     ImageError,
@@ -44,7 +45,7 @@ from ..sampling.edit import (
     inpaint_settings,
     noised,
 )
-from ..sampling.generate import DEFAULT_GUIDANCE, LoadedRun, generate, load_run
+from ..sampling.generate import LoadedRun, generate, load_run
 
 __all__ = ["PageError", "Update", "Page", "num_classes", "side_by_side", "MASK_CHOICES", "DRAWN",
            "SHOWN_WIDTH", "class_choices"]
@@ -281,25 +282,27 @@ class Page:
         return [str(save_grid(folder / f"{name}.png", images)), str(save_npz(folder / f"{name}.npz", images))]
 
     # ------------------------------------------------------------------------------------------ actions
-    def generate(self, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0, seed: int = 0, n: int = 16,
-                 every: int = 5, label: int | None = None, guidance: float | None = None) -> Iterator[Update]:
-        """Draw ``n`` images; every ``every`` steps an :class:`Update` with x_t and the predicted x_0 side by
-        side, then the final grid with grid.png and samples.npz to download."""
-        if sampler not in SAMPLERS:
-            raise PageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        if eta and sampler != "ddim":
-            raise PageError(f"eta applies to the ddim sampler only; set it to 0 for {sampler}")
-        steps = steps_or_default(sampler, int(steps) if steps else None)
-        total = steps or self.T
-        if not 1 <= total <= self.T:
-            raise PageError(f"steps must lie in 1..{self.T} (this run's T), got {total}")
+    def generate(self, sampler: str = SamplingConfig.sampler, steps: int | None = SamplingConfig.steps,
+                 eta: float = SamplingConfig.eta, seed: int = 0, n: int = 16, every: int = 5, label: str | None = None,
+                 guidance: float | None = SamplingConfig.guidance) -> Iterator[Update]:
+        """Draw ``n`` images as ``ddpm sample`` does (:class:`~ddpm.sampling.config.SamplingConfig`; ``steps`` 0 or
+        None: the default); every ``every`` steps an :class:`Update` with x_t and the predicted x_0 side by side,
+        then the final grid with grid.png and samples.npz to download.  ``label``: "any" or None (every class in
+        turn), a class name of the run or its index; ``guidance``: w (None: the default; ignored for an
+        unconditional run)."""
         n, seed, every = int(n), int(seed), max(1, int(every))
-        kw = self._class_kwargs(label, guidance, n)
-        run = self.run
+        labels = self._labels(label, n)
+        w = None if guidance is None or not num_classes(self.run) else float(guidance)
+        try:
+            sampling = SamplingConfig(sampler=sampler, steps=int(steps) if steps else None, eta=float(eta),
+                                      guidance=w).for_run(self.run, classes_asked=labels is not None)
+        except ValueError as e:
+            raise _as_error(e) from None
+        total, run = sampling.steps, self.run
 
         def work(on_step):
-            return generate(run, n, seed=seed, batch_size=n, sampler=sampler, steps=steps, eta=float(eta),
-                            progress=False, on_step=on_step, **kw)
+            return generate(run, n, sampling, seed=seed, batch_size=n, labels=labels, progress=False,
+                            on_step=on_step)
 
         def show(step: Step, done: int) -> Update:
             x0 = step.x0 if step.x0 is not None else None
@@ -311,29 +314,19 @@ class Page:
                 yield item
             else:
                 images = item.images
-                yield Update(side_by_side([(f"{n} samples, {sampler}, {total} steps, seed {seed}", images)]),
+                yield Update(side_by_side([(f"{n} samples, {sampling.sampler}, {total} steps, seed {seed}", images)]),
                              f"done: {n} samples in {total} steps", total, total, self._files(images, "samples"))
 
-    def _class_kwargs(self, label, guidance, n: int) -> dict:
-        """generate()'s class arguments: none for an unconditional run.  ``label``: "any" or None (the classes in
-        turn), a class name of the run, or a class index; ``guidance``: the w of eps~ = (1 + w) eps(x, t, y) -
-        w eps(x, t) (0: purely conditional)."""
-        k = num_classes(self.run)
-        if not k:
-            return {}
-        names = list(self.run.class_names or map(str, range(k)))
-        if label is None or label in ("", "any"):
-            labels = torch.arange(n) % k
-        elif str(label) in names:
-            labels = torch.full((n,), names.index(str(label)), dtype=torch.long)
-        elif isinstance(label, int) and 0 <= label < k:
-            labels = torch.full((n,), label, dtype=torch.long)
-        else:
-            raise PageError(f"class must be one of {', '.join(names)} (or any), got {label}")
-        w = float(guidance if guidance is not None else DEFAULT_GUIDANCE)  # as generate() with labels
-        if w < 0:
-            raise PageError(f"guidance w must be >= 0 (0 is purely conditional), got {w:g}")
-        return {"labels": labels, "guidance": w}
+    def _labels(self, label, n: int) -> list[int] | None:
+        """generate()'s labels: None (every class in turn, or an unconditional run) for "any" or None; otherwise
+        the class, by name or index (:func:`~ddpm.sampling.config.parse_class`), for every sample."""
+        if not num_classes(self.run) or label is None or label in ("", "any"):
+            return None
+        names = list(self.run.class_names or map(str, range(num_classes(self.run))))
+        try:
+            return [parse_class(names, label)] * n
+        except ValueError:
+            raise PageError(f"class must be one of {', '.join(names)} (or any), got {label}") from None
 
     def forward(self, picture, t, seed: int = 0) -> tuple[np.ndarray, str]:
         """The notes' stage 1 at one t: (x_0 | x_t picture, a line with abar_t and the SNR)."""
@@ -349,15 +342,17 @@ class Page:
                 every: int = 5) -> Iterator[Update]:
         """SDEdit from the x_t of :meth:`forward` (same seed) down to x_0."""
         x0, t = self.picture(picture), self._t(t)
-        if sampler not in SAMPLERS:
-            raise PageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         steps = min(int(steps), t) if steps else None
+        try:
+            sampling = SamplingConfig(sampler=sampler, steps=steps)
+        except ValueError as e:
+            raise _as_error(e) from None
         total = steps or t
         seed, run = int(seed), self.run
         x_t = noised(run, x0, t, seed=seed).x
 
         def work(on_step):
-            return edit(run, x0, t, seed=seed, sampler=sampler, steps=steps, on_step=on_step)
+            return edit(run, x0, t, sampling, seed=seed, on_step=on_step)
 
         def show(step: Step, done: int) -> Update:
             return Update(side_by_side([("x_0", x0), (f"x_t, t = {step.t}", step.x), ("predicted x_0", step.x0)]),
@@ -383,13 +378,13 @@ class Page:
                                     int(resample) if resample else None)
         if not 1 <= settings["steps"] <= self.T:
             raise PageError(f"steps must lie in 1..{self.T} (this run's T), got {settings['steps']}")
-        if settings["resample"] > 1 and settings["jump_length"] >= settings["steps"]:
-            raise PageError(f"jump length {settings['jump_length']} leaves no room for a jump in "
-                            f"{settings['steps']} steps; make it smaller, or resample 1")
+        try:
+            total = inpaint_calls(self.T, **settings)  # RePaint's own check: a jump needs room in the steps
+        except ValueError as e:
+            raise _as_error(e) from None
         n, seed, run = int(n), int(seed), self.run
         images = x0.expand(n, *x0.shape[1:])
         shown = torch.where(mask, torch.full_like(x0, 128), x0)
-        total = inpaint_calls(self.T, **settings)
 
         def work(on_step):
             return inpaint(run, images, mask, seed=seed, on_step=on_step, batch_size=n, **settings)
