@@ -65,19 +65,24 @@ def test_training_stores_the_default_draws_estimates(cond_run, tiny_run):
 
 def test_the_stored_gamma_is_the_mean_squared_noise_prediction(cond_run):
     """Gamma_t by hand at two steps: the 64 training images the seed picks, noised with generator seed + t (eq. 4),
-    through the network with their own labels (w = 0): within float32 rounding of the stored value."""
+    through the network with their own labels (w = 0) and guided with w = 1, 2 eps(x, t, y) - eps(x, t, "no class"):
+    within float32 rounding (1e-4 relative) of the stored values."""
     run = load_run(cond_run)
-    stored = next(e for e in read_analytic(run.checkpoint) if e["guidance"]["w"] == 0.0)["gamma"]
+    stored = {e["guidance"]["w"]: e["gamma"] for e in read_analytic(run.checkpoint)}
     x, y = sklearn_digits_split("train")
     pick = torch.randperm(100, generator=torch.Generator().manual_seed(ANALYTIC_SEED))[:ANALYTIC_IMAGES]
-    x0 = to_model_range(x[:100][pick], "cpu")
-    for t in (int(min(stored, key=int)), int(max(stored, key=int))):
+    x0, labels = to_model_range(x[:100][pick], "cpu"), y[:100][pick]
+    for t in (int(min(stored[0.0], key=int)), int(max(stored[0.0], key=int))):
         abar = float(run.schedule.alpha_bars[t])
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(ANALYTIC_SEED + t))
+        x_t, t_batch = abar ** 0.5 * x0 + (1 - abar) ** 0.5 * eps, torch.full((len(x0),), t)
         with torch.no_grad():
-            pred = run.model(abar ** 0.5 * x0 + (1 - abar) ** 0.5 * eps, torch.full((len(x0),), t), y[:100][pick])
-        want = float(pred.double().pow(2).mean())
-        assert want > 0 and math.isclose(stored[str(t)], want, rel_tol=1e-4), t
+            cond = run.model(x_t, t_batch, labels).double()
+            uncond = run.model(x_t, t_batch, torch.full_like(labels, 10)).double()
+        for w, pred in ((0.0, cond), (1.0, 2 * cond - uncond)):
+            want = float(pred.pow(2).mean())
+            assert want > 0 and math.isclose(stored[w][str(t)], want, rel_tol=1e-4), (t, w)
+        assert stored[0.0][str(t)] != stored[1.0][str(t)]
 
 
 def test_an_older_run_folder_gains_its_store_and_a_fresh_estimate_equals_it(cond_run, tmp_path):

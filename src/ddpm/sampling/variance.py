@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.analytic import analytic_variances, eps_norm_ratio
-from ..core.guidance import guided_model
+from ..core.analytic import analytic_variances
+from ..core.guidance import guidance_combine
 from ..core.respace import respace
 from ..core.samplers import ancestral_timesteps
 from ..data.datasets import EMBEDDED, DataError, load_images, to_model_range
@@ -58,7 +58,7 @@ def analytic_sigma2(run, timesteps: torch.Tensor, model=None, images: int = ANAL
     key = ("analytic", tuple(timesteps.tolist()), images, guide)
     cache = run.cache
     if key not in cache:
-        gamma = _gamma(run, key[1], model, images, guide)
+        gamma = _gammas(run, key[1], model, images, [guide])[0]
         cache[key] = analytic_variances(respace(run.schedule, timesteps), torch.tensor(gamma, dtype=torch.float64))
     return cache[key]
 
@@ -97,39 +97,64 @@ def _stored(run) -> list[dict]:
         return []
 
 
-def _gamma(run, timesteps: tuple[int, ...], model, images: int, guide) -> list[float]:
-    """Gamma_t for each of ``timesteps``: the stored ones, and the others estimated and added to the store."""
+def _gammas(run, timesteps: tuple[int, ...], model, images: int, guides: list) -> list[list[float]]:
+    """Gamma_t for each of ``timesteps`` and each of ``guides``: the stored values, and the others estimated (in one
+    sweep that shares the network's passes between the guides) and added to the store."""
     estimates = _stored(run)
-    entry = next((e for e in estimates if _matches(e, run, images, guide)), None)
-    if entry is None:
-        entry = {"weights": getattr(run, "weights", "ema"), "guidance": _guidance(guide), "images": images,
-                 "seed": ANALYTIC_SEED, "gamma": {}}
-        estimates.append(entry)
-    missing = sorted({t for t in timesteps if str(t) not in entry["gamma"]})
+    entries = []
+    for guide in guides:
+        entry = next((e for e in estimates if _matches(e, run, images, guide)), None)
+        if entry is None:
+            entry = {"weights": getattr(run, "weights", "ema"), "guidance": _guidance(guide), "images": images,
+                     "seed": ANALYTIC_SEED, "gamma": {}}
+            estimates.append(entry)
+        entries.append(entry)
+    missing = sorted({t for t in timesteps for e in entries if str(t) not in e["gamma"]})
     if missing:
-        entry["gamma"].update(_estimate(run, missing, model, images, guide))
+        for entry, fresh in zip(entries, _estimate(run, missing, model, images, guides)):
+            for t, g in fresh.items():
+                entry["gamma"].setdefault(t, g)  # a stored value stays
         ckpt = _checkpoint(run)
         if ckpt is not None and ckpt.is_dir():
             try:
                 write_analytic(ckpt, estimates)
             except OSError:  # a read-only folder: the estimate serves this load only
                 pass
-    return [entry["gamma"][str(t)] for t in timesteps]
+    return [[e["gamma"][str(t)] for t in timesteps] for e in entries]
 
 
-def _estimate(run, timesteps: list[int], model, images: int, guide) -> dict[str, float]:
-    """A fresh Monte Carlo Gamma_t for each of ``timesteps`` (:func:`ddpm.core.analytic.eps_norm_ratio`)."""
+@torch.inference_mode()
+def _estimate(run, timesteps: list[int], model, images: int, guides: list) -> list[dict[str, float]]:
+    """A fresh Monte Carlo Gamma_t = mean ||eps~(x_t, t)||^2 / d for each of ``guides`` at each of ``timesteps``:
+    x_t ~ q(x_t | x_0) (eq. 4) of the ``images`` training images, the noise of step t from its own generator
+    (seed + t), through the network once per way of calling it the guides need (with each image's label, "no
+    class", or without labels) and mixed as the sampler mixes them (:func:`ddpm.core.guidance.guidance_combine`)."""
     x0, pick = _training_images(run, images)
     f = model if model is not None else run.model
-    if guide is not None:
-        w, interval = guide
-        cfg = run.config.model
-        f = guided_model(f, _training_labels(run, pick), w, null_label=cfg.num_classes,
-                         eps_channels=cfg.in_channels, interval=interval)
-    # one batch of all the images, so that the labels line up with them; step t's noise from its own generator
-    return {str(t): float(eps_norm_ratio(f, run.schedule, torch.tensor([t]), x0,
-                                         torch.Generator().manual_seed(ANALYTIC_SEED + t), batch_size=len(x0))[0])
-            for t in timesteps}
+    labels = _training_labels(run, pick) if any(g is not None for g in guides) else None
+    out = [{} for _ in guides]
+    for t in timesteps:
+        abar = float(run.schedule.alpha_bars[t])
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(ANALYTIC_SEED + t)).to(x0.device)
+        x_t = abar ** 0.5 * x0 + (1.0 - abar) ** 0.5 * eps
+        t_batch = torch.full((len(x0),), t, device=x0.device, dtype=torch.long)
+        passes = {}
+
+        def call(y: str) -> torch.Tensor:
+            if y not in passes:
+                given = {"none": None, "own": labels,
+                         "null": None if labels is None else torch.full_like(labels, run.config.model.num_classes)}[y]
+                passes[y] = (f(x_t, t_batch) if given is None else f(x_t, t_batch, given)).float()[:, :x0.shape[1]]
+            return passes[y]
+        for guide, gamma in zip(guides, out):
+            if guide is None:
+                pred = call("none")
+            else:
+                w, interval = guide
+                guided = w != 0 and (interval is None or interval[0] <= t <= interval[1])
+                pred = guidance_combine(call("own"), call("null"), w) if guided else call("own")
+            gamma[str(t)] = float(pred.double().pow(2).flatten(1).mean(1).mean())
+    return out
 
 
 def data_readable(run) -> bool:
@@ -170,9 +195,12 @@ def store_default_estimates(ckpt, device: str = "cpu") -> Path | None:
     from .generate import load_run, model_fn  # (generate imports this module)
     run = load_run(ckpt, "ema", str(device))
     f = model_fn(run.model, run.device, "fp32")
+    groups: dict[tuple[int, ...], list] = {}
+    for timesteps, guide in default_settings(run):
+        groups.setdefault(tuple(timesteps.tolist()), []).append(guide)
     try:
-        for timesteps, guide in default_settings(run):
-            analytic_sigma2(run, timesteps, model=f, guide=guide)
+        for timesteps, guides in groups.items():  # the guides share the network's passes
+            _gammas(run, timesteps, f, ANALYTIC_IMAGES, guides)
     except DataError as e:
         warnings.warn(f"{ckpt}: no analytic-variance estimate stored ({e})", stacklevel=2)
         return None
