@@ -18,7 +18,8 @@ from ddpm.data.embedded import sklearn_digits_split
 from ddpm.runs.checkpoint import CheckpointError, analytic_record, check_analytic, read_analytic
 from ddpm.sampling.defaults import analytic_available, resolve_sampling
 from ddpm.sampling.generate import load_run
-from ddpm.sampling.variance import ANALYTIC_IMAGES, ANALYTIC_SEED, analytic_sigma2, default_settings
+from ddpm.sampling.stored import default_settings
+from ddpm.sampling.variance import ANALYTIC_IMAGES, ANALYTIC_SEED, analytic_sigma2
 
 FLAGS = [*TINY[:TINY.index("--timesteps")], "--timesteps", "200", *TINY[TINY.index("--timesteps") + 2:]]
 

@@ -6,14 +6,16 @@ of step t from its own generator, seeded ``seed + t``, so Gamma_t does not depen
 
 The estimates are stored beside the weights they belong to, ``checkpoints/step_N/analytic.json``
 (:func:`ddpm.runs.checkpoint.read_analytic`), per weights set, way of calling the network and timestep: training
-writes those of the default draws (:func:`store_default_estimates`) when it writes its last checkpoint, so sampling
-with the defaults needs no training data and draws the same images on every machine, and from a run exported and
-imported again.  A stored Gamma_t is always used before a new estimate; a step not stored is estimated where the
-data can be read and added to the store where the folder is writable (an older run folder gains its store the first
-time it is drawn from).  A damaged store is estimated again where the data is at hand (with a warning), else refused.
+writes those of the default draws (:func:`ddpm.sampling.stored.store_default_estimates`) with its last checkpoint,
+so sampling with the defaults needs no training data and draws the same images on every machine, and from a run
+exported and imported again.  A stored Gamma_t is always used before a new estimate; a step not stored is
+estimated where the data can be read and added to the store where the folder is writable (an older run folder gains
+its store the first time it is drawn from).  A damaged store is estimated again where the data is at hand (with a
+warning), else refused.
 
 A class-conditional run samples with the prediction its sampler uses: each training image's own label, and the
-guidance weight of the call (:func:`ddpm.core.guidance.guided_model`), since the conditional prediction is a
+guidance weight of the call (:func:`ddpm.core.guidance.guidance_combine`, mixed as
+:func:`~ddpm.core.guidance.guided_model` mixes it), since the conditional prediction is a
 different (better) network than the run's "no class" one, with a different Gamma.
 """
 from __future__ import annotations
@@ -26,14 +28,13 @@ import torch
 from ..core.analytic import analytic_variances
 from ..core.guidance import guidance_combine
 from ..core.respace import respace
-from ..core.samplers import ancestral_timesteps
 from ..data.datasets import EMBEDDED, DataError, load_images, to_model_range
 from ..data.labels import load_labels
-from ..runs.checkpoint import ANALYTIC_FILE, CheckpointError, read_analytic, write_analytic
+from ..runs.checkpoint import CheckpointError, read_analytic, write_analytic
 from ..runs.diffusers_io import UNKNOWN_DATA
 
-__all__ = ["ANALYTIC", "ANALYTIC_IMAGES", "ANALYTIC_SEED", "analytic_sigma2", "data_readable", "has_stored_estimate",
-           "default_settings", "store_default_estimates"]
+__all__ = ["ANALYTIC", "ANALYTIC_IMAGES", "ANALYTIC_SEED", "analytic_sigma2", "analytic_gammas", "data_readable",
+           "has_stored_estimate"]
 
 #: the name of the variance choice, beside the training variance types (sampling only)
 ANALYTIC = "analytic"
@@ -42,6 +43,7 @@ ANALYTIC = "analytic"
 ANALYTIC_IMAGES = 64
 #: the seed of the estimate: which training images (a permutation drawn with it) and their noise (step t: seed + t)
 ANALYTIC_SEED = 20220127
+
 
 def analytic_sigma2(run, timesteps: torch.Tensor, model=None, images: int = ANALYTIC_IMAGES,
                     guide: tuple[float, tuple[int, int] | None] | None = None) -> torch.Tensor:
@@ -58,7 +60,7 @@ def analytic_sigma2(run, timesteps: torch.Tensor, model=None, images: int = ANAL
     key = ("analytic", tuple(timesteps.tolist()), images, guide)
     cache = run.cache
     if key not in cache:
-        gamma = _gammas(run, key[1], model, images, [guide])[0]
+        gamma = analytic_gammas(run, key[1], model, images, [guide])[0]
         cache[key] = analytic_variances(respace(run.schedule, timesteps), torch.tensor(gamma, dtype=torch.float64))
     return cache[key]
 
@@ -97,9 +99,12 @@ def _stored(run) -> list[dict]:
         return []
 
 
-def _gammas(run, timesteps: tuple[int, ...], model, images: int, guides: list) -> list[list[float]]:
-    """Gamma_t for each of ``timesteps`` and each of ``guides``: the stored values, and the others estimated (in one
-    sweep that shares the network's passes between the guides) and added to the store."""
+def analytic_gammas(run, timesteps, model=None, images: int = ANALYTIC_IMAGES, guides: list = (None,)
+                    ) -> list[list[float]]:
+    """Gamma_t for each of ``timesteps`` (0-based) and each of ``guides`` (as ``guide`` of :func:`analytic_sigma2`):
+    the stored values, and the others estimated (in one sweep that shares the network's passes between the guides)
+    and added to the store."""
+    timesteps = [int(t) for t in torch.as_tensor(timesteps).tolist()]
     estimates = _stored(run)
     entries = []
     for guide in guides:
@@ -173,38 +178,6 @@ def has_stored_estimate(run) -> bool:
         return any(e["weights"] == getattr(run, "weights", "ema") for e in read_analytic(ckpt))
     except CheckpointError:
         return True
-
-
-def default_settings(run) -> list[tuple[torch.Tensor, tuple[float, tuple[int, int] | None] | None]]:
-    """(timesteps, guide) of every default draw of ``run`` with the analytic variance
-    (:func:`ddpm.sampling.defaults.resolve_sampling`): the network without labels for an unconditional run; for a
-    class-conditional one, every class in turn purely conditional (w = 0) and a class asked for, guided with
-    :data:`~ddpm.sampling.generate.DEFAULT_GUIDANCE`."""
-    from .defaults import resolve_sampling  # (both import this module)
-    from .generate import DEFAULT_GUIDANCE
-    sampling = resolve_sampling(run, "ddpm", None, ANALYTIC, None)
-    timesteps = ancestral_timesteps(run.schedule, sampling.steps, sampling.spacing)
-    guides = [None] if run.config.class_names is None else [(0.0, None), (DEFAULT_GUIDANCE, None)]
-    return [(timesteps, guide) for guide in guides]
-
-
-def store_default_estimates(ckpt, device: str = "cpu") -> Path | None:
-    """Estimate and store (``ckpt/analytic.json``) Gamma of every default draw (:func:`default_settings`) of the EMA
-    weights of checkpoint folder ``ckpt``, with the network in float32 on ``device``; returns the file, or None
-    with a warning when the training data cannot be read (sampling then estimates where it can)."""
-    from .generate import load_run, model_fn  # (generate imports this module)
-    run = load_run(ckpt, "ema", str(device))
-    f = model_fn(run.model, run.device, "fp32")
-    groups: dict[tuple[int, ...], list] = {}
-    for timesteps, guide in default_settings(run):
-        groups.setdefault(tuple(timesteps.tolist()), []).append(guide)
-    try:
-        for timesteps, guides in groups.items():  # the guides share the network's passes
-            _gammas(run, timesteps, f, ANALYTIC_IMAGES, guides)
-    except DataError as e:
-        warnings.warn(f"{ckpt}: no analytic-variance estimate stored ({e})", stacklevel=2)
-        return None
-    return Path(run.checkpoint) / ANALYTIC_FILE
 
 
 def _training_images(run, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,7 +45,7 @@ from ..runtime import distributed
 from ..runtime.atomic import write_json_atomic
 from ..runtime.governor import governor_for
 from ..runtime.precision import auto_compile, autocast_dtype
-from ..sampling.variance import store_default_estimates
+from ..sampling.stored import store_default_estimates
 from .finetune import load_initial_weights
 from .log import TrainingLog
 from .previews import write_preview
