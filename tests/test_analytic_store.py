@@ -174,3 +174,15 @@ def test_check_analytic_refuses_what_is_not_an_estimate(bad):
     ok = analytic_record([{"weights": "ema", "guidance": {"w": 1, "interval": [0, 9]}, "images": 64, "seed": 1,
                            "gamma": {"0": 1}}])
     assert check_analytic(ok, "where")[0]["guidance"] == {"w": 1.0, "interval": [0, 9]}
+
+
+def test_a_damaged_estimate_in_an_export_is_left_out_of_the_import_with_a_warning(cond_run, tmp_path):
+    assert main(["export", str(cond_run), str(tmp_path / "out")]) == 0
+    config = tmp_path / "out" / "ddpm_config.json"
+    saved = json.loads(config.read_text())
+    saved["analytic"]["estimates"][0]["gamma"] = {"0": "x"}
+    config.write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match="analytic-variance estimate is left out"):
+        assert main(["import", str(tmp_path / "out"), str(tmp_path / "back")]) == 0
+    assert not (ckpt_of(tmp_path / "back") / "analytic.json").exists()
+    assert json.loads((ckpt_of(tmp_path / "back") / "config.json").read_text())["data"] == saved["data"]
