@@ -38,7 +38,7 @@ from ..runtime.atomic import default_mode, fsync_path, write_json_atomic
 
 __all__ = ["WEIGHT_SETS", "CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints",
            "load_checkpoint", "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite",
-           "ANALYTIC_FILE", "analytic_record", "check_analytic", "read_analytic", "write_analytic"]
+           "CHECKPOINT_FILES", "ANALYTIC_FILE", "analytic_record", "check_analytic", "read_analytic", "write_analytic"]
 
 
 class CheckpointError(Exception):

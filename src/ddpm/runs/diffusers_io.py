@@ -62,8 +62,8 @@ from .diffusers_format import (
     unet_config_from_diffusers,
 )
 
-__all__ = ["WEIGHT_FILES", "DiffusersFolder", "find_diffusers_folder", "read_diffusers", "import_diffusers",
-           "export_diffusers", "check_new_folder", "model_card"]
+__all__ = ["WEIGHT_FILES", "UNKNOWN_DATA", "DiffusersFolder", "find_diffusers_folder", "read_diffusers",
+           "import_diffusers", "export_diffusers", "check_new_folder", "model_card"]
 
 #: the weight files of a UNet2DModel folder, in the order they are looked for
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
