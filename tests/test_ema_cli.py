@@ -31,10 +31,10 @@ def test_each_decay_of_several_equals_a_run_trained_with_that_decay_alone(tmp_pa
     assert _train(first, 6, "--ema-decay", "0.3") == 0
     assert _train(second, 6, "--ema-decay", "0.4") == 0
     ck = latest_checkpoint(both)
-    assert sorted(p.name for p in ck.iterdir()) == ["config.json", "ema.safetensors", "ema_0.4.safetensors",
-                                                    "model.safetensors", "trainer.pt"]
+    assert sorted(p.name for p in ck.iterdir()) == ["analytic.json", "config.json", "ema.safetensors",
+                                                    "ema_0.4.safetensors", "model.safetensors", "trainer.pt"]
     alone = sorted(p.name for p in latest_checkpoint(first).iterdir())
-    assert alone == ["config.json", "ema.safetensors", "model.safetensors", "trainer.pt"]  # as before
+    assert alone == ["analytic.json", "config.json", "ema.safetensors", "model.safetensors", "trainer.pt"]  # as before
     saved = json.loads((first / "config.json").read_text())
     assert "extra_ema_decays" not in saved and "ema_snapshot_every" not in saved
     assert _same(load_weights(ck, "ema"), load_weights(latest_checkpoint(first), "ema"))

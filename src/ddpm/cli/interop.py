@@ -10,6 +10,7 @@ import torch
 from ..core.diffusion import VARIANCE_TYPES
 from ..core.schedule import SCHEDULE_KINDS, ScheduleConfig
 from ..model.unet import UNet, count_parameters
+from ..runs.checkpoint import ANALYTIC_FILE, latest_checkpoint
 from ..runs.config import TrainConfig
 from ..runs.diffusers_io import export_diffusers, import_diffusers
 from .args import add_weights, at_least
@@ -39,8 +40,9 @@ def register(sub) -> None:
                        description="Read a diffusers model folder (a DDPMPipeline: model_index.json, unet/, "
                                    "scheduler/; or a bare UNet2DModel folder with the schedule given by flags) and "
                                    "write a ddpm run folder that ddpm sample, eval, study and train --init-from "
-                                   "read.  diffusers itself is not needed; .bin weights are read with "
-                                   "torch.load(weights_only=True), so nothing in them runs.",
+                                   "read (with the analytic-variance estimate a ddpm export carried, so the "
+                                   "defaults draw as from the exported run).  diffusers itself is not needed; .bin "
+                                   "weights are read with torch.load(weights_only=True), so nothing in them runs.",
                        epilog=IMPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="the diffusers folder")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder to write (new, or empty)")
@@ -61,8 +63,9 @@ def register(sub) -> None:
     e = sub.add_parser("export", help="write a run as a diffusers DDPMPipeline folder",
                        description="Write a run's weights as a folder that diffusers.DDPMPipeline.from_pretrained "
                                    "loads: the network as a UNet2DModel (safetensors), the betas, variance type and "
-                                   "x_0 clipping as a DDPMScheduler, the run's config as ddpm_config.json, and a "
-                                   "model card (README.md) with the bound and sample quality measured on the run.",
+                                   "x_0 clipping as a DDPMScheduler, the run's config and the checkpoint's stored "
+                                   "analytic-variance estimate as ddpm_config.json, and a model card (README.md) "
+                                   "with the bound and sample quality measured on the run.",
                        epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("run", metavar="RUN", help="run folder (or one checkpoint folder inside it)")
     e.add_argument("out", metavar="OUT", help="the folder to write (new, or empty)")
@@ -89,9 +92,10 @@ def _run_import(args) -> int:
         params = count_parameters(UNet(cfg.model))
     s = cfg.schedule
     betas = f"linear {s.beta_start:g} to {s.beta_end:g}" if s.kind == "linear" else "cosine"
+    carried = (latest_checkpoint(run_dir) / ANALYTIC_FILE).is_file()
     print(f"imported {args.src} into {run_dir}: {params:,} parameters, "
           f"{cfg.model.image_size}x{cfg.model.image_size}x{cfg.model.in_channels}, T = {s.num_timesteps} ({betas}), "
-          f"variance {cfg.variance}")
+          f"variance {cfg.variance}{', with the analytic-variance estimate of the export' if carried else ''}")
     print(f"next: ddpm sample {run_dir}")
     return 0
 

@@ -3,6 +3,7 @@ beside the run's fixed EMA(s), with the run's quality metric (classifier FD and 
 ``ddpm ema RUN --sweep`` writes ``sweep.json`` and ``sweep.png`` (FD against sigma_rel); docs/ema.md."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..runs.checkpoint import ema_decays, ema_weights_name, latest_checkpoint, load_weights
@@ -16,10 +17,14 @@ __all__ = ["DEFAULT_SWEEP", "ema_sweep", "plot_sweep"]
 DEFAULT_SWEEP = (0.02, 0.03, 0.05, 0.07, 0.10, 0.13, 0.17, 0.22)
 
 
-def _score(run, weights: dict, draw, classifier, reference) -> dict:
+def _score(run, weights: dict, label: str | None, draw, classifier, reference) -> dict:
+    """Draw and score ``run`` with ``weights`` in place of its own.  ``label``: the checkpoint's name of these
+    weights ("ema", "ema:D"), under which Analytic-DPM's estimate is stored and read; None for weights the
+    checkpoint does not hold (a reconstruction), estimated afresh and stored nowhere."""
     run.model.load_state_dict(weights)
     run.cache.clear()  # what was computed from the previous weights (Analytic-DPM's variances) no longer holds
-    images, labels = draw(run)
+    run.weights = label or run.weights
+    images, labels = draw(run if label is not None else replace(run, checkpoint=None, cache={}))
     r = quality_report(images, reference, classifier=classifier, floor=False, labels=labels)
     row = {"n": r["n"], "fd": r["fd"], "kid_mean": r["kid_mean"], "kid_std": r["kid_std"]}
     if "conditional" in r:
@@ -40,14 +45,14 @@ def ema_sweep(run, run_dir, sigma_rels, draw, out_dir, *, classifier=None, refer
     fixed = []
     for i, decay in enumerate(ema_decays(cfg)):
         weights = load_weights(ckpt, "ema" if i == 0 else ema_weights_name(decay))
-        fixed.append({"decay": decay, "weights": "ema" if i == 0 else f"ema:{decay:g}",
-                      **_score(run, weights, draw, classifier, reference)})
+        label = "ema" if i == 0 else f"ema:{decay!r}"
+        fixed.append({"decay": decay, "weights": label, **_score(run, weights, label, draw, classifier, reference)})
         say(f"fixed EMA {decay:g}: FD {fixed[-1]['fd']:.3f}")
     rows = []
     for sigma_rel in sigma_rels:
         weights, rec = reconstruct(run_dir, sigma_rel)
         rows.append({"sigma_rel": sigma_rel, "gamma": rec["gamma"], "step": rec["step"],
-                     **_score(run, weights, draw, classifier, reference)})
+                     **_score(run, weights, None, draw, classifier, reference)})
         say(f"sigma_rel {sigma_rel:g}: FD {rows[-1]['fd']:.3f}")
     best = min(rows, key=lambda r: r["fd"])
     record = {"checkpoint": ckpt.name, "classifier": classifier[1]["key"], "sampling": sampling or {},

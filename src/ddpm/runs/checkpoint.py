@@ -10,6 +10,9 @@ A checkpoint is a folder ``RUN/checkpoints/step_XXXXXXX/`` holding
 * optionally, more weights: ``ema_D.safetensors``, the EMA of decay D of a run trained with several decays (the first
   decay's is ``ema.safetensors``), and ``power_ema.safetensors``, the power-function EMAs of post-hoc EMA
   (:mod:`ddpm.training.ema`).
+* ``analytic.json`` (optional, written after the folder: a checkpoint without it loads as before): the Monte Carlo
+  estimates of Gamma_t that Analytic-DPM's variance is made from (:mod:`ddpm.sampling.variance`), per weights set
+  and way of calling the network, read and written by :func:`read_analytic` and :func:`write_analytic`.
 
 Saves are atomic and durable: every file is written and flushed to disk (fsync) under a temporary folder name,
 the folder is renamed into place and the rename flushed, and only then is the ``latest`` pointer replaced and
@@ -34,11 +37,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..runtime.atomic import default_mode, fsync_path
+from ..runtime.atomic import default_mode, fsync_path, write_json_atomic
 
 __all__ = ["WEIGHT_SETS", "CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints",
            "load_checkpoint", "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite",
-           "CHECKPOINT_FILES", "ema_decays", "ema_weights_name", "weight_set"]
+           "CHECKPOINT_FILES", "ema_decays", "ema_weights_name", "weight_set", "is_weight_set", "ANALYTIC_FILE",
+           "analytic_record", "check_analytic", "read_analytic", "write_analytic"]
 
 
 class CheckpointError(Exception):
@@ -256,3 +260,87 @@ def _load_one(ckpt: Path, with_trainer_state: bool) -> dict:
         if not isinstance(out["trainer"], dict):
             raise CheckpointError(f"{f}: holds a {type(out['trainer']).__name__}, not a trainer state")
     return out
+
+
+#: the file beside a checkpoint's weights that holds its Analytic-DPM estimates
+ANALYTIC_FILE = "analytic.json"
+_ANALYTIC_FORMAT = "ddpm-analytic-gamma/1"
+
+
+def is_weight_set(name) -> bool:
+    """Whether ``name`` names a checkpoint's weights: "ema", "model" or "ema:D" (the EMA of decay D)."""
+    if name in WEIGHT_SETS:
+        return True
+    if not (isinstance(name, str) and name.startswith("ema:")):
+        return False
+    try:
+        return 0 < float(name[4:]) < 1
+    except ValueError:
+        return False
+
+
+def _check_estimate(e, where) -> dict:
+    """One estimate of :func:`check_analytic` in its canonical form, or a one-line :class:`CheckpointError`."""
+    def bad(why):
+        return CheckpointError(f"{where}: {why}")
+    if not isinstance(e, dict) or set(e) != {"weights", "guidance", "images", "seed", "gamma"}:
+        raise bad("an estimate is not an object of weights, guidance, images, seed and gamma")
+    g = e["guidance"]
+    if g is not None and not (isinstance(g, dict) and set(g) == {"w", "interval"} and _number(g["w"])
+                              and (g["interval"] is None or (isinstance(g["interval"], list)
+                                                             and len(g["interval"]) == 2
+                                                             and all(_index(i) for i in g["interval"])))):
+        raise bad(f"guidance {g!r} is neither null nor {{w, interval}}")
+    if not is_weight_set(e["weights"]) or not _index(e["images"]) or not _index(e["seed"]):
+        raise bad("weights, images or seed out of range")
+    gamma = e["gamma"]
+    if not (isinstance(gamma, dict) and gamma and all(k.isdigit() and _number(v) and v >= 0
+                                                      for k, v in gamma.items())):
+        raise bad("gamma is not a map of timesteps to finite non-negative numbers")
+    return {**e, "guidance": None if g is None else {"w": float(g["w"]), "interval": g["interval"]},
+            "gamma": {str(int(k)): float(v) for k, v in gamma.items()}}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
+
+
+def _index(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def analytic_record(estimates: list[dict]) -> dict:
+    """The object of an ``analytic.json`` holding ``estimates`` (as :func:`check_analytic` returns them)."""
+    return {"format": _ANALYTIC_FORMAT, "estimates": list(estimates)}
+
+
+def check_analytic(obj, where) -> list[dict]:
+    """The estimates of an ``analytic.json`` object (also carried in an export's ``ddpm_config.json``): a list of
+    ``{"weights": "ema" | "model", "guidance": None | {"w": w, "interval": [lo, hi] (0-based) | None}, "images": M,
+    "seed": s, "gamma": {"t": Gamma_t}}`` (t 0-based); anything else is a one-line :class:`CheckpointError` naming
+    ``where``."""
+    if not (isinstance(obj, dict) and obj.get("format") == _ANALYTIC_FORMAT and isinstance(obj.get("estimates"), list)):
+        raise CheckpointError(f"{where}: not a ddpm analytic-variance file (format {_ANALYTIC_FORMAT})")
+    return [_check_estimate(e, where) for e in obj["estimates"]]
+
+
+def read_analytic(ckpt: Path) -> list[dict]:
+    """The estimates stored beside the weights of checkpoint folder ``ckpt`` (:func:`check_analytic`); [] when it
+    holds none.  A damaged or truncated file is a one-line :class:`CheckpointError`, never read in part."""
+    f = Path(ckpt) / ANALYTIC_FILE
+    if not f.is_file():
+        return []
+    try:
+        obj = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{f}: unreadable ({type(e).__name__}: {e})") from None
+    return check_analytic(obj, f)
+
+
+def write_analytic(ckpt: Path, estimates: list[dict]) -> dict:
+    """Write ``estimates`` (checked as :func:`check_analytic` reads them) as ``ckpt/analytic.json``, atomically;
+    returns the object written."""
+    obj = analytic_record(estimates)
+    check_analytic(obj, Path(ckpt) / ANALYTIC_FILE)
+    write_json_atomic(Path(ckpt) / ANALYTIC_FILE, obj)
+    return obj

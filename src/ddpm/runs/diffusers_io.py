@@ -8,8 +8,10 @@ tensors and plain containers; weights holding a NaN or an infinity are refused t
 
 :func:`export_diffusers` writes a run's weights as a folder that ``diffusers.DDPMPipeline.from_pretrained`` loads:
 the network as a UNet2DModel (safetensors), the betas, variance type and x_0 clipping as a DDPMScheduler, the
-run's own config as ``ddpm_config.json`` (so that importing the folder again gives the same run config back) and
-a model card, README.md, with the training settings and the bound and sample quality measured on the run.
+run's own config as ``ddpm_config.json`` (so that importing the folder again gives the same run config back), with
+the checkpoint's stored estimate of Analytic-DPM's variance for those weights under ``analytic`` (so that the
+imported run draws the same images with the defaults, without the training data), and a model card, README.md,
+with the training settings and the bound and sample quality measured on the run.
 
 What is kept: everything the sampler uses.  The linear and cosine schedules, the fixed variances and the
 learned-range one (DDPMScheduler's learned_range is eq. 15 of Nichol & Dhariwal 2021, as in ddpm) all have
@@ -40,10 +42,14 @@ from ..runtime.atomic import default_mode, fsync_path, write_json_atomic
 from .checkpoint import (
     WEIGHT_SETS,
     CheckpointError,
+    analytic_record,
+    check_analytic,
     check_finite,
     load_checkpoint,
+    read_analytic,
     save_checkpoint,
     weight_set,
+    write_analytic,
 )
 from .config import TrainConfig
 from .diffusers_format import (
@@ -57,8 +63,8 @@ from .diffusers_format import (
     unet_config_from_diffusers,
 )
 
-__all__ = ["WEIGHT_FILES", "DiffusersFolder", "find_diffusers_folder", "read_diffusers", "import_diffusers",
-           "export_diffusers", "check_new_folder", "model_card", "UNKNOWN_DATA"]
+__all__ = ["WEIGHT_FILES", "UNKNOWN_DATA", "DiffusersFolder", "find_diffusers_folder", "read_diffusers",
+           "import_diffusers", "export_diffusers", "check_new_folder", "model_card"]
 
 #: the weight files of a UNet2DModel folder, in the order they are looked for
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
@@ -175,10 +181,12 @@ def read_diffusers(src, *, schedule: ScheduleConfig | None = None, variance: str
     if not unet_json_path.is_file():
         raise CheckpointError(f"{unet_json_path}: missing; the folder is incomplete")
     unet_json = _read_json(unet_json_path)
-    known = None
+    known, analytic, carried = None, None, None
     if folder.ddpm_config is not None:
         try:
-            known = TrainConfig.from_dict(_read_json(folder.ddpm_config))
+            saved = _read_json(folder.ddpm_config)
+            analytic = saved.pop("analytic", None)
+            known = TrainConfig.from_dict(saved)
         except (TypeError, ValueError) as e:
             warnings.warn(f"{folder.ddpm_config}: not a ddpm config ({e}); ignored")
     model = unet_config_from_diffusers(unet_json, unet_json_path, image_size,
@@ -213,13 +221,28 @@ def read_diffusers(src, *, schedule: ScheduleConfig | None = None, variance: str
         if same_network(known.model, model) and known.schedule == schedule and known.variance == (sched_variance
                                                                                                   or variance):
             config = replace(known, variance=variance) if chosen else known
+            carried = _carried_estimates(analytic, folder.ddpm_config)
         else:
             warnings.warn(f"{folder.ddpm_config}: describes another network, schedule or variance than the diffusers "
                           "files beside it; ignored")
     record = {"source": str(folder.root.resolve()), "format": "diffusers", "weights_file": str(weights_file.resolve()),
               "weights_sha256": _sha256(weights_file), "diffusers_version": unet_json.get("_diffusers_version"),
               "scheduler": str(folder.scheduler.resolve()) if folder.scheduler else None, "notes": notes}
+    if carried:
+        record["analytic"] = carried  # (import_diffusers stores it beside the weights, not in config.json)
     return config, state, record
+
+
+def _carried_estimates(analytic, where) -> list[dict] | None:
+    """The analytic-variance estimates an export carried in ``ddpm_config.json`` (:func:`export_diffusers`), for
+    the weights it holds; a damaged entry is left out with a warning (the imported run estimates where it can)."""
+    if analytic is None:
+        return None
+    try:
+        return check_analytic(analytic, f"{where} (analytic)")
+    except CheckpointError as e:
+        warnings.warn(f"{e}; the analytic-variance estimate is left out")
+        return None
 
 
 def check_new_folder(path, what: str = "folder") -> Path:
@@ -252,6 +275,7 @@ def import_diffusers(src, run_dir, **kw) -> Path:
     came from under ``imported`` (folder, file, SHA-256)."""
     run_dir = check_new_folder(run_dir, "run folder")
     config, state, record = read_diffusers(src, **kw)
+    analytic = record.pop("analytic", None)
     for note in record["notes"]:
         warnings.warn(note)
     config = replace(config, run_dir=str(run_dir))
@@ -260,7 +284,10 @@ def import_diffusers(src, run_dir, **kw) -> Path:
     saved = {**config.to_dict(), "imported": record}
     tmp = _staging(run_dir)
     try:
-        save_checkpoint(tmp, 0, model=net, ema=net, trainer_state={"step": 0, "imported": True}, config=saved, keep=1)
+        ckpt = save_checkpoint(tmp, 0, model=net, ema=net, trainer_state={"step": 0, "imported": True}, config=saved,
+                               keep=1)
+        if analytic:  # the exported weights are both weight sets here
+            write_analytic(ckpt, [{**e, "weights": which} for which in WEIGHT_SETS for e in analytic])
         write_json_atomic(tmp / "config.json", saved)
         _move_into_place(tmp, run_dir)
     except BaseException:
@@ -288,6 +315,7 @@ def export_diffusers(run, out, *, which: str = "ema") -> Path:
     schedule = make_schedule(config.schedule)
     scheduler_json = diffusers_scheduler_config(config.schedule, config.variance, schedule.betas)
     weights = state_dict_to_diffusers(weight_set(ck, which))
+    extra = _exported_estimates(ck["path"], which)
     tmp = _staging(out)
     try:
         (tmp / "unet").mkdir()
@@ -299,7 +327,7 @@ def export_diffusers(run, out, *, which: str = "ema") -> Path:
         save_file(weights, str(tmp / "unet" / WEIGHT_FILES[0]), metadata={"format": "pt"})
         fsync_path(tmp / "unet" / WEIGHT_FILES[0])
         write_json_atomic(tmp / "scheduler" / "scheduler_config.json", scheduler_json)
-        write_json_atomic(tmp / "ddpm_config.json", config.to_dict())
+        write_json_atomic(tmp / "ddpm_config.json", {**config.to_dict(), **extra})
         (tmp / "README.md").write_text(model_card(config, ck, which, out.name))
         fsync_path(tmp / "README.md")
         _move_into_place(tmp, out)
@@ -307,6 +335,20 @@ def export_diffusers(run, out, *, which: str = "ema") -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _exported_estimates(ckpt: Path, which: str) -> dict:
+    """``{"analytic": ...}``, the stored estimates of the ``which`` weights of ``ckpt`` as :func:`check_analytic`
+    reads them back (without the weights set: the export holds one), or {} when there are none; a damaged
+    store is left out with a warning."""
+    try:
+        estimates = [e for e in read_analytic(ckpt) if e["weights"] == which]
+    except CheckpointError as e:
+        warnings.warn(f"{e}; exported without the analytic-variance estimate")
+        return {}
+    if not estimates:
+        return {}
+    return {"analytic": analytic_record([{**e, "weights": "ema"} for e in estimates])}
 
 
 def _measured(path: Path) -> dict | None:
@@ -358,8 +400,8 @@ def model_card(config: TrainConfig, ck: dict, which: str, name: str) -> str:
                   "not record its training.", ""]
     rows = [("data", f"{d.source} ({d.split} split)" if d.source in ("digits", "sklearn-digits") else d.source),
             ("network", f"base width {m.base_channels}, channel multipliers {list(m.channel_mult)}, "
-                        f"{m.num_res_blocks} residual block{'s' if m.num_res_blocks != 1 else ''} per level, attention at {list(m.attention_resolutions)} "
-                        f"px, dropout {m.dropout:g}"),
+                        f"{m.num_res_blocks} residual block{'s' if m.num_res_blocks != 1 else ''} per level, "
+                        f"attention at {list(m.attention_resolutions)} px, dropout {m.dropout:g}"),
             ("schedule", f"T = {T}, {schedule}"),
             ("variance", config.variance), ("objective", {"simple": "L_simple (eq. 14)", "vlb": "L_vlb",
                                                           "hybrid": "L_hybrid"}[config.loss])]

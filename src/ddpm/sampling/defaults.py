@@ -5,8 +5,9 @@ Algorithm 2 on 100 respaced steps with Analytic-DPM's variance (:mod:`ddpm.sampl
 quadratically (t_k ~ k^2, dense at low noise; Song et al. 2021, App. D.2): on the digits it draws samples as good as
 the paper's 1,000 steps at a tenth of the network calls (docs/performance.md, "Full quality in 100 steps").  (A
 schedule that leaves much of the image at 0.8 T, where quadratic spacing starts, keeps uniform spacing.)  The
-variance is estimated from the run's training data; a run whose data cannot be read here (an imported network, a
-folder on another machine) is drawn with the paper's own sampler instead, all T steps of Algorithm 2 with the run's
+variance's estimate is stored with the checkpoint when training ends (and carried by export and import), so a
+moved or imported run draws the same; a run with neither a stored estimate nor its training data here (a foreign
+network imported) is drawn with the paper's own sampler instead, all T steps of Algorithm 2 with the run's
 variance, and a note says so.  With a fixed or learned variance asked for, Algorithm 2 runs all T steps unless
 ``--steps`` says otherwise; the other samplers take their own steps and spacing
 (:data:`ddpm.core.samplers.REGISTRY`).
@@ -18,15 +19,12 @@ a third of its unconditional model's (docs/conditional.md).  A class asked for i
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 from ..core.guidance import check_guidance
 from ..core.respace import timestep_sequence
 from ..core.samplers import sampler_spec
-from ..data.datasets import EMBEDDED
-from ..runs.diffusers_io import UNKNOWN_DATA
-from .variance import ANALYTIC
+from .variance import ANALYTIC, data_readable, has_stored_estimate
 
 __all__ = ["DEFAULT_SAMPLER", "DEFAULT_ANALYTIC_STEPS", "DEFAULT_ANALYTIC_SPACING", "MAX_SIGNAL_AT_START",
            "DEFAULT_GUIDANCE", "Sampling", "analytic_available", "resolve_sampling", "class_labels", "resolve_guidance",
@@ -59,9 +57,9 @@ class Sampling(NamedTuple):
 
 
 def analytic_available(run) -> bool:
-    """Whether the training data of ``run`` (a LoadedRun) is at hand to estimate the analytic variance from."""
-    source = run.config.data.source
-    return source in EMBEDDED or (source != UNKNOWN_DATA and Path(source).exists())
+    """Whether ``run`` (a LoadedRun) can draw with the analytic variance: its checkpoint stores an estimate
+    (:mod:`ddpm.sampling.variance`), or its training data is at hand to make one from."""
+    return has_stored_estimate(run) or data_readable(run)
 
 
 def resolve_sampling(run, sampler: str | None = None, steps: int | None = None, variance: str | None = None,

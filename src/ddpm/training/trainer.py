@@ -45,6 +45,7 @@ from ..runtime import distributed
 from ..runtime.atomic import write_json_atomic
 from ..runtime.governor import governor_for
 from ..runtime.precision import auto_compile, autocast_dtype
+from ..sampling.stored import store_default_estimates
 from .ema import POWER_EMA_FILE, ExtraEMAs, PowerEMA
 from .finetune import load_initial_weights
 from .log import TrainingLog
@@ -252,9 +253,11 @@ class Trainer:
         leaves before the checkpoint is complete."""
         state = trainer_state(self)
         if self.world.is_main:
-            save_checkpoint(self.run_dir, self.step, model=self.model, ema=self.ema, trainer_state=state,
-                            config=self.config_record(), keep=self.config.keep_checkpoints,
-                            extra_weights=self._extra_ema_weights())
+            final = save_checkpoint(self.run_dir, self.step, model=self.model, ema=self.ema, trainer_state=state,
+                                    config=self.config_record(), keep=self.config.keep_checkpoints,
+                                    extra_weights=self._extra_ema_weights())
+            if self.step == self.config.steps:  # the analytic variance of the default draws, stored beside the weights
+                store_default_estimates(final, self.device)
         distributed.barrier(self.world)
 
     # -- one optimisation step -------------------------------------------------------------------
