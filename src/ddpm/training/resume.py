@@ -18,8 +18,8 @@ def rank_state(trainer) -> dict:
     state = {"generator": trainer.gen.get_state(), "torch_rng": torch.get_rng_state()}
     if trainer.device.type == "cuda":  # the training GPU's only: a run resumes on a machine with fewer GPUs
         state["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)
-    if trainer.vlb is not None:
-        state["vlb"] = trainer.vlb.state_dict()
+    if trainer.loss_fn.importance is not None:  # the key older versions wrote
+        state["vlb"] = trainer.loss_fn.state_dict()
     return state
 
 
@@ -82,12 +82,12 @@ def restore(trainer) -> None:
                 rng = rng[index] if index < len(rng) else None
             if rng is not None:
                 torch.cuda.set_rng_state(rng, trainer.device)
-        if trainer.vlb is not None and "vlb" in mine:
-            trainer.vlb.load_state_dict(mine["vlb"])
+        if "vlb" in mine:
+            trainer.loss_fn.load_state_dict(mine["vlb"])
     else:
         # another world size: fresh streams per rank, a function of (seed, rank, step); the t-sampling
         # history of rank 0 seeds every rank's
         trainer.gen.manual_seed(distributed.rank_seed(seed, world.rank, "noise", trainer.step))
         torch.manual_seed(distributed.rank_seed(seed, world.rank, "dropout", trainer.step))
-        if trainer.vlb is not None and "vlb" in tr:
-            trainer.vlb.load_state_dict(tr["vlb"])
+        if "vlb" in tr:
+            trainer.loss_fn.load_state_dict(tr["vlb"])

@@ -27,8 +27,6 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..core.diffusion import loss_simple, min_snr_weights, q_sample, sample_timesteps
-from ..core.likelihood import TrainingVLB
 from ..core.schedule import make_schedule
 from ..data import datasets as data_mod
 from ..data.batches import Batches
@@ -47,6 +45,7 @@ from ..runtime.governor import governor_for
 from ..runtime.precision import auto_compile, autocast_dtype
 from .finetune import load_initial_weights
 from .log import TrainingLog
+from .loss import build_loss
 from .previews import write_preview
 from .rates import ema_decay_at, lr_at
 from .resume import restore, trainer_state
@@ -113,10 +112,7 @@ class Trainer:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(config.seed + 1 if rank == 0 else distributed.rank_seed(config.seed, rank, "noise"))
         self.step = 0
-        self.vlb = None
-        if config.loss != "simple":
-            self.vlb = TrainingVLB(self.schedule, config.loss, config.variance, config.hybrid_lambda,
-                                   config.importance_sampling)
+        self.loss_fn = build_loss(config, self.schedule)  # net, x0, labels, gen -> per-image loss (training/loss.py)
         # a second training in an existing folder (a resume while the first still runs) is refused here, before
         # the folder is read or tidied; a fresh folder is locked when run() makes it
         if self.world.is_main and self.run_dir.is_dir():
@@ -254,35 +250,15 @@ class Trainer:
         distributed.barrier(self.world)
 
     # -- one optimisation step -------------------------------------------------------------------
-    def _drop_labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Each label replaced by "no class" (index num_classes) with probability ``label_dropout``, one coin per
-        image from ``self.gen`` (so a resumed run draws the same coins)."""
-        p = self.config.label_dropout
-        if p == 0:
-            return y
-        drop = torch.rand(y.shape, generator=self.gen, device=self.device) < p
-        return torch.where(drop, torch.full_like(y, self.config.model.num_classes), y)
-
     def _loss(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        n = x0.shape[0]
-        weights = None
-        if self.vlb is not None and self.vlb.importance is not None:
-            t, weights = self.vlb.importance.sample(n, self.gen, self.device)
-        else:
-            t = sample_timesteps(n, self.schedule.num_timesteps, self.gen, self.device)
-        noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
-        x_t = q_sample(self.schedule, x0, t, noise)
-        if y is not None:
-            y = self._drop_labels(y)
+        """The batch mean of :attr:`loss_fn`'s per-image loss, t, eps and label coins drawn from ``self.gen``."""
+        return self.loss_fn.mean(self._call_network, x0, y, self.gen)
+
+    def _call_network(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if self._want("channels_last"):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self._network(x_t, t) if y is None else self._network(x_t, t, y)
-        if self.vlb is None:
-            gamma = self.config.min_snr_gamma
-            return loss_simple(out, noise, self.config.variance,
-                               None if gamma is None else min_snr_weights(self.schedule, t, gamma))
-        return self.vlb.loss(out.float(), noise, x0, x_t, t, weights)
+            return self._network(x_t, t) if y is None else self._network(x_t, t, y)
 
     def accumulate_gradients(self) -> torch.Tensor:
         """Forward and backward over ``grad_accum`` micro-batches; returns this rank's mean loss.
