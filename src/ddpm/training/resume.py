@@ -28,7 +28,7 @@ def trainer_state(trainer) -> dict:
     each rank's random state into ``ranks`` (rank 0's is also kept at the top level, as in a 1-rank run)."""
     ranks = distributed.gather_objects(rank_state(trainer), trainer.world)
     state = {"step": trainer.step, "optimizer": trainer.optimizer.state_dict(), "data": trainer.batches.state_dict(),
-             "world_size": trainer.world.world_size, **ranks[0]}
+             "world_size": trainer.world.world_size, "best": trainer.best, **ranks[0]}
     if trainer.scaler.is_enabled():
         state["grad_scaler"] = trainer.scaler.state_dict()
     if trainer.world.enabled:
@@ -62,6 +62,7 @@ def restore(trainer) -> None:
     if trainer.scaler.is_enabled() and "grad_scaler" in tr:
         trainer.scaler.load_state_dict(tr["grad_scaler"])
     trainer.step = int(tr["step"])
+    trainer.best = tr.get("best")  # the best FD measured so far (None: none yet, or saved by an older version)
     if trainer.world.is_main and trainer.step < trainer.config.steps:
         print(f"resuming {trainer.run_dir} from step {trainer.step} of {trainer.config.steps}", flush=True)
     world, seed = trainer.world, trainer.config.seed

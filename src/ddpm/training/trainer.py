@@ -34,6 +34,7 @@ from ..data.labels import load_labels
 from ..model.unet import UNet
 from ..runs.checkpoint import (
     CheckpointError,
+    mark_best,
     save_checkpoint,
 )
 from ..runs.config import TrainConfig
@@ -45,8 +46,10 @@ from ..runtime.governor import governor_for
 from ..runtime.precision import auto_compile, autocast_dtype
 from .finetune import load_initial_weights
 from .log import TrainingLog
+from .loggers import Logger, Loggers, make_loggers
 from .loss import build_loss
 from .previews import write_preview
+from .quality import Evaluator, evaluate_now
 from .rates import ema_decay_at, lr_at
 from .resume import restore, trainer_state
 
@@ -64,8 +67,11 @@ class Trainer:
     rank the same way after init, so no two ranks draw the same noise.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, world: distributed.World | None = None):
+    def __init__(self, config: TrainConfig, resume: bool = False, world: distributed.World | None = None,
+                 evaluator: Evaluator | None = None):
         self.config = config
+        self.evaluator = evaluator  # run -> quality row (the CLI builds it from ddpm.evaluation; None: no eval)
+        self.best: float | None = None  # the best FD so far (lower is better), kept in trainer.pt
         self.run_dir = Path(config.run_dir)
         if not resume and any((self.run_dir / "checkpoints").glob("step_*")):  # before any work
             raise CheckpointError(f"{self.run_dir}: already holds a run; resume it (ddpm train --resume "
@@ -193,11 +199,14 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 loss, grad_norm = self.train_step()
-                log.after_step(self.step, loss, grad_norm, self.optimizer.param_groups[0]["lr"])
+                log.after_step(self.step, loss, grad_norm, self.optimizer.param_groups[0]["lr"],
+                               ema_decay_at(self.step - 1, cfg.ema_decay))
                 with log.paused():
                     if self.world.is_main and self._due(cfg.sample_every):
-                        self._write_pictures()
-                    if self._due(cfg.checkpoint_every):
+                        self._write_pictures(log.loggers)
+                    saved = self.evaluator is not None and cfg.eval_every and self._due(cfg.eval_every) \
+                        and self._evaluate(log.loggers)
+                    if self._due(cfg.checkpoint_every) and not saved:
                         self.save()
         finally:
             log.close()
@@ -207,10 +216,26 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return self.step % every == 0 or self.step == self.config.steps
 
-    def _write_pictures(self) -> None:
+    def _write_pictures(self, loggers: Logger) -> None:
         if self.config.preview_samples:  # 0: no preview grids, only the loss curve
-            write_preview(self)
+            loggers.image(self.step, "previews", _read_png(write_preview(self)))
         plot_loss_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
+
+    def _evaluate(self, loggers: Logger) -> bool:
+        """Measure quality now (rank 0; the others wait) and, when the FD is the best so far, save a checkpoint and
+        point ``checkpoints/best`` at it.  Collective when distributed; returns whether it saved."""
+        fd = evaluate_now(self, loggers) if self.world.is_main else None
+        improved = fd is not None and (self.best is None or fd < self.best)
+        if self.world.enabled:  # rank 0 decides: the mean of (1 on rank 0, 0 elsewhere) is > 0 iff it improved
+            flag = torch.tensor(float(improved) if self.world.is_main else 0.0, device=self.device)
+            improved = distributed.mean_over_ranks(flag, self.world).item() > 0
+        if not improved:
+            return False
+        self.best = fd
+        self.save()
+        if self.world.is_main:
+            mark_best(self.run_dir, self.step, self.config.keep_checkpoints)
+        return True
 
     def _start_log(self) -> TrainingLog:
         """Rank 0 makes and locks the folder, writes config.json and says what it starts; every rank logs."""
@@ -228,9 +253,11 @@ class Trainer:
                       f"a step from {self.num_images} ({cfg.data.source}), {self.device} ({how})", flush=True)
         desc = "training" if not world.enabled else \
             f"training ({world.world_size} ranks, global batch {self.global_batch_size})"
+        loggers = make_loggers(cfg.loggers, self.run_dir, config=self.config_record(), first_step=self.step) \
+            if world.is_main and self.step < cfg.steps else Loggers()  # only rank 0 logs
         return TrainingLog(self.run_dir, world=world, steps=cfg.steps, first_step=self.step, log_every=cfg.log_every,
                            global_batch_size=self.global_batch_size, device=self.device, progress=cfg.progress,
-                           desc=desc)
+                           desc=desc, loggers=loggers)
 
     def config_record(self) -> dict:
         """The config as saved in ``config.json``, plus how the run is spread over processes (for reading only;
@@ -306,15 +333,23 @@ class Trainer:
         for eb, b in zip(self.ema.buffers(), self.model.buffers()):
             eb.copy_(b)
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
+def _read_png(path: Path):
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def train(config: TrainConfig, resume: bool = False, evaluator: Evaluator | None = None) -> Path:
     """Train (or resume, when ``resume`` and the run folder holds a checkpoint) and return the run folder.
 
-    Under torchrun this also starts and, at the end, destroys the process group.  If this rank fails, it says so
-    on stderr (which rank, and that the last checkpoint is intact); a failed exchange with another rank (it
-    crashed or timed out) is raised as :class:`~ddpm.runtime.distributed.DistributedError`."""
+    ``evaluator``: what measures quality every ``config.eval_every`` steps (:mod:`.quality`; the CLI builds it from
+    :mod:`ddpm.evaluation.tracking`).  Under torchrun this also starts and, at the end, destroys the process group.
+    If this rank fails, it says so on stderr (which rank, and that the last checkpoint is intact); a failed exchange
+    with another rank (it crashed or timed out) is raised as :class:`~ddpm.runtime.distributed.DistributedError`."""
     world = distributed.setup(config.device)
     try:
-        return Trainer(config, resume=resume, world=world).run()
+        return Trainer(config, resume=resume, world=world, evaluator=evaluator).run()
     except Exception as e:
         if not world.enabled:
             raise
