@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..data.datasets import EMBEDDED
 from ..data.embedded import DIGIT_CLASSES
 from ..runtime.atomic import atomic_write_path
 from ..sampling.defaults import resolve_classes, resolve_sampling
@@ -103,9 +104,10 @@ def _reference_features(model, cache: Path) -> torch.Tensor:
 def _inception_evaluator(config, run_dir, n, seed):
     from .fid import FidUnavailable
     source = config.data.source
-    if not Path(source).exists():
+    embedded = source in EMBEDDED
+    if not embedded and not Path(source).exists():
         raise FidUnavailable(f"{source}: the training data is not here to measure FD against; train where it is")
-    fidelity = check_fid_available(source)
+    fidelity = check_fid_available(None if embedded else source)
     weights = inception_weights_path()
     extractor = {"extractor": "inception-v3 (torch-fidelity)", "weights_sha256": sha256_of(weights),
                  "reference": source}

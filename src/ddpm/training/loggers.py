@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ class WandbLogger(Logger):
         import wandb
         run_dir = Path(run_dir)
         record = run_dir / "wandb.json"
-        run_id = json.loads(record.read_text())["id"] if record.is_file() else wandb.util.generate_id()
+        run_id = json.loads(record.read_text())["id"] if record.is_file() else secrets.token_hex(4)
         if not record.is_file():
             write_json_atomic(record, {"id": run_id})
         (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
