@@ -14,6 +14,8 @@ from ..core.schedule import SCHEDULE_KINDS, ScheduleConfig
 from ..data.datasets import EMBEDDED, DataConfig
 from ..data.embedded import SPLITS
 from ..data.files import native_shape
+from ..evaluation.fid import FidUnavailable
+from ..evaluation.tracking import make_evaluator
 from ..model.unet import PRESETS, UNetConfig, preset
 from ..runs.checkpoint import CheckpointError, latest_checkpoint
 from ..runs.config import LOSS_TYPES, LR_SCHEDULES, PRESET_RECIPES, TrainConfig
@@ -294,8 +296,6 @@ def _evaluator(config: TrainConfig):
     torch-fidelity or Inception weights file is refused here, in one line."""
     if not config.eval_every:
         return None
-    from ..evaluation.fid import FidUnavailable
-    from ..evaluation.tracking import make_evaluator
     try:
         return make_evaluator(config, config.run_dir, n=config.eval_samples)
     except FidUnavailable as e:

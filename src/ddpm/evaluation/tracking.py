@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.datasets import EMBEDDED
+from ..data.datasets import EMBEDDED, DataConfig, load_images
 from ..data.embedded import DIGIT_CLASSES
 from ..runtime.atomic import atomic_write_path
 from ..sampling.defaults import resolve_classes, resolve_sampling
 from ..sampling.generate import generate
 from .classifier import load_classifier
-from .fid import check_fid_available, inception_weights_path
+from .fid import FidUnavailable, _reference_images, _UInt8RGB, check_fid_available, inception_weights_path
 from .quality import classifier_outputs, conditional_accuracy, fd_from_features, kid
 
 __all__ = ["draw_for_quality", "make_evaluator", "sha256_of"]
@@ -93,7 +93,6 @@ def _reference_features(model, cache: Path) -> torch.Tensor:
     """The classifier features of the 500 embedded test digits, read from ``cache`` or computed and written there."""
     if cache.is_file():
         return load_file(str(cache))["features"]
-    from ..data.datasets import DataConfig, load_images
     ref, _ = classifier_outputs(model, load_images(DataConfig(source="digits", image_size=32, split="test")))
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write_path(cache) as tmp:
@@ -102,7 +101,6 @@ def _reference_features(model, cache: Path) -> torch.Tensor:
 
 
 def _inception_evaluator(config, run_dir, n, seed):
-    from .fid import FidUnavailable
     source = config.data.source
     embedded = source in EMBEDDED
     if not embedded and not Path(source).exists():
@@ -114,7 +112,6 @@ def _inception_evaluator(config, run_dir, n, seed):
     cache_root = Path(run_dir) / "eval" / "fidelity-cache"
 
     def evaluate(run) -> dict:
-        from .fid import _reference_images, _UInt8RGB
         images, _, sampling = draw_for_quality(run, n, seed)
         real = _reference_images(source, images)
         m = fidelity.calculate_metrics(input1=_UInt8RGB(images), input2=_UInt8RGB(real), fid=True,

@@ -24,7 +24,9 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.schedule import make_schedule
@@ -333,9 +335,7 @@ class Trainer:
         for eb, b in zip(self.ema.buffers(), self.model.buffers()):
             eb.copy_(b)
 
-def _read_png(path: Path):
-    import numpy as np
-    from PIL import Image
+def _read_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
