@@ -49,7 +49,7 @@ def test_eval_rows_record_how_they_were_measured_and_best_names_the_lowest_fd(wa
     rows = read_metrics(watched / "eval.jsonl")
     assert [r["step"] for r in rows] == [2, 4]
     for r in rows:
-        assert r["n"] == 8 and r["seed"] == 0 and r["extractor"].startswith("digit classifier")
+        assert r["n"] == 8 and r["seed"] == 1 and r["extractor"].startswith("digit classifier")
         assert len(r["weights_sha256"]) == 64 and r["sampling"]["sampler"] and r["seconds"] > 0
         assert r["fd"] >= 0 and "kid" in r
     best_step = min(rows, key=lambda r: (r["fd"], r["step"]))["step"]  # ties keep the earlier one
@@ -134,3 +134,14 @@ def test_eval_on_other_data_without_torch_fidelity_is_refused_at_start(tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--eval-every" in err and "ddpm[fid]" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_in_training_fd_equals_eval_quality_at_the_same_n_and_seeds(watched, tmp_path, capsys):
+    """The last row measures the EMA weights the last checkpoint holds, with ddpm eval quality's sampling, seeds
+    and reference: the same FD and KID (rel 1e-6: the same arithmetic, batches of other sizes)."""
+    last = read_metrics(watched / "eval.jsonl")[-1]
+    assert main(["eval", "quality", str(watched), "--checkpoint", "latest", "-n", "8", "--out", str(tmp_path / "q"),
+                 "--no-progress"]) == 0
+    report = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert report["fd"] == pytest.approx(last["fd"], rel=1e-6)
+    assert report["kid_mean"] == pytest.approx(last["kid"], rel=1e-6)

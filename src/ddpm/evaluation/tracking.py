@@ -1,7 +1,7 @@
 """Quality measured while a run trains (``ddpm train --eval-every N --eval-samples n``): the evaluator the CLI hands
 to the trainer (a seam: training never imports this layer).
 
-Every evaluation draws the same n samples (base seed 0, sample k from ``sample_seed(0, k)``) from the EMA weights
+Every evaluation draws the same n samples (base seed 1, sample k from ``sample_seed(1, k)``) from the EMA weights
 with the commands' default sampling (:func:`draw_for_quality`, what ``ddpm eval quality RUN`` draws), and measures
 the run's quality metric:
 
@@ -24,19 +24,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.datasets import EMBEDDED, DataConfig, load_images
+from ..data.datasets import EMBEDDED
 from ..data.embedded import DIGIT_CLASSES
 from ..runtime.atomic import atomic_write_path
 from ..sampling.defaults import resolve_classes, resolve_sampling
 from ..sampling.generate import generate
-from .classifier import load_classifier
+from .classifier import load_classifier, prepared_digits
 from .fid import FidUnavailable, _reference_images, _UInt8RGB, check_fid_available, inception_weights_path
-from .quality import classifier_outputs, conditional_accuracy, fd_from_features, kid
+from .quality import _outputs, classifier_outputs, conditional_accuracy, fd_from_features, kid
 
-__all__ = ["draw_for_quality", "make_evaluator", "sha256_of"]
+__all__ = ["EVAL_SEED", "draw_for_quality", "make_evaluator", "sha256_of"]
 
 
-def draw_for_quality(run, n: int, seed: int = 0, batch_size: int = 64, progress: bool = False):
+#: the base seed of the drawn samples: ``ddpm eval quality``'s default, so that ``ddpm eval quality RUN -n n`` repeats
+#: the last row
+EVAL_SEED = 1
+
+
+def draw_for_quality(run, n: int, seed: int = EVAL_SEED, batch_size: int = 64, progress: bool = False):
     """(uint8 images, the labels they were drawn as or None, the sampling as a dict): ``n`` samples of ``run`` (a
     LoadedRun) with the commands' default sampling and classes, as ``ddpm eval quality RUN`` draws them."""
     sampling = resolve_sampling(run, note=lambda text: None)
@@ -56,7 +61,7 @@ def sha256_of(path) -> str:
     return h.hexdigest()
 
 
-def make_evaluator(config, run_dir, *, n: int, seed: int = 0):
+def make_evaluator(config, run_dir, *, n: int, seed: int = EVAL_SEED):
     """The callable ``evaluate(run) -> dict`` for a run of ``config`` (a TrainConfig), checked and prepared before
     any training: the digit classifier loaded (trained once if missing) and the test digits' features cached in
     ``RUN/eval/``, or torch-fidelity and its Inception weights found (:class:`~ddpm.evaluation.fid.FidUnavailable`
@@ -81,7 +86,7 @@ def _digits_evaluator(run_dir, n, seed):
         ref = held["ref"]
         images, labels, sampling = draw_for_quality(run, n, seed)
         feats, logits = classifier_outputs(model, images)
-        kid_mean, kid_std = kid(feats, ref, 100, 1000, seed)
+        kid_mean, kid_std = kid(feats, ref, 100, 1000, 0)  # quality_report's KID subsets
         row = {"fd": fd_from_features(feats, ref), "kid": kid_mean, "kid_std": kid_std}
         if labels is not None and run.config.class_names == DIGIT_CLASSES:
             row["class_accuracy"] = conditional_accuracy(logits, labels)["accuracy"]
@@ -93,7 +98,7 @@ def _reference_features(model, cache: Path) -> torch.Tensor:
     """The classifier features of the 500 embedded test digits, read from ``cache`` or computed and written there."""
     if cache.is_file():
         return load_file(str(cache))["features"]
-    ref, _ = classifier_outputs(model, load_images(DataConfig(source="digits", image_size=32, split="test")))
+    ref, _ = _outputs(model, prepared_digits("test")[0])  # as ddpm eval quality measures the reference
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write_path(cache) as tmp:
         save_file({"features": ref.contiguous()}, str(tmp))
