@@ -3,11 +3,14 @@ headless Chromium and save a screenshot (the loss curve, the eval/ scalars and t
 
     python benchmarks/tensorboard_screenshot.py runs/watched --out docs/img/tensorboard.png
 
-Needs the `tensorboard` extra and Debian's chromium package (apt-get install chromium); nothing is downloaded.
+Needs the `tensorboard` extra, Selenium (pip install selenium) and Debian's chromium and chromium-driver packages
+(apt-get install chromium chromium-driver); nothing is downloaded.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +18,17 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not look for a browser or driver online
+
+try:  # the command line parses without Selenium (the tests check it against the docs)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:
+    webdriver = None
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -25,9 +39,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default="train/loss|eval/fd|previews",
                    help="TensorBoard's tag filter (a regular expression) of the cards shown")
     p.add_argument("--chromium", default="/usr/bin/chromium")
-    p.add_argument("--width", type=int, default=1400)
-    p.add_argument("--height", type=int, default=1000)
-    p.add_argument("--wait", type=float, default=20.0, help="seconds the page is given to draw (virtual time)")
+    p.add_argument("--chromedriver", default="/usr/bin/chromedriver")
+    p.add_argument("--width", type=int, default=1500)
+    p.add_argument("--height", type=int, default=640)
+    p.add_argument("--wait", type=float, default=60.0, help="seconds the page is given to draw its cards")
     return p
 
 
@@ -51,23 +66,44 @@ def _serve(logdir: Path, port: int) -> subprocess.Popen:
     raise SystemExit(f"tensorboard did not answer on port {port}")
 
 
+def _browser(args):
+    opts = Options()
+    opts.binary_location = args.chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+              f"--window-size={args.width},{args.height}", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(executable_path=args.chromedriver), options=opts)
+
+
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
+    if webdriver is None:
+        raise SystemExit("needs Selenium: pip install selenium")
     logdir = Path(args.run) / "tensorboard"
     if not logdir.is_dir():
         raise SystemExit(f"{logdir}: no such folder; train with --logger tensorboard")
     port = _free_port()
     proc = _serve(logdir, port)
+    driver = None
     try:
-        url = f"http://127.0.0.1:{port}/?tagFilter={urllib.request.quote(args.filter)}#timeseries"
+        driver = _browser(args)
+        driver.get(f"http://127.0.0.1:{port}/?tagFilter={urllib.request.quote(args.filter)}#timeseries")
+        # drawn: a line chart's canvas/svg path and a preview <img> inside the cards
+        WebDriverWait(driver, args.wait).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "card-view img") and
+            d.find_elements(By.CSS_SELECTOR, "card-view line-chart"))
+        for button in driver.find_elements(By.XPATH, "//button[contains(., 'Settings')]"):  # the side panel off
+            with contextlib.suppress(Exception):
+                button.click()
+                break
+        time.sleep(3)  # the charts' last frame
         out = Path(args.out).resolve()
-        profile = tempfile.mkdtemp(prefix="chromium-")
-        subprocess.run([args.chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--hide-scrollbars", "--no-first-run", f"--user-data-dir={profile}",
-                        f"--window-size={args.width},{args.height}", f"--virtual-time-budget={int(args.wait * 1000)}",
-                        f"--screenshot={out}", url], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        driver.save_screenshot(str(out))
         print(f"written: {out}")
     finally:
+        if driver is not None:
+            driver.quit()
         proc.terminate()
         proc.wait(timeout=30)
     return 0
