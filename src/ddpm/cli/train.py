@@ -204,6 +204,9 @@ def config_from_args(args) -> TrainConfig:
     if args.label_dropout is not None and not class_cond:
         raise ValueError(f"--label-dropout {args.label_dropout:g} applies to class-conditional training; add "
                          "--class-cond or drop --label-dropout")
+    if args.eval_samples is not None and args.eval_every is None:
+        raise ValueError(f"--eval-samples {args.eval_samples} sets the samples of --eval-every; add --eval-every N or "
+                         "drop --eval-samples")
     preset_name = args.preset or "digits"
     # a preset with a recipe trains at its network's size, the others at TrainConfig's (32)
     own = preset(preset_name).image_size if preset_name in PRESET_RECIPES else defaults.data.image_size
