@@ -120,6 +120,8 @@ def test_a_missing_logger_or_bad_name_is_one_line_before_any_work(tmp_path, monk
     assert err.count("\n") == 1 and "pip install 'ddpm[wandb]'" in err
     assert main(["train", *TINY, "--run-dir", str(tmp_path / "b"), "--steps", "1", "--logger", "mlflow"]) == 2
     assert "not one of tensorboard, wandb" in capsys.readouterr().err
+    assert main(["train", *TINY, "--run-dir", str(tmp_path / "b"), "--steps", "1", "--eval-samples", "4"]) == 2
+    assert "add --eval-every N" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
