@@ -148,6 +148,19 @@ def register(sub) -> None:
                    help=f"steps between checkpoints (default: {d.checkpoint_every})")
     p.add_argument("--keep-checkpoints", type=at_least(1), default=None,
                    help=f"checkpoints kept (default: {d.keep_checkpoints}; checkpoints/best is kept besides)")
+    _add_watch_flags(p, d)
+    add_device_and_progress(p, device_default=None)  # None: a resume keeps the run's device unless told
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 with a gradient scaler "
+                        f"(default: {d.precision})")
+    p.add_argument("--compile", type=_on_off, default=None,
+                   help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
+                        "fails to compile), on, off")
+    p.set_defaults(func=_run_train)
+
+
+def _add_watch_flags(p, d: TrainConfig) -> None:
+    """--logger, --eval-every and --eval-samples (docs/tracking.md)."""
     p.add_argument("--logger", default=None, metavar="NAME[,NAME]",
                    help=f"log to {' and/or '.join(LOGGERS)} as well (comma-separated; into RUN/tensorboard/, "
                         "RUN/wandb/; metrics.jsonl is always written)")
@@ -158,14 +171,6 @@ def register(sub) -> None:
     p.add_argument("--eval-samples", type=at_least(2), default=None, metavar="n",
                    help=f"samples per evaluation, fixed seeds (default: {d.eval_samples}; FD at small n is not "
                         "comparable with published 50,000-sample figures)")
-    add_device_and_progress(p, device_default=None)  # None: a resume keeps the run's device unless told
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 with a gradient scaler "
-                        f"(default: {d.precision})")
-    p.add_argument("--compile", type=_on_off, default=None,
-                   help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
-                        "fails to compile), on, off")
-    p.set_defaults(func=_run_train)
 
 
 def config_from_args(args) -> TrainConfig:
