@@ -236,15 +236,15 @@ def test_label_dropout_rate_and_the_no_class_index(tmp_path):
     assert tr.model.class_emb is not None and tr.config.model.num_classes == 10
     y = torch.arange(40000) % 10
     state = tr.gen.get_state()
-    dropped = tr._drop_labels(y)
+    dropped = tr.loss_fn.drop_labels(y, tr.gen)
     kept = dropped != 10
     assert torch.equal(dropped[kept], y[kept])          # a label is kept or becomes "no class" (10), nothing else
     # binomial: standard error sqrt(0.3 * 0.7 / 40000) = 0.0023; allow 4.5 of them
     assert abs(float((~kept).double().mean()) - 0.3) < 4.5 * (0.3 * 0.7 / 40000) ** 0.5
     tr.gen.set_state(state)
-    assert torch.equal(tr._drop_labels(y), dropped)      # the coins come from the trainer's own generator
-    tr.config.label_dropout = 0.0
-    assert torch.equal(tr._drop_labels(y), y)
+    assert torch.equal(tr.loss_fn.drop_labels(y, tr.gen), dropped)  # the coins come from the trainer's own generator
+    tr.loss_fn.label_dropout = 0.0
+    assert torch.equal(tr.loss_fn.drop_labels(y, tr.gen), y)
     tr.close()
 
 

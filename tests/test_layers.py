@@ -10,7 +10,7 @@ ROOT = SRC.parents[1]
 
 #: modules that may be imported inside a function: optional extras, heavy plotting, platform-specific probes
 LAZY_ALLOWED = ("matplotlib", "sklearn", "torch_fidelity", "diffusers", "gradio", "mlxtend", "torch.utils._triton",
-                "gradio_client", "pyarrow", "fcntl")
+                "gradio_client", "pyarrow", "fcntl", "torch.utils.tensorboard", "wandb")
 
 
 def test_import_contracts_hold():

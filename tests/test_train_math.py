@@ -172,7 +172,7 @@ def test_trainer_applies_importance_weights_to_the_vlb(tmp_path):
     sampler's history (Nichol & Dhariwal 2021, eq. 18), not the unweighted mean."""
     T = 5
     tr = _trainer(tmp_path, timesteps=T, loss="vlb", importance_sampling=True)
-    sampler = tr.vlb.importance
+    sampler = tr.loss_fn.importance
     for _ in range(sampler.history):
         sampler.update(torch.arange(T), torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5]))
     p = sampler.probs()
@@ -249,13 +249,13 @@ def test_resume_restores_the_importance_sampler_history_and_random_streams(tmp_p
     for _ in range(3):
         tr.train_step()
     tr.save()
-    assert int(tr.vlb.importance.counts.sum()) == 3 * 8
+    assert int(tr.loss_fn.importance.counts.sum()) == 3 * 8
     from ddpm.runs.config import TrainConfig
     from ddpm.training.trainer import Trainer
     again = Trainer(TrainConfig.from_dict(tr.config.to_dict()), resume=True)
     assert again.step == 3
-    assert torch.equal(again.vlb.importance.losses, tr.vlb.importance.losses)
-    assert torch.equal(again.vlb.importance.counts, tr.vlb.importance.counts)
+    assert torch.equal(again.loss_fn.importance.losses, tr.loss_fn.importance.losses)
+    assert torch.equal(again.loss_fn.importance.counts, tr.loss_fn.importance.counts)
     assert torch.equal(again.gen.get_state(), tr.gen.get_state())
     assert again.batches.state_dict() == tr.batches.state_dict()
     again.close()

@@ -6,14 +6,14 @@ import argparse
 
 from ..core.respace import SPACINGS
 from ..core.samplers import REGISTRY
-from ..runs.checkpoint import WEIGHT_SETS
+from ..runs.checkpoint import WEIGHT_SETS, resolve_checkpoint
 from ..sampling.config import VARIANCES, SamplingConfig
 from ..sampling.defaults import DEFAULT_ANALYTIC_SPACING, DEFAULT_ANALYTIC_STEPS, DEFAULT_GUIDANCE
 from .errors import sampling_errors
 
 __all__ = ["at_least", "int_list", "float_list", "weights_choice", "t_range", "positive_float", "non_negative_float",
            "add_weights", "add_sampler_and_steps", "add_spacing", "add_sampling_variance", "add_device_and_progress",
-           "add_eta", "add_guidance", "add_steps", "sampling_from_args"]
+           "add_eta", "add_guidance", "add_steps", "sampling_from_args", "add_checkpoint_flag", "apply_checkpoint_flag"]
 
 
 def at_least(minimum: int):
@@ -179,3 +179,30 @@ def add_device_and_progress(p: argparse.ArgumentParser, device_default: str | No
     """The --device and --no-progress flags every command shares."""
     p.add_argument("--device", default=device_default, help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+#: the positional arguments that name a run folder, in the commands that read one
+_RUN_ARGS = ("run", "source")
+
+
+def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand below ``parser`` that reads a run folder (``ddpm sample``, ``eval``, ``edit``,
+    ``inpaint``, ``export``, ``serve`` ...) the ``--checkpoint`` flag that :func:`apply_checkpoint_flag` applies."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if name != "train":
+                    add_checkpoint_flag(sub)
+    if any(a.dest in _RUN_ARGS and not a.option_strings for a in parser._actions):
+        parser.add_argument("--checkpoint", default=None, metavar="WHICH",
+                            help="which checkpoint of the run: latest (the default), best (checkpoints/best, the best "
+                                 "quality measured by ddpm train --eval-every), or a step (2000 or step_0002000)")
+
+
+def apply_checkpoint_flag(args) -> None:
+    """Replace the run folder in ``args`` by the checkpoint folder ``--checkpoint`` names (before any work)."""
+    which = getattr(args, "checkpoint", None)
+    if which is None:
+        return
+    dest = next(d for d in _RUN_ARGS if getattr(args, d, None) is not None)
+    setattr(args, dest, str(resolve_checkpoint(getattr(args, dest), which)))

@@ -13,6 +13,7 @@ from ..data.datasets import DataError
 from ..runs.checkpoint import CheckpointError, complete_checkpoints
 from ..runtime.distributed import DeviceError, DistributedError
 from . import edit, ema, evaluate, interop, sample, serve, train
+from .args import add_checkpoint_flag, apply_checkpoint_flag
 from .errors import UserError, one_line_warning
 
 __all__ = ["main", "build_parser"]
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     interop.register(sub)
     edit.register(sub)
     serve.register(sub)
+    add_checkpoint_flag(parser)
     return parser
 
 
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
     shown_as = warnings.formatwarning
     warnings.formatwarning = one_line_warning
     try:
+        apply_checkpoint_flag(args)
         return args.func(args)
     except (DataError, CheckpointError, DeviceError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)

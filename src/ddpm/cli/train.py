@@ -14,11 +14,14 @@ from ..core.schedule import SCHEDULE_KINDS, ScheduleConfig
 from ..data.datasets import EMBEDDED, DataConfig
 from ..data.embedded import SPLITS
 from ..data.files import native_shape
+from ..evaluation.fid import FidUnavailable
+from ..evaluation.tracking import make_evaluator
 from ..model.unet import PRESETS, UNetConfig, preset
 from ..runs.checkpoint import CheckpointError, latest_checkpoint
 from ..runs.config import LOSS_TYPES, LR_SCHEDULES, PRESET_RECIPES, TrainConfig
 from ..runtime.precision import PRECISIONS
 from ..training.finetune import source_config
+from ..training.loggers import LOGGERS, check_loggers
 from ..training.rates import lr_at
 from ..training.trainer import train
 from .args import add_device_and_progress, at_least, float_list, int_list, positive_float
@@ -153,7 +156,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=at_least(1), default=None,
                    help=f"steps between checkpoints (default: {d.checkpoint_every})")
     p.add_argument("--keep-checkpoints", type=at_least(1), default=None,
-                   help=f"checkpoints kept (default: {d.keep_checkpoints})")
+                   help=f"checkpoints kept (default: {d.keep_checkpoints}; checkpoints/best is kept besides)")
+    _add_watch_flags(p, d)
     add_device_and_progress(p, device_default=None)  # None: a resume keeps the run's device unless told
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 with a gradient scaler "
@@ -162,6 +166,20 @@ def register(sub) -> None:
                    help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
                         "fails to compile), on, off")
     p.set_defaults(func=_run_train)
+
+
+def _add_watch_flags(p, d: TrainConfig) -> None:
+    """--logger, --eval-every and --eval-samples (docs/tracking.md)."""
+    p.add_argument("--logger", default=None, metavar="NAME[,NAME]",
+                   help=f"log to {' and/or '.join(LOGGERS)} as well (comma-separated; into RUN/tensorboard/, "
+                        "RUN/wandb/; metrics.jsonl is always written)")
+    p.add_argument("--eval-every", type=at_least(1), default=None, metavar="N",
+                   help="every N steps (and at the last), draw --eval-samples samples with the default sampling and "
+                        "measure the run's quality (digits: classifier FD and KID; other data: Inception FD, "
+                        "ddpm[fid]); the best so far is kept as checkpoints/best (default: never)")
+    p.add_argument("--eval-samples", type=at_least(2), default=None, metavar="n",
+                   help=f"samples per evaluation, fixed seeds (default: {d.eval_samples}; FD at small n is not "
+                        "comparable with published 50,000-sample figures)")
 
 
 def config_from_args(args) -> TrainConfig:
@@ -177,7 +195,8 @@ def config_from_args(args) -> TrainConfig:
         shaping = [flag for flag, given in (("--preset", args.preset), ("--base-channels", args.base_channels),
                                             ("--channel-mult", args.channel_mult),
                                             ("--num-res-blocks", args.num_res_blocks),
-                                            ("--attention-resolutions", args.attention_resolutions)) if given is not None]
+                                            ("--attention-resolutions", args.attention_resolutions))
+                   if given is not None]
         if shaping:
             raise ValueError(f"{shaping[0]}: --init-from takes the network of {args.init_from} as it is; drop "
                              f"{shaping[0]}")
@@ -199,6 +218,9 @@ def config_from_args(args) -> TrainConfig:
     if args.label_dropout is not None and not class_cond:
         raise ValueError(f"--label-dropout {args.label_dropout:g} applies to class-conditional training; add "
                          "--class-cond or drop --label-dropout")
+    if args.eval_samples is not None and args.eval_every is None:
+        raise ValueError(f"--eval-samples {args.eval_samples} sets the samples of --eval-every; add --eval-every N or "
+                         "drop --eval-samples")
     preset_name = args.preset or "digits"
     # a preset with a recipe trains at its network's size, the others at TrainConfig's (32)
     own = preset(preset_name).image_size if preset_name in PRESET_RECIPES else defaults.data.image_size
@@ -224,7 +246,9 @@ def config_from_args(args) -> TrainConfig:
             "seed": args.seed, "log_every": args.log_every, "sample_every": args.sample_every,
             "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
             "device": args.device, "precision": args.precision, "compile": args.compile,
-            "label_dropout": args.label_dropout, "data_cache": args.data_cache and str(Path(args.data_cache).resolve())}
+            "label_dropout": args.label_dropout, "data_cache": args.data_cache and str(Path(args.data_cache).resolve()),
+            "eval_every": args.eval_every, "eval_samples": args.eval_samples,
+            "loggers": None if args.logger is None else check_loggers(args.logger)}
     flat = {k: v for k, v in flat.items() if v is not None}
     if flat.get("min_snr_gamma") == 0:  # unweighted, whatever the preset's recipe says
         flat["min_snr_gamma"] = None
@@ -246,8 +270,9 @@ def _check_fits(args, model: UNetConfig, data: DataConfig, variance: str) -> Non
                          f"{model.image_size}x{model.image_size} images (its attention sits at "
                          f"{list(model.attention_resolutions)} px); drop --image-size")
     if data.channels != model.in_channels:
-        raise ValueError(f"--channels {data.channels}: the network of {args.init_from} takes {model.in_channels}-channel "
-                         f"images; pass --channels {model.in_channels} (the data is converted)")
+        raise ValueError(f"--channels {data.channels}: the network of {args.init_from} takes "
+                         f"{model.in_channels}-channel images; pass --channels {model.in_channels} (the data is "
+                         "converted)")
     if (model.output_channels == 2 * model.in_channels) != (variance == "learned-range"):
         raise ValueError(f"--variance {variance}: the network of {args.init_from} "
                          f"{'predicts' if model.output_channels == 2 * model.in_channels else 'has no'} "
@@ -275,17 +300,29 @@ def _run_train(args) -> int:
                 saved[key] = value
         saved["progress"] = not args.no_progress
         config = checked(lambda: TrainConfig.from_dict(saved), cfg_path)
-        out = train(config, resume=True)
+        checked(lambda: check_loggers(config.loggers), cfg_path)
+        out = train(config, resume=True, evaluator=_evaluator(config))
     else:
         refuse_file_as_folder(args.run_dir, "--run-dir")
         config = checked(lambda: config_from_args(args), None, flags=vars(args))
         if args.warmup_steps is not None and config.warmup_steps >= config.steps:
             warnings.warn(f"--warmup-steps {config.warmup_steps} is not below --steps {config.steps}: the learning "
                           f"rate never reaches --lr {config.lr:g}")
-        out = train(config)  # refuses a folder that already holds checkpoints
+        out = train(config, evaluator=_evaluator(config))  # refuses a folder that already holds checkpoints
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 speaks
         print(f"run saved in {out}")
     return 0
+
+
+def _evaluator(config: TrainConfig):
+    """The quality evaluator of ``--eval-every`` (None without it), built before any training: a missing
+    torch-fidelity or Inception weights file is refused here, in one line."""
+    if not config.eval_every:
+        return None
+    try:
+        return make_evaluator(config, config.run_dir, n=config.eval_samples)
+    except FidUnavailable as e:
+        raise UserError(f"--eval-every: {e}") from None
 
 
 #: the flags that ``ddpm train --resume`` takes; the run's other settings come from its config.json

@@ -42,7 +42,8 @@ from ..runtime.atomic import default_mode, fsync_path, write_json_atomic
 __all__ = ["WEIGHT_SETS", "CheckpointError", "save_checkpoint", "latest_checkpoint", "complete_checkpoints",
            "load_checkpoint", "load_weights", "state_dict_for_saving", "mismatch_summary", "non_finite", "check_finite",
            "CHECKPOINT_FILES", "ema_decays", "ema_weights_name", "weight_set", "is_weight_set", "ANALYTIC_FILE",
-           "analytic_record", "check_analytic", "read_analytic", "write_analytic"]
+           "analytic_record", "check_analytic", "read_analytic", "write_analytic",
+           "POINTERS", "mark_best", "resolve_checkpoint"]
 
 
 class CheckpointError(Exception):
@@ -120,14 +121,68 @@ def save_checkpoint(run_dir: Path, step: int, *, model: torch.nn.Module, ema: to
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
-    pointer_tmp = ckpt_root / ".latest.tmp"
-    pointer_tmp.write_text(final.name + "\n")
-    fsync_path(pointer_tmp)
-    os.replace(pointer_tmp, ckpt_root / "latest")
-    fsync_path(ckpt_root)
+    _write_pointer(ckpt_root, "latest", final.name)
+    best = _pointer(ckpt_root, "best")
     for old in _step_folders(ckpt_root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != best:  # the best checkpoint is kept out of the rotation
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+#: the pointer files of ``RUN/checkpoints/``: each holds the name of one step folder
+POINTERS = ("latest", "best")
+
+
+def _write_pointer(ckpt_root: Path, name: str, target: str) -> None:
+    tmp = ckpt_root / f".{name}.tmp"
+    tmp.write_text(target + "\n")
+    fsync_path(tmp)
+    os.replace(tmp, ckpt_root / name)
+    fsync_path(ckpt_root)
+
+
+def _pointer(ckpt_root: Path, name: str) -> str | None:
+    f = Path(ckpt_root) / name
+    return f.read_text().strip() if f.is_file() else None
+
+
+def mark_best(run_dir: Path, step: int, keep: int = 3) -> Path:
+    """Point ``RUN/checkpoints/best`` at checkpoint ``step`` (written already), atomically.  The folder it names is
+    never pruned by :func:`save_checkpoint`; the one it named before goes unless it is among the newest ``keep``."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    folder = ckpt_root / f"step_{step:07d}"
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{folder}: no checkpoint to mark as the best")
+    before = _pointer(ckpt_root, "best")
+    _write_pointer(ckpt_root, "best", folder.name)
+    if before and before != folder.name and before not in {p.name for p in _step_folders(ckpt_root)[-keep:]}:
+        shutil.rmtree(ckpt_root / before, ignore_errors=True)
+    return folder
+
+
+def resolve_checkpoint(run, which: str | None) -> Path:
+    """The checkpoint folder ``which`` of the run folder ``run``: ``latest`` (or None: the newest complete one),
+    ``best`` (what ``checkpoints/best`` names), or a step folder's name (``step_0002000``) or its step (``2000``)."""
+    run = Path(run)
+    if which in (None, "latest"):
+        return latest_checkpoint(run)
+    root = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    if which == "best":
+        name = _pointer(root, "best")
+        if name is None:
+            raise CheckpointError(f"{run}: has no best checkpoint (checkpoints/best is written by ddpm train "
+                                  "--eval-every); pass --checkpoint latest or a step")
+    else:
+        digits = which[5:] if which.startswith("step_") else which
+        if not digits.isdigit():
+            raise CheckpointError(f"--checkpoint {which}: expected latest, best, a step folder (step_0002000) or a "
+                                  "step number")
+        name = f"step_{int(digits):07d}"
+    folder = root / name
+    if not (folder / "model.safetensors").is_file():
+        kept = ", ".join(p.name for p in reversed(_step_folders(root))) or "none"
+        raise CheckpointError(f"{folder}: no such checkpoint (kept: {kept})")
+    return folder
 
 
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "trainer.pt", "config.json")
@@ -151,6 +206,8 @@ def latest_checkpoint(path: Path) -> Path:
     """Resolve a run folder, its ``checkpoints`` folder, or a checkpoint folder to one checkpoint folder: the
     newest complete one (a save interrupted before its pointer moved still counts; the pointer is not needed)."""
     path = Path(path)
+    if path.name in POINTERS and path.is_file() and path.parent.name == "checkpoints":  # RUN/checkpoints/best
+        return resolve_checkpoint(path.parent, path.name)
     if not path.exists():
         raise CheckpointError(f"{path}: no such run or checkpoint folder")
     if (path / "model.safetensors").is_file():

@@ -79,6 +79,11 @@ class TrainConfig:
     preview_samples: int = 16
     preview_sampler: str = "ddim"
     preview_steps: int = 50
+    # watching the run: extra log backends beside metrics.jsonl (training/loggers.py), quality every eval_every steps
+    # on eval_samples samples (0: never; the evaluator comes from the CLI), checkpoints/best names the best so far
+    loggers: tuple[str, ...] = ()
+    eval_every: int = 0
+    eval_samples: int = 256
     # hardware
     device: str = "auto"
     precision: str = "auto"
@@ -111,12 +116,17 @@ class TrainConfig:
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout} (1 would never show the "
                              "network a label)")
+        self.loggers = tuple(self.loggers)
+        if self.eval_every < 0 or self.eval_samples < 2:
+            raise ValueError(f"eval_every must be >= 0 and eval_samples >= 2, got {self.eval_every} and "
+                             f"{self.eval_samples}")
         for name in ("warmup_steps", "weight_decay", "hybrid_lambda", "preview_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_snr_gamma is not None and (self.loss != "simple" or not self.min_snr_gamma > 0):
-            raise ValueError(f"min_snr_gamma {self.min_snr_gamma}: Min-SNR weighting takes a gamma > 0 and weighs "
-                             f"L_simple (loss simple), not loss {self.loss}; pass --min-snr-gamma 0 to train without it")
+            raise ValueError(f"min_snr_gamma {self.min_snr_gamma}: Min-SNR weighting takes a gamma > 0 and "
+                             f"weighs L_simple (loss simple), not loss {self.loss}; pass --min-snr-gamma 0 to train "
+                             "without it")
         if self.variance == "learned-range" and self.loss == "simple":
             raise ValueError("variance learned-range needs loss hybrid or vlb: L_simple never trains the variance "
                              "outputs (Nichol & Dhariwal 2021, Sec. 3.1); pass --loss hybrid")

@@ -17,7 +17,7 @@ try:
 except ImportError:  # Windows: no advisory locks there
     fcntl = None
 
-__all__ = ["read_metrics", "lock_run_dir", "tidy_run_dir"]
+__all__ = ["ROW_LOGS", "read_metrics", "lock_run_dir", "tidy_run_dir"]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -63,7 +63,7 @@ def lock_run_dir(run_dir: Path):
 
 
 def tidy_run_dir(run_dir: Path, step: int) -> None:
-    """Make the folder read as one run up to ``step``: metric rows and previews logged after it go (a
+    """Make the folder read as one run up to ``step``: metric and eval rows and previews logged after it go (a
     resume repeats those steps; a fresh start in a folder left by a run that died before its first
     checkpoint is at step 0), and so do the temporary folders of saves that were killed midway."""
     _truncate_metrics(run_dir, step)
@@ -82,10 +82,15 @@ def tidy_run_dir(run_dir: Path, step: int) -> None:
             loss_png.unlink()
 
 
+#: the run's row logs: the training metrics, and the quality measured while training (``--eval-every``)
+ROW_LOGS = ("metrics.jsonl", "eval.jsonl")
+
+
 def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric rows logged after the restored checkpoint, so the log reads as one uninterrupted run."""
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        rows = [r for r in read_metrics(path) if r["step"] <= step]
-        with atomic_write_path(path) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Drop metric rows logged after the restored checkpoint, so the logs read as one uninterrupted run."""
+    for name in ROW_LOGS:
+        path = run_dir / name
+        if path.is_file():
+            rows = [r for r in read_metrics(path) if r["step"] <= step]
+            with atomic_write_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

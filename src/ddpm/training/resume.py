@@ -19,8 +19,8 @@ def rank_state(trainer) -> dict:
     state = {"generator": trainer.gen.get_state(), "torch_rng": torch.get_rng_state()}
     if trainer.device.type == "cuda":  # the training GPU's only: a run resumes on a machine with fewer GPUs
         state["cuda_rng"] = torch.cuda.get_rng_state(trainer.device)
-    if trainer.vlb is not None:
-        state["vlb"] = trainer.vlb.state_dict()
+    if trainer.loss_fn.importance is not None:  # the key older versions wrote
+        state["vlb"] = trainer.loss_fn.state_dict()
     return state
 
 
@@ -29,7 +29,7 @@ def trainer_state(trainer) -> dict:
     each rank's random state into ``ranks`` (rank 0's is also kept at the top level, as in a 1-rank run)."""
     ranks = distributed.gather_objects(rank_state(trainer), trainer.world)
     state = {"step": trainer.step, "optimizer": trainer.optimizer.state_dict(), "data": trainer.batches.state_dict(),
-             "world_size": trainer.world.world_size, **ranks[0]}
+             "world_size": trainer.world.world_size, "best": trainer.best, **ranks[0]}
     if trainer.scaler.is_enabled():
         state["grad_scaler"] = trainer.scaler.state_dict()
     if trainer.world.enabled:
@@ -64,6 +64,7 @@ def restore(trainer) -> None:
     if trainer.scaler.is_enabled() and "grad_scaler" in tr:
         trainer.scaler.load_state_dict(tr["grad_scaler"])
     trainer.step = int(tr["step"])
+    trainer.best = tr.get("best")  # the best FD measured so far (None: none yet, or saved by an older version)
     if trainer.world.is_main and trainer.step < trainer.config.steps:
         print(f"resuming {trainer.run_dir} from step {trainer.step} of {trainer.config.steps}", flush=True)
     world, seed = trainer.world, trainer.config.seed
@@ -84,12 +85,12 @@ def restore(trainer) -> None:
                 rng = rng[index] if index < len(rng) else None
             if rng is not None:
                 torch.cuda.set_rng_state(rng, trainer.device)
-        if trainer.vlb is not None and "vlb" in mine:
-            trainer.vlb.load_state_dict(mine["vlb"])
+        if "vlb" in mine:
+            trainer.loss_fn.load_state_dict(mine["vlb"])
     else:
         # another world size: fresh streams per rank, a function of (seed, rank, step); the t-sampling
         # history of rank 0 seeds every rank's
         trainer.gen.manual_seed(distributed.rank_seed(seed, world.rank, "noise", trainer.step))
         torch.manual_seed(distributed.rank_seed(seed, world.rank, "dropout", trainer.step))
-        if trainer.vlb is not None and "vlb" in tr:
-            trainer.vlb.load_state_dict(tr["vlb"])
+        if "vlb" in tr:
+            trainer.loss_fn.load_state_dict(tr["vlb"])

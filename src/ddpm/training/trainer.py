@@ -24,11 +24,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 
-from ..core.diffusion import loss_simple, min_snr_weights, q_sample, sample_timesteps
-from ..core.likelihood import TrainingVLB
 from ..core.schedule import make_schedule
 from ..data import datasets as data_mod
 from ..data.batches import Batches
@@ -36,6 +36,7 @@ from ..data.labels import load_labels
 from ..model.unet import UNet
 from ..runs.checkpoint import (
     CheckpointError,
+    mark_best,
     save_checkpoint,
 )
 from ..runs.config import TrainConfig
@@ -49,7 +50,10 @@ from ..sampling.stored import store_default_estimates
 from .ema import POWER_EMA_FILE, ExtraEMAs, PowerEMA
 from .finetune import load_initial_weights
 from .log import TrainingLog
+from .loggers import Logger, Loggers, make_loggers
+from .loss import build_loss
 from .previews import write_preview
+from .quality import Evaluator, evaluate_now
 from .rates import ema_decay_at, lr_at
 from .resume import restore, trainer_state
 
@@ -67,8 +71,11 @@ class Trainer:
     rank the same way after init, so no two ranks draw the same noise.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, world: distributed.World | None = None):
+    def __init__(self, config: TrainConfig, resume: bool = False, world: distributed.World | None = None,
+                 evaluator: Evaluator | None = None):
         self.config = config
+        self.evaluator = evaluator  # run -> quality row (the CLI builds it from ddpm.evaluation; None: no eval)
+        self.best: float | None = None  # the best FD so far (lower is better), kept in trainer.pt
         self.run_dir = Path(config.run_dir)
         if not resume and any((self.run_dir / "checkpoints").glob("step_*")):  # before any work
             raise CheckpointError(f"{self.run_dir}: already holds a run; resume it (ddpm train --resume "
@@ -116,10 +123,7 @@ class Trainer:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(config.seed + 1 if rank == 0 else distributed.rank_seed(config.seed, rank, "noise"))
         self.step = 0
-        self.vlb = None
-        if config.loss != "simple":
-            self.vlb = TrainingVLB(self.schedule, config.loss, config.variance, config.hybrid_lambda,
-                                   config.importance_sampling)
+        self.loss_fn = build_loss(config, self.schedule)  # net, x0, labels, gen -> per-image loss (training/loss.py)
         # a second training in an existing folder (a resume while the first still runs) is refused here, before
         # the folder is read or tidied; a fresh folder is locked when run() makes it
         if self.world.is_main and self.run_dir.is_dir():
@@ -200,12 +204,15 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 loss, grad_norm = self.train_step()
-                log.after_step(self.step, loss, grad_norm, self.optimizer.param_groups[0]["lr"])
+                log.after_step(self.step, loss, grad_norm, self.optimizer.param_groups[0]["lr"],
+                               ema_decay_at(self.step - 1, cfg.ema_decay))
                 with log.paused():
                     if self.world.is_main and self._due(cfg.sample_every):
-                        self._write_pictures()
+                        self._write_pictures(log.loggers)
                     self._write_ema_snapshot()
-                    if self._due(cfg.checkpoint_every):
+                    saved = self.evaluator is not None and cfg.eval_every and self._due(cfg.eval_every) \
+                        and self._evaluate(log.loggers)
+                    if self._due(cfg.checkpoint_every) and not saved:
                         self.save()
         finally:
             log.close()
@@ -215,10 +222,26 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return self.step % every == 0 or self.step == self.config.steps
 
-    def _write_pictures(self) -> None:
+    def _write_pictures(self, loggers: Logger) -> None:
         if self.config.preview_samples:  # 0: no preview grids, only the loss curve
-            write_preview(self)
+            loggers.image(self.step, "previews", _read_png(write_preview(self)))
         plot_loss_curve(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
+
+    def _evaluate(self, loggers: Logger) -> bool:
+        """Measure quality now (rank 0; the others wait) and, when the FD is the best so far, save a checkpoint and
+        point ``checkpoints/best`` at it.  Collective when distributed; returns whether it saved."""
+        fd = evaluate_now(self, loggers) if self.world.is_main else None
+        improved = fd is not None and (self.best is None or fd < self.best)
+        if self.world.enabled:  # rank 0 decides: the mean of (1 on rank 0, 0 elsewhere) is > 0 iff it improved
+            flag = torch.tensor(float(improved) if self.world.is_main else 0.0, device=self.device)
+            improved = distributed.mean_over_ranks(flag, self.world).item() > 0
+        if not improved:
+            return False
+        self.best = fd
+        self.save()
+        if self.world.is_main:
+            mark_best(self.run_dir, self.step, self.config.keep_checkpoints)
+        return True
 
     def _start_log(self) -> TrainingLog:
         """Rank 0 makes and locks the folder, writes config.json and says what it starts; every rank logs."""
@@ -236,9 +259,11 @@ class Trainer:
                       f"a step from {self.num_images} ({cfg.data.source}), {self.device} ({how})", flush=True)
         desc = "training" if not world.enabled else \
             f"training ({world.world_size} ranks, global batch {self.global_batch_size})"
+        loggers = make_loggers(cfg.loggers, self.run_dir, config=self.config_record(), first_step=self.step) \
+            if world.is_main and self.step < cfg.steps else Loggers()  # only rank 0 logs
         return TrainingLog(self.run_dir, world=world, steps=cfg.steps, first_step=self.step, log_every=cfg.log_every,
                            global_batch_size=self.global_batch_size, device=self.device, progress=cfg.progress,
-                           desc=desc)
+                           desc=desc, loggers=loggers)
 
     def config_record(self) -> dict:
         """The config as saved in ``config.json``, plus how the run is spread over processes (for reading only;
@@ -261,35 +286,15 @@ class Trainer:
         distributed.barrier(self.world)
 
     # -- one optimisation step -------------------------------------------------------------------
-    def _drop_labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Each label replaced by "no class" (index num_classes) with probability ``label_dropout``, one coin per
-        image from ``self.gen`` (so a resumed run draws the same coins)."""
-        p = self.config.label_dropout
-        if p == 0:
-            return y
-        drop = torch.rand(y.shape, generator=self.gen, device=self.device) < p
-        return torch.where(drop, torch.full_like(y, self.config.model.num_classes), y)
-
     def _loss(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        n = x0.shape[0]
-        weights = None
-        if self.vlb is not None and self.vlb.importance is not None:
-            t, weights = self.vlb.importance.sample(n, self.gen, self.device)
-        else:
-            t = sample_timesteps(n, self.schedule.num_timesteps, self.gen, self.device)
-        noise = torch.randn(x0.shape, generator=self.gen, device=self.device)
-        x_t = q_sample(self.schedule, x0, t, noise)
-        if y is not None:
-            y = self._drop_labels(y)
+        """The batch mean of :attr:`loss_fn`'s per-image loss, t, eps and label coins drawn from ``self.gen``."""
+        return self.loss_fn.mean(self._call_network, x0, y, self.gen)
+
+    def _call_network(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if self._want("channels_last"):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self._network(x_t, t) if y is None else self._network(x_t, t, y)
-        if self.vlb is None:
-            gamma = self.config.min_snr_gamma
-            return loss_simple(out, noise, self.config.variance,
-                               None if gamma is None else min_snr_weights(self.schedule, t, gamma))
-        return self.vlb.loss(out.float(), noise, x0, x_t, t, weights)
+            return self._network(x_t, t) if y is None else self._network(x_t, t, y)
 
     def accumulate_gradients(self) -> torch.Tensor:
         """Forward and backward over ``grad_accum`` micro-batches; returns this rank's mean loss.
@@ -363,15 +368,21 @@ class Trainer:
         if self.power_ema is not None and self.world.is_main and self._due(every):
             self.power_ema.write_snapshot(self.run_dir, self.step)
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def train(config: TrainConfig, resume: bool = False, evaluator: Evaluator | None = None) -> Path:
     """Train (or resume, when ``resume`` and the run folder holds a checkpoint) and return the run folder.
 
-    Under torchrun this also starts and, at the end, destroys the process group.  If this rank fails, it says so
-    on stderr (which rank, and that the last checkpoint is intact); a failed exchange with another rank (it
-    crashed or timed out) is raised as :class:`~ddpm.runtime.distributed.DistributedError`."""
+    ``evaluator``: what measures quality every ``config.eval_every`` steps (:mod:`.quality`; the CLI builds it from
+    :mod:`ddpm.evaluation.tracking`).  Under torchrun this also starts and, at the end, destroys the process group.
+    If this rank fails, it says so on stderr (which rank, and that the last checkpoint is intact); a failed exchange
+    with another rank (it crashed or timed out) is raised as :class:`~ddpm.runtime.distributed.DistributedError`."""
     world = distributed.setup(config.device)
     try:
-        return Trainer(config, resume=resume, world=world).run()
+        return Trainer(config, resume=resume, world=world, evaluator=evaluator).run()
     except Exception as e:
         if not world.enabled:
             raise
