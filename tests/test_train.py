@@ -291,7 +291,7 @@ def test_algorithm_1_step_pairs_the_network_input_with_its_own_t_and_eps(tmp_pat
     tr = _tiny_trainer(tmp_path)
     seen = {}
 
-    def recorder(x_t, t):
+    def recorder(x_t, t, y=None):
         seen["x_t"], seen["t"] = x_t.detach().clone(), t.clone()
         return torch.full_like(x_t, 0.3)
     tr._network = recorder

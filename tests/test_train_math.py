@@ -44,7 +44,7 @@ def _constant_network(value=0.3):
     """A stand-in for the U-Net that records what it is called with and predicts eps = ``value`` everywhere."""
     seen = {}
 
-    def net(x_t, t):
+    def net(x_t, t, y=None):
         seen["x_t"], seen["t"] = x_t.detach().clone(), t.clone()
         return torch.full_like(x_t, value)
     return net, seen

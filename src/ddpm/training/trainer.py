@@ -167,8 +167,8 @@ class Trainer:
         return value in (True, "on", "true", "yes")
 
     def _network(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """eps_theta(x_t, t), or eps_theta(x_t, t, y) with class labels (the unconditional call stays as it was)."""
-        return self.forward(x_t, t) if y is None else self.forward(x_t, t, y)
+        """eps_theta(x_t, t, y): y the class labels, None for an unconditional run."""
+        return self.forward(x_t, t, y)
 
     def _first_compiled_gradients(self) -> torch.Tensor:
         """:meth:`accumulate_gradients` on the first step of compile="auto": if the compiled forward or its
@@ -294,7 +294,7 @@ class Trainer:
         if self._want("channels_last"):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self._network(x_t, t) if y is None else self._network(x_t, t, y)
+            return self._network(x_t, t, y)
 
     def accumulate_gradients(self) -> torch.Tensor:
         """Forward and backward over ``grad_accum`` micro-batches; returns this rank's mean loss.
