@@ -64,7 +64,8 @@ def test_non_finite_names_the_first_bad_tensor_and_counts():
              "c": torch.tensor([float("nan")])}
     assert non_finite(state) == "b holds NaN and Inf (2 of 3 values)"
     assert non_finite({"a": torch.ones(2)}) is None
-    with pytest.raises(CheckpointError, match=r"^f\.safetensors: b holds NaN and Inf .* diverged run or a damaged file"):
+    with pytest.raises(CheckpointError,
+                       match=r"^f\.safetensors: b holds NaN and Inf .* diverged run or a damaged file"):
         check_finite(state, "f.safetensors")
 
 

@@ -64,7 +64,8 @@ def test_eval_fid_says_what_is_missing_in_one_line(run, tmp_path, capsys, monkey
 
 def test_eval_fid_checks_what_it_needs_before_drawing_samples(run, tmp_path, capsys, monkeypatch):
     import sys
-    monkeypatch.setattr(sys.modules["ddpm.cli.evaluate"], "generate", lambda *a, **k: pytest.fail("sampled before the checks"))
+    monkeypatch.setattr(sys.modules["ddpm.cli.evaluate"], "generate",
+                        lambda *a, **k: pytest.fail("sampled before the checks"))
     monkeypatch.setenv("DDPM_INCEPTION_WEIGHTS", str(tmp_path / "absent.pth"))
     assert main(["eval", "fid", str(run), "--ref", "digits", "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip()
@@ -125,7 +126,8 @@ def test_bad_numbers_are_refused_while_parsing(argv, needle, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["eval", "quality", "RUN", "--sampler", "ddim"], "the sampler's default is 50; pass --steps 20 or fewer"),  # T = 20 run
+    # a T = 20 run
+    (["eval", "quality", "RUN", "--sampler", "ddim"], "the sampler's default is 50; pass --steps 20 or fewer"),
     (["eval", "quality", "RUN", "--sampler", "ddpm", "--steps", "21"], "--steps must lie in [1, 20]"),
     (["eval", "quality", "ONE.npz"], "holds 1 image"),
     (["eval", "quality", "RUN", "--spacing", "quadratic"], "ddpm here runs all T"),  # the default 100 steps: all T
@@ -283,7 +285,8 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(run,
     import sys
     for where in ("ddpm.sampling.generate", "ddpm.cli.evaluate"):
         monkeypatch.setattr(sys.modules[where], "generate", lambda *a, **k: pytest.fail("sampled before check"))
-    monkeypatch.setattr(sys.modules["ddpm.cli.evaluate"], "run_nll", lambda *a, **k: pytest.fail("evaluated before check"))
+    monkeypatch.setattr(sys.modules["ddpm.cli.evaluate"], "run_nll",
+                        lambda *a, **k: pytest.fail("evaluated before check"))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     for argv in (["sample", str(run), "-n", "2"], ["eval", "nll", str(run), "-n", "2"],

@@ -59,7 +59,8 @@ def test_help_defaults_come_from_the_library(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert (f"{PRESET_RECIPES['digits']['steps']} for the digits preset, {PRESET_RECIPES['digits-fast']['steps']} for "
             f"the digits-fast preset, else {TrainConfig().steps}") in out
-    assert f"(default: {PRESET_RECIPES['digits-fast']['min_snr_gamma']:g} for the digits-fast preset, else unweighted)" in out
+    gamma = PRESET_RECIPES['digits-fast']['min_snr_gamma']
+    assert f"(default: {gamma:g} for the digits-fast preset, else unweighted)" in out
     assert f"EMA decay (default: {TrainConfig().ema_decay:g}" in out
 
 

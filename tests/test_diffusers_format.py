@@ -90,9 +90,10 @@ def test_the_published_configs_translate_to_the_papers_networks():
     # the paper's CIFAR-10 network, with the switches Ho et al.'s TensorFlow code implies
     assert full == UNetConfig(dropout=0.0, downsample_padding="bottom-right")
     with torch.device("meta"):
-        theirs = diffusers.UNet2DModel(**{k: v for k, v in {**CIFAR10, "block_out_channels": [128, 256, 256, 256]}.items()
-                                          if not k.startswith("_")})
-        assert sum(p.numel() for p in UNet(full).parameters()) == sum(p.numel() for p in theirs.parameters()) == 35_746_307
+        config = {**CIFAR10, "block_out_channels": [128, 256, 256, 256]}
+        theirs = diffusers.UNet2DModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+        ours = sum(p.numel() for p in UNet(full).parameters())
+        assert ours == sum(p.numel() for p in theirs.parameters()) == 35_746_307
     lsun = unet_config_from_diffusers({**LSUN256, "sample_size": 256, "norm_num_groups": 32,
                                        "block_out_channels": [128, 128, 256, 256, 512, 512]}, "config.json")
     assert (lsun.channel_mult, lsun.attention_resolutions, lsun.image_size) == ((1, 1, 2, 2, 4, 4), (16,), 256)
@@ -194,7 +195,8 @@ def test_every_network_setting_is_known_to_the_exporter():
     ({"center_input_sample": True}, "center_input_sample"), ({"mid_block_scale_factor": 2}, "mid_block_scale_factor"),
     ({"add_attention": False}, "add_attention"), ({"act_fn": "gelu"}, "act_fn"),
     ({"downsample_type": "resnet"}, "downsample_type"), ({"attn_norm_num_groups": 8}, "attn_norm_num_groups"),
-    ({"time_embedding_dim": 64}, "time_embedding_dim"), ({"block_out_channels": [32, 48, 64, 64]}, "block_out_channels"),
+    ({"time_embedding_dim": 64}, "time_embedding_dim"), ({"block_out_channels": [32, 48, 64, 64]},
+                                                         "block_out_channels"),
     ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]}, "down_block_types"),
     ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}, "up_block_types"),
     ({"attention_head_dim": 24}, "attention_head_dim"), ({"out_channels": 4}, "out_channels"),

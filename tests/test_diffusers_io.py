@@ -48,7 +48,8 @@ def pipeline_folder(tmp_path_factory):
     """A DDPMPipeline folder as diffusers writes it: random SMALL network, the paper's scheduler (T cut to 50)."""
     folder = tmp_path_factory.mktemp("hub") / "ddpm-small"
     unet = _randomise(diffusers.UNet2DModel(**SMALL))
-    scheduler = diffusers.DDPMScheduler(num_train_timesteps=50, beta_start=1e-4, beta_end=0.2, variance_type="fixed_large")
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=50, beta_start=1e-4, beta_end=0.2,
+                                        variance_type="fixed_large")
     diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
     return folder
 

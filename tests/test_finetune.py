@@ -55,7 +55,8 @@ def test_cli_takes_the_network_schedule_and_variance_of_the_source(tiny_run, tmp
     for flags, expected in ((["--preset", "tiny"], "--preset: --init-from takes the network of"),
                             (["--base-channels", "8"], "--base-channels: --init-from takes the network"),
                             (["--image-size", "16"], "--image-size 16: the network of"),
-                            (["--variance", "learned-range", "--loss", "hybrid"], "--variance learned-range: the network"),
+                            (["--variance", "learned-range", "--loss", "hybrid"],
+                             "--variance learned-range: the network"),
                             (["--channels", "3"], "--channels 3: the network of")):
         assert main(["train", "--init-from", str(tiny_run), *DATA, "--run-dir", str(tmp_path / "x"), *flags]) == 2
         err = capsys.readouterr().err.strip()

@@ -16,11 +16,13 @@ def run(tiny_run):
 
 def test_resampling_a_folder_drops_the_quality_report_of_the_old_samples(run, tmp_path, capsys):
     out = tmp_path / "s"
-    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "2", "--no-progress", "--out", str(out)]) == 0
+    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "2", "--no-progress", "--out",
+                 str(out)]) == 0
     assert main(["eval", "quality", str(out / "samples.npz")]) == 0
     assert (out / "samples_quality.json").is_file()
     (out / "notes.txt").write_text("mine")
-    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "3", "--no-progress", "--out", str(out)]) == 0
+    assert main(["sample", str(run), "-n", "2", "--sampler", "ddim", "--steps", "3", "--no-progress", "--out",
+                 str(out)]) == 0
     assert not (out / "samples_quality.json").exists() and (out / "notes.txt").read_text() == "mine"
     assert "step_0000003" in capsys.readouterr().out  # says which checkpoint it sampled
 
@@ -33,7 +35,8 @@ def test_samples_json_records_what_draws_the_same_images_again(run, tmp_path):
     rec = json.loads((out / "samples.json").read_text())
     assert rec["checkpoint"].endswith("step_0000003") and rec["weights"] == "model" and rec["n"] == 3
     assert {k: rec[k] for k in ("sampler", "steps", "eta", "seed", "spacing", "variance")} == {
-        "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform", "variance": None}  # DDIM's noise: eta
+        "sampler": "ddim", "steps": 4, "eta": 0.5, "seed": 7, "spacing": "uniform",
+        "variance": None}  # DDIM's noise: eta
     assert rec["device"] == "cpu" and rec["precision"] == "fp32"  # "auto", as resolved on this device
     settings = {k: v for k, v in rec.items() if k not in ("checkpoint", "weights", "n", "device")}
     again = generate(load_run(rec["checkpoint"], which=rec["weights"]), rec["n"], progress=False, **settings).images

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY
+
 from ddpm.cli.main import main
 from ddpm.core.diffusion import loss_simple, min_snr_weights
 from ddpm.core.schedule import ScheduleConfig, make_schedule

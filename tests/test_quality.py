@@ -99,7 +99,8 @@ def test_fd_from_features_with_different_covariances_closed_form():
 
 def test_mmd2_unbiased_matches_a_direct_double_loop():
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(7, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64) + 0.3
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 4, generator=g, dtype=torch.float64) + 0.3
     k = lambda a, b: (float(a @ b) / 4 + 1) ** 3  # noqa: E731
     xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
     yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
@@ -114,7 +115,8 @@ def _mmd2_closed_form(d, v, mu):
     E (a.b)^3 = c^3 + 3 c (2 v c + d v^2) + 6 v^2 c.  Across: E a.b = 0, E (a.b)^2 = d v^2 + v c, odd moment 0."""
     c = float((mu ** 2).sum())
     kxx = 1 + 3 * v * v / d
-    kyy = 1 + 3 * c / d + 3 * (d * v * v + 2 * v * c + c * c) / d ** 2 + (c ** 3 + 3 * c * (2 * v * c + d * v * v) + 6 * v * v * c) / d ** 3
+    kyy = (1 + 3 * c / d + 3 * (d * v * v + 2 * v * c + c * c) / d ** 2
+           + (c ** 3 + 3 * c * (2 * v * c + d * v * v) + 6 * v * v * c) / d ** 3)
     kxy = 1 + 3 * (d * v * v + v * c) / d ** 2
     return kxx + kyy - 2 * kxy
 

@@ -111,7 +111,8 @@ def test_q_sample_composes_single_steps():
 
 def test_q_posterior_equals_bayes_rule():
     """q(x_{t-1} | x_t, x0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x0): a product of Gaussians in x_{t-1}.  Precision adds:
-    1/var = alpha_t/beta_t + 1/(1-abar_{t-1}); mean = var (sqrt(alpha_t) x_t / beta_t + sqrt(abar_{t-1}) x0 / (1-abar_{t-1}))."""
+    1/var = alpha_t/beta_t + 1/(1-abar_{t-1});
+    mean = var (sqrt(alpha_t) x_t / beta_t + sqrt(abar_{t-1}) x0 / (1-abar_{t-1}))."""
     s = make_schedule()
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)
@@ -168,7 +169,8 @@ def test_model_variance_choices():
     # at t = 1 fixed-large takes beta~_2 = beta_2 (1 - abar_1) / (1 - abar_2), as Ho et al.'s code does for L_0
     b1, b2 = 1e-4, 1e-4 + (0.02 - 1e-4) / 999
     tilde_b2 = b2 * b1 / (1 - (1 - b1) * (1 - b2))
-    assert large[0, 0, 0, 0].item() == pytest.approx(tilde_b2, rel=1e-6) and tilde_b2 == pytest.approx(5.4532e-5, rel=1e-4)
+    assert large[0, 0, 0, 0].item() == pytest.approx(tilde_b2, rel=1e-6)
+    assert tilde_b2 == pytest.approx(5.4532e-5, rel=1e-4)
     assert torch.allclose(small[1:, 0, 0, 0], s.posterior_variance[t[1:]].float())
     lo, _ = model_variance(s, t, x, "learned-range", v=-torch.ones_like(x))
     hi, _ = model_variance(s, t, x, "learned-range", v=torch.ones_like(x))

@@ -2,8 +2,8 @@
 
 Images come in as a uint8 tensor (N, C, H, W), a float tensor in [-1, 1] (N, C, H, W) (converted with
 :func:`ddpm.data.datasets.to_uint8`), or a uint8 NumPy array (N, H, W, C) or (N, H, W); C is 1 or 3.
-Every file is written atomically through :func:`ddpm.runtime.atomic.atomic_write_path`: a reader sees the old file or the
-complete new one, never a partial write.
+Every file is written atomically through :func:`ddpm.runtime.atomic.atomic_write_path`: a reader sees the old file or
+the complete new one, never a partial write.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def _font() -> ImageFont.ImageFont:
 
 
 def _label_height(font) -> int:
-    l, t, r, b = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), "0123456789t=", font=font)
+    _, _, _, b = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), "0123456789t=", font=font)
     return b + 3
 
 
