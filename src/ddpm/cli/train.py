@@ -79,6 +79,26 @@ def register(sub) -> None:
                    help="start a new run from the EMA weights of this run or checkpoint (one ddpm import wrote, too): "
                         "its network, schedule and variance unless flags say otherwise, and the paper's recipe "
                         "(lr 2e-4, constant) instead of a preset's; fine-tuning on --data")
+    _add_network_flags(p)
+    _add_data_flags(p, d)
+    _add_optimiser_flags(p, d)
+    _add_objective_flags(p, d, sched)
+    _add_logging_flags(p, d)
+    _add_watch_flags(p, d)
+    add_device_and_progress(p, device_default=None)  # None: a resume keeps the run's device unless told
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 with a gradient scaler "
+                        f"(default: {d.precision})")
+    p.add_argument("--compile", type=_on_off, default=None,
+                   help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
+                        "fails to compile), on, off")
+    p.set_defaults(func=_run_train)
+
+
+
+
+def _add_network_flags(p) -> None:
+    """The U-Net: a preset and its overrides."""
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="U-Net and its recipe: digits (1.1M parameters, 32x32 grey), digits-fast (0.69M, the digits "
                         "at their own 28x28, under a third of the minutes), cifar10 (the paper's 35.7M, 32x32 "
@@ -91,6 +111,10 @@ def register(sub) -> None:
                    help="override the preset's residual blocks per level")
     p.add_argument("--attention-resolutions", type=int_list, default=None, metavar="R1,R2,...",
                    help="override the feature-map sizes (pixels) that get self-attention, e.g. 16 or 16,8")
+
+
+def _add_data_flags(p, d: TrainConfig) -> None:
+    """What to train on: the source, its cache, split, size, channels, flips and class labels."""
     p.add_argument("--data", default=d.data.source, help="'digits' (embedded MNIST, 4,500 train / 500 test), "
                    "'sklearn-digits', a folder of images (flat, or one sub-folder per class), a .npy/.npz file, a "
                    "Parquet file or folder of them with an 'image' column, or a Hugging Face dataset saved with "
@@ -112,6 +136,10 @@ def register(sub) -> None:
     p.add_argument("--label-dropout", type=float, default=None, metavar="P",
                    help=f"with --class-cond: probability of training an image as 'no class', which teaches the "
                         f"unconditional model guidance needs (default: {d.label_dropout:g})")
+
+
+def _add_optimiser_flags(p, d: TrainConfig) -> None:
+    """Algorithm 1's optimisation: steps, batch, AdamW's learning rate and its schedule, the EMAs."""
     p.add_argument("--steps", type=at_least(1), default=None,
                    help=f"optimisation steps in total (default: {_recipe_default('steps')})")
     p.add_argument("--batch-size", type=at_least(1), default=None,
@@ -131,6 +159,10 @@ def register(sub) -> None:
     p.add_argument("--ema-snapshot-every", type=at_least(0), default=None, metavar="N",
                    help="post-hoc EMA (Karras et al. 2024): track two power-function EMAs (sigma_rel 0.05 and 0.10) "
                         "and save a snapshot of both every N steps, for `ddpm ema RUN --sigma-rel S` (default: 0, off)")
+
+
+def _add_objective_flags(p, d: TrainConfig, sched: ScheduleConfig) -> None:
+    """What the network learns: dropout, the loss and its weighting, the variance, the noise schedule."""
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     p.add_argument("--loss", choices=LOSS_TYPES, default=None,
                    help=f"L_simple (eq. 14), L_vlb, or L_simple + lambda L_vlb (default: {d.loss})")
@@ -148,6 +180,10 @@ def register(sub) -> None:
                    help=f"beta_1 of the linear schedule (default: {sched.beta_start:g})")
     p.add_argument("--beta-end", type=float, default=None,
                    help=f"beta_T of the linear schedule (default: {sched.beta_end:g})")
+
+
+def _add_logging_flags(p, d: TrainConfig) -> None:
+    """Seeds and the cadence of metric rows, previews and checkpoints."""
     p.add_argument("--seed", type=int, default=None, help=f"seed of init, data order and noise (default: {d.seed})")
     p.add_argument("--log-every", type=at_least(1), default=None,
                    help=f"steps between metric rows (default: {d.log_every})")
@@ -157,15 +193,6 @@ def register(sub) -> None:
                    help=f"steps between checkpoints (default: {d.checkpoint_every})")
     p.add_argument("--keep-checkpoints", type=at_least(1), default=None,
                    help=f"checkpoints kept (default: {d.keep_checkpoints}; checkpoints/best is kept besides)")
-    _add_watch_flags(p, d)
-    add_device_and_progress(p, device_default=None)  # None: a resume keeps the run's device unless told
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 with a gradient scaler "
-                        f"(default: {d.precision})")
-    p.add_argument("--compile", type=_on_off, default=None,
-                   help="torch.compile: auto (on for CUDA where Triton is installed; eager if the first step "
-                        "fails to compile), on, off")
-    p.set_defaults(func=_run_train)
 
 
 def _add_watch_flags(p, d: TrainConfig) -> None:

@@ -142,29 +142,8 @@ def unet_config_from_diffusers(config: dict, where, image_size: int | None = Non
         refuse("downsample_padding", "expected 1 (symmetric) or 0 (bottom and right only)")
     if not isinstance(c["layers_per_block"], int) or c["layers_per_block"] < 1:
         refuse("layers_per_block", "expected one positive number for every level")
-    down, up = list(c["down_block_types"]), list(c["up_block_types"])
-    for key, blocks in (("down_block_types", down), ("up_block_types", up)):
-        if len(blocks) != len(widths):
-            refuse(key, f"expected one block type per width of block_out_channels ({len(widths)})")
-        kinds = ("DownBlock2D", "AttnDownBlock2D") if key == "down_block_types" else ("UpBlock2D", "AttnUpBlock2D")
-        odd = [b for b in blocks if _block_name(b) not in kinds]
-        if odd:
-            refuse(key, f"{odd[0]} has no ddpm counterpart (ddpm's levels are {kinds[0]} or {kinds[1]})")
-    attention = [_block_name(b).startswith("Attn") for b in down]
-    if [_block_name(b).startswith("Attn") for b in reversed(up)] != attention:
-        refuse("up_block_types", "attention must sit at the same levels on the way down and up, as in ddpm's U-Net")
-    size = c["sample_size"]
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            refuse("sample_size", "ddpm's networks are square")
-        size = size[0]
-    if size is None:
-        if image_size is None:
-            raise CheckpointError(f"{where}: sample_size is not set; pass --image-size, the side the network was "
-                                  "trained at (it places the attention levels)")
-        size = image_size
-    elif image_size is not None and image_size != size:
-        raise CheckpointError(f"{where}: sample_size is {size}, not --image-size {image_size}; drop --image-size")
+    attention = _attention_levels(c, widths, refuse)
+    size = _square_size(c["sample_size"], where, image_size, refuse)
     head_dim = c["attention_head_dim"]
     attention_widths = {w for w, a in zip(widths, attention) if a} | {widths[-1]}
     if head_dim is not None and (not isinstance(head_dim, int) or head_dim < 1
@@ -185,6 +164,39 @@ def unet_config_from_diffusers(config: dict, where, image_size: int | None = Non
                           num_classes=0 if rows is None else rows - 1)
     except ValueError as e:  # e.g. a sample_size the levels cannot halve
         raise CheckpointError(f"{where}: not a network ddpm can build ({e})") from None
+
+
+def _attention_levels(c: dict, widths, refuse) -> list[bool]:
+    """Which levels of a diffusers config's ``down_block_types``/``up_block_types`` hold attention (checked: one
+    block per width, ddpm's two kinds only, the same levels down and up); ``refuse(key, why)`` raises."""
+    down, up = list(c["down_block_types"]), list(c["up_block_types"])
+    for key, blocks in (("down_block_types", down), ("up_block_types", up)):
+        if len(blocks) != len(widths):
+            refuse(key, f"expected one block type per width of block_out_channels ({len(widths)})")
+        kinds = ("DownBlock2D", "AttnDownBlock2D") if key == "down_block_types" else ("UpBlock2D", "AttnUpBlock2D")
+        odd = [b for b in blocks if _block_name(b) not in kinds]
+        if odd:
+            refuse(key, f"{odd[0]} has no ddpm counterpart (ddpm's levels are {kinds[0]} or {kinds[1]})")
+    attention = [_block_name(b).startswith("Attn") for b in down]
+    if [_block_name(b).startswith("Attn") for b in reversed(up)] != attention:
+        refuse("up_block_types", "attention must sit at the same levels on the way down and up, as in ddpm's U-Net")
+    return attention
+
+
+def _square_size(size, where, image_size: int | None, refuse) -> int:
+    """The side of ``sample_size`` (an int or a square pair), else ``image_size``; one line where neither fits."""
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            refuse("sample_size", "ddpm's networks are square")
+        size = size[0]
+    if size is None:
+        if image_size is None:
+            raise CheckpointError(f"{where}: sample_size is not set; pass --image-size, the side the network was "
+                                  "trained at (it places the attention levels)")
+        return image_size
+    if image_size is not None and image_size != size:
+        raise CheckpointError(f"{where}: sample_size is {size}, not --image-size {image_size}; drop --image-size")
+    return size
 
 
 def _block_name(name: str) -> str:
