@@ -34,7 +34,8 @@ from ..runs.checkpoint import (
 from ..runtime.atomic import atomic_write_path, default_mode, fsync_path
 from .rates import ema_decay_at
 
-__all__ = ["TRACKED_SIGMA_RELS", "SNAPSHOT_DIR", "POWER_EMA_FILE", "ExtraEMAs", "PowerEMA", "restore_extra_emas",
+__all__ = ["TRACKED_SIGMA_RELS", "SNAPSHOT_DIR", "POWER_EMA_FILE", "ema_step", "ExtraEMAs", "PowerEMA",
+           "restore_extra_emas",
            "snapshots", "reconstruct", "write_ema_checkpoint", "default_ema_dir"]
 
 #: the two power-function EMA lengths tracked for post-hoc EMA, EDM2's (Sec. 3.2, App. C.3)
@@ -49,6 +50,15 @@ def _key(sigma_rel: float, name: str) -> str:
     return f"{sigma_rel:g}/{name}"
 
 
+@torch.no_grad()
+def ema_step(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """One EMA update of ``ema`` towards ``model``: theta^ <- decay theta^ + (1 - decay) theta for the parameters,
+    the buffers copied (the trainer's EMA, the extra decays and the power-function EMAs all step this way)."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+    for eb, b in zip(ema.buffers(), model.buffers()):
+        eb.copy_(b)
+
+
 class ExtraEMAs:
     """Classic EMAs of the decays after the first (the trainer's own ``ema`` is the first), updated as it is."""
 
@@ -59,11 +69,8 @@ class ExtraEMAs:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         """theta^ <- d theta^ + (1 - d) theta with d = ema_decay_at(step, decay), as the trainer's EMA."""
-        params = [p.detach() for p in model.parameters()]
         for decay, ema in zip(self.decays, self.modules):
-            torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - ema_decay_at(step, decay))
-            for eb, b in zip(ema.buffers(), model.buffers()):
-                eb.copy_(b)
+            ema_step(ema, model, ema_decay_at(step, decay))
 
     def state_dicts(self) -> dict:
         """NAME -> weights, for :func:`~ddpm.runs.checkpoint.save_checkpoint`'s ``extra_weights``."""
@@ -86,11 +93,8 @@ class PowerEMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, t: int) -> None:
         """Fold in the weights after optimiser step ``t`` (1-based); at t = 1 each EMA becomes theta_1."""
-        params = [p.detach() for p in model.parameters()]
         for gamma, ema in zip(self.gammas, self.modules):
-            torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - power_ema_beta(t, gamma))
-            for eb, b in zip(ema.buffers(), model.buffers()):
-                eb.copy_(b)
+            ema_step(ema, model, power_ema_beta(t, gamma))
 
     def state_dict(self) -> dict:
         """Every tracked EMA's weights in one flat dict, keys ``SIGMA_REL/NAME``."""

@@ -47,7 +47,7 @@ from ..runtime.atomic import write_json_atomic
 from ..runtime.governor import governor_for
 from ..runtime.precision import auto_compile, autocast_dtype
 from ..sampling.stored import store_default_estimates
-from .ema import POWER_EMA_FILE, ExtraEMAs, PowerEMA
+from .ema import POWER_EMA_FILE, ExtraEMAs, PowerEMA, ema_step
 from .finetune import load_initial_weights
 from .log import TrainingLog
 from .loggers import Logger, Loggers, make_loggers
@@ -336,11 +336,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self):
-        decay = ema_decay_at(self.step, self.config.ema_decay)
-        ema_p = list(self.ema.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1.0 - decay)
-        for eb, b in zip(self.ema.buffers(), self.model.buffers()):
-            eb.copy_(b)
+        ema_step(self.ema, self.model, ema_decay_at(self.step, self.config.ema_decay))
         self._update_extra_emas()
 
     # -- more EMAs: several decays, post-hoc EMA (training/ema.py) -------------------------------------
