@@ -29,26 +29,25 @@ def at_least(minimum: int):
     return parse
 
 
-def int_list(value: str) -> tuple[int, ...]:
-    """An argparse type: comma-separated whole numbers, e.g. ``1,2,2``."""
+def _number_list(value: str, kind, what: str) -> tuple:
+    """Comma-separated ``kind`` numbers (at least one), or an argparse error naming ``what`` they should be."""
     try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
+        out = tuple(kind(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {value!r}") from None
     if not out:
         raise argparse.ArgumentTypeError("expected at least one number")
     return out
+
+
+def int_list(value: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated whole numbers, e.g. ``1,2,2``."""
+    return _number_list(value, int, "whole numbers")
 
 
 def float_list(value: str) -> tuple[float, ...]:
     """An argparse type: comma-separated numbers, e.g. ``0.999,0.9999``."""
-    try:
-        out = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return out
+    return _number_list(value, float, "numbers")
 
 
 def weights_choice(value: str) -> str:
