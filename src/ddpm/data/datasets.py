@@ -185,13 +185,7 @@ def load_images(config: DataConfig, progress: bool = False) -> torch.Tensor:
     if source in EMBEDDED:
         images = _embedded(config)
     else:
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{path}: no such file or folder; pass 'digits', 'sklearn-digits', an image folder, "
-                            "or a .npy/.npz file")
-        if config.split == "test":
-            raise DataError(f"{path}: a folder or array file has no test split; pass a separate source "
-                            "holding the test images with split 'all'")
+        path = _check_path(config)
         table = table_files(path)
         if table is not None:
             found = EncodedImages(path, *table)
