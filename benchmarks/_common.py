@@ -22,6 +22,7 @@ import copy
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -338,3 +339,23 @@ def diffusers_available(wanted: bool = True) -> bool:
         print("diffusers is not installed (pip install -e '.[bench]'): timing ours only")
         return False
     return True
+
+
+def headless_chromium(args):
+    """A Selenium driver of headless Chromium (``args.chromium``, ``args.chromedriver``) whose viewport is exactly
+    ``args.width`` x ``args.height``, with a throw-away profile and no background network, for the screenshots."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = args.chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--hide-scrollbars", f"--window-size={args.width},{args.height}",
+              f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(executable_path=args.chromedriver), options=opts)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the viewport exactly, not the window
+                           {"width": args.width, "height": args.height, "deviceScaleFactor": 1, "mobile": False})
+    return driver

@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,12 +22,12 @@ os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not look for a brow
 
 try:  # the command line parses without Selenium (the tests check it against the docs)
     from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:
     webdriver = None
+
+from _common import headless_chromium  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -66,16 +65,6 @@ def _serve(logdir: Path, port: int) -> subprocess.Popen:
     raise SystemExit(f"tensorboard did not answer on port {port}")
 
 
-def _browser(args):
-    opts = Options()
-    opts.binary_location = args.chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-              f"--window-size={args.width},{args.height}", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
-        opts.add_argument(a)
-    return webdriver.Chrome(service=Service(executable_path=args.chromedriver), options=opts)
-
-
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     if webdriver is None:
@@ -87,7 +76,7 @@ def main(argv=None) -> int:
     proc = _serve(logdir, port)
     driver = None
     try:
-        driver = _browser(args)
+        driver = headless_chromium(args)
         driver.get(f"http://127.0.0.1:{port}/?tagFilter={urllib.request.quote(args.filter)}#timeseries")
         # drawn: a line chart's canvas/svg path and a preview <img> inside the cards
         WebDriverWait(driver, args.wait).until(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,12 +22,12 @@ os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must not look for a brow
 
 try:  # the command line parses without Selenium (the tests check it against the docs)
     from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:
     webdriver = None
+
+from _common import headless_chromium  # noqa: E402
 
 from ddpm.web.app import build_app, close, launch  # noqa: E402
 from ddpm.web.page import Page  # noqa: E402
@@ -46,20 +45,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=900)
     return p
-
-
-def browser(args):
-    opts = Options()
-    opts.binary_location = args.chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--hide-scrollbars", f"--window-size={args.width},{args.height}",
-              f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(executable_path=args.chromedriver), options=opts)
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the viewport exactly, not the window
-                           {"width": args.width, "height": args.height, "deviceScaleFactor": 1, "mobile": False})
-    return driver
 
 
 def _src(driver, css: str) -> str | None:
@@ -129,7 +114,7 @@ def main(argv=None) -> dict:
     _, url, _ = launch(app, block=False)
     driver = None
     try:
-        driver = browser(args)
+        driver = headless_chromium(args)
         driver.get(url)
         wait = WebDriverWait(driver, 600, poll_frequency=0.02)
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#generate-btn").is_displayed())
